@@ -1,0 +1,424 @@
+//! The `ChangeRequest` custom resource (group `graygate.io`, version `v1alpha1`).
+
+pub mod analysis;
+pub mod duration;
+pub mod validate;
+pub mod window;
+
+pub use analysis::*;
+pub use duration::Duration;
+pub use validate::FieldError;
+pub use window::ChangeWindow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Annotation that approves manual batches up to and including the given 1-based batch number.
+pub const ANN_APPROVE: &str = "graygate.io/approve";
+/// Annotation that holds the change where it is while present.
+pub const ANN_PAUSE: &str = "graygate.io/pause";
+/// Annotation whose new value resumes a paused change.
+pub const ANN_RESUME: &str = "graygate.io/resume";
+/// Annotation whose new value rolls the change back now.
+pub const ANN_ABORT: &str = "graygate.io/abort";
+/// Annotation whose new value restarts a failed or rolled-back change from the first batch.
+pub const ANN_RETRY: &str = "graygate.io/retry";
+/// Label put on every pod of the change group (value: the ChangeRequest's name).
+pub const LABEL_CHANGE: &str = "graygate.io/change";
+/// Finalizer that lets graygate roll back before a ChangeRequest goes away.
+pub const FINALIZER: &str = "graygate.io/rollback";
+/// The field manager graygate writes with.
+pub const FIELD_MANAGER: &str = "graygate";
+
+/// A change to one workload, rolled out in gray batches with checks between them.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "graygate.io",
+    version = "v1alpha1",
+    kind = "ChangeRequest",
+    namespaced,
+    status = "ChangeRequestStatus",
+    shortname = "chg",
+    category = "graygate",
+    doc = "A change to one Deployment or StatefulSet, rolled out batch by batch with checks between batches.",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.target"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Batch","type":"string","jsonPath":".status.batch"}"#,
+    printcolumn = r#"{"name":"Verdict","type":"string","jsonPath":".status.verdict"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(has(self.images) && size(self.images) > 0) || has(self.patch)").message("set images and/or patch: the change must alter the pod template"),
+    validation = Rule::new("!has(self.batches[size(self.batches) - 1].percent) || self.batches[size(self.batches) - 1].percent == 100").message("the last batch must reach 100%")
+)]
+pub struct ChangeRequestSpec {
+    /// The workload to change, in the ChangeRequest's namespace.
+    pub target: TargetRef,
+    /// New images by container name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, String>,
+    /// A partial pod template (`metadata` and `spec`) merged strategically into the target's template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub patch: Option<serde_json::Value>,
+    /// The batches, in order. Sizes strictly increase and the last one reaches 100%.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("at least one batch is needed"))]
+    pub batches: Vec<BatchSpec>,
+    /// What to do when a batch fails its checks: `rollback` (default) or `pause`.
+    #[serde(default)]
+    pub on_anomaly: OnAnomaly,
+    /// What to do when the analysis itself cannot run: `pause` (default, fail-closed) or `continue`.
+    #[serde(default)]
+    pub on_analysis_error: OnAnalysisError,
+    /// How long a batch may take to have all its pods updated, ready and available (default 10m).
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline: Duration,
+    /// Times when a batch may start. Without it, any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<ChangeWindow>,
+    /// What deleting an active ChangeRequest does: `rollback` (default) or `keep`.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Metric and log analysis between batches. Without it each batch bakes for its `bake` time and passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+}
+
+fn default_progress_deadline() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// The workload a change applies to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct TargetRef {
+    /// `Deployment` or `StatefulSet`.
+    pub kind: TargetKind,
+    /// The workload's name.
+    pub name: String,
+}
+
+impl std::fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}/{}", self.kind, self.name)
+    }
+}
+
+/// Kinds of workload graygate can change.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TargetKind {
+    /// apps/v1 Deployment, rolled out through a canary Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet, rolled out through `rollingUpdate.partition`.
+    StatefulSet,
+}
+
+/// One batch of the rollout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.replicas) != has(self.percent)").message("set exactly one of replicas or percent"))]
+pub struct BatchSpec {
+    /// Number of pods on the new template after this batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub replicas: Option<i32>,
+    /// Share of the workload's pods on the new template after this batch (1-100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub percent: Option<i32>,
+    /// How long the batch is watched once all its pods are ready (default 1m).
+    #[serde(default = "default_bake")]
+    pub bake: Duration,
+    /// `auto` (default) or `manual`: a manual batch waits for `graygate.io/approve=<batch>` before it starts.
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+fn default_bake() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Whether a batch starts by itself.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Approval {
+    /// Start as soon as the previous batch passed.
+    #[default]
+    Auto,
+    /// Wait for a person to approve.
+    Manual,
+}
+
+/// Reaction to a failed batch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnAnomaly {
+    /// Undo the change at once.
+    #[default]
+    Rollback,
+    /// Hold where it is and wait for a person.
+    Pause,
+}
+
+/// Reaction to analysis that cannot run (Prometheus unreachable, query errors).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnAnalysisError {
+    /// Fail closed: hold the change until analysis works again.
+    #[default]
+    Pause,
+    /// Fail open: treat the judgement as passed and go on.
+    Continue,
+}
+
+/// What deleting an active ChangeRequest does to the workload.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DeletionPolicy {
+    /// Roll the workload back, then let the ChangeRequest go.
+    #[default]
+    Rollback,
+    /// Leave the workload as it is (the canary is orphaned, not deleted).
+    Keep,
+}
+
+/// Where a ChangeRequest is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema, Hash)]
+pub enum Phase {
+    /// Accepted, not started yet (waiting for the target, the window or its turn).
+    #[default]
+    Pending,
+    /// A batch is rolling out or baking.
+    Progressing,
+    /// The next batch waits for `graygate.io/approve`.
+    AwaitingApproval,
+    /// Held by a person or by a policy; `graygate.io/resume` continues, `graygate.io/abort` rolls back.
+    Paused,
+    /// The change is being undone.
+    RollingBack,
+    /// The change was undone; the workload runs its old template.
+    RolledBack,
+    /// Every batch passed and the target runs the new template.
+    Succeeded,
+    /// The change could not be completed nor undone automatically; see the conditions.
+    Failed,
+    /// Another ChangeRequest is active on the same target.
+    Blocked,
+    /// The spec is invalid; nothing was touched.
+    Invalid,
+}
+
+impl Phase {
+    /// All phases, for metrics.
+    pub const ALL: [Phase; 10] = [
+        Phase::Pending,
+        Phase::Progressing,
+        Phase::AwaitingApproval,
+        Phase::Paused,
+        Phase::RollingBack,
+        Phase::RolledBack,
+        Phase::Succeeded,
+        Phase::Failed,
+        Phase::Blocked,
+        Phase::Invalid,
+    ];
+
+    /// True while the change holds its target (it has touched, or may touch, the workload).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Phase::Progressing | Phase::AwaitingApproval | Phase::Paused | Phase::RollingBack
+        )
+    }
+
+    /// True once nothing more will happen without a new spec or a retry.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::RolledBack | Phase::Succeeded | Phase::Failed | Phase::Invalid
+        )
+    }
+
+    /// The phase's name as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Progressing => "Progressing",
+            Phase::AwaitingApproval => "AwaitingApproval",
+            Phase::Paused => "Paused",
+            Phase::RollingBack => "RollingBack",
+            Phase::RolledBack => "RolledBack",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::Blocked => "Blocked",
+            Phase::Invalid => "Invalid",
+        }
+    }
+}
+
+/// A batch's judgement.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Hash)]
+pub enum Verdict {
+    /// The checks found nothing wrong.
+    Pass,
+    /// The checks found the change wrong.
+    Fail,
+    /// Not enough data to say.
+    Inconclusive,
+}
+
+impl Verdict {
+    /// All verdicts, for metrics.
+    pub const ALL: [Verdict; 3] = [Verdict::Pass, Verdict::Fail, Verdict::Inconclusive];
+    /// The verdict's name as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "Pass",
+            Verdict::Fail => "Fail",
+            Verdict::Inconclusive => "Inconclusive",
+        }
+    }
+}
+
+/// Observed state of a ChangeRequest: all progress lives here so a restarted operator resumes exactly.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeRequestStatus {
+    /// Where the change is.
+    #[serde(default)]
+    pub phase: Phase,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Kind/name` of the target, for display.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The 1-based batch in progress (0 before the first starts).
+    #[serde(default)]
+    pub current_batch: u32,
+    /// Progress for display, like `2/4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+    /// The most recent batch verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// One sentence on what is happening.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// One record per batch started so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<BatchStatus>,
+    /// The target's replica count when the change started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_replicas: Option<i32>,
+    /// The target's revision before the change (Deployment: template hash; StatefulSet: currentRevision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<String>,
+    /// The target's pod template before the change, restored on rollback after promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub stable_template: Option<serde_json::Value>,
+    /// The StatefulSet's `rollingUpdate.partition` before the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_partition: Option<i32>,
+    /// Hash of the new pod template; a spec edit that changes it mid-rollout pauses the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_revision: Option<String>,
+    /// Name of the canary Deployment (Deployment targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_name: Option<String>,
+    /// Label selector of the change group's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_selector: Option<String>,
+    /// Label selector of the control group's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_selector: Option<String>,
+    /// When the first batch started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the change reached a terminal phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// Why the change is paused, failing or rolling back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Last seen values of the resume, abort and retry annotations, so each is acted on once.
+    #[serde(default, skip_serializing_if = "HandledSignals::is_empty")]
+    pub handled: HandledSignals,
+    /// Ready, Progressing and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Annotation values graygate has already acted on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub struct HandledSignals {
+    /// Last `graygate.io/resume` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
+    /// Last `graygate.io/abort` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<String>,
+    /// Last `graygate.io/retry` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
+}
+
+impl HandledSignals {
+    fn is_empty(&self) -> bool {
+        self.resume.is_none() && self.abort.is_none() && self.retry.is_none()
+    }
+}
+
+/// What happened to one batch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchStatus {
+    /// 1-based batch number.
+    pub index: u32,
+    /// Pods on the new template once this batch is done.
+    pub replicas: i32,
+    /// When graygate scaled the workload for this batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// Change-group pods ready and available, last seen.
+    #[serde(default)]
+    pub pods_ready: i32,
+    /// When all the batch's pods were ready (the bake starts here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<Time>,
+    /// When the bake ended with a verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_ended_at: Option<Time>,
+    /// The batch's verdict once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// Why the verdict is what it is, in a short sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How many analysis judgements ran for this batch.
+    #[serde(default)]
+    pub judgements: u32,
+    /// Failing judgements in a row.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// When the last judgement ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_judged_at: Option<Time>,
+    /// The verdict of the last judgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_judgement: Option<Verdict>,
+    /// Evidence of the last judgement: the most severe findings, bounded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Finding>,
+}

@@ -1,0 +1,348 @@
+//! Checks of a ChangeRequest spec that need no cluster. Each error names the field at fault.
+
+use super::{ChangeRequestSpec, Duration};
+use crate::rollout::{plan::check_batches, template::check_patch};
+
+/// A spec field that is wrong, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("spec.{field}: {message}")]
+pub struct FieldError {
+    /// The field's path inside `spec`, like `batches[2].percent`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A new error for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Detector names a metric may ask for.
+pub const DETECTORS: [&str; 7] = [
+    "threshold",
+    "mann-whitney",
+    "proportion",
+    "variance",
+    "three-sigma",
+    "kde",
+    "dtw",
+];
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !s.starts_with(['-', '.'])
+        && !s.ends_with(['-', '.'])
+}
+
+/// Check everything in the spec that does not depend on the cluster.
+pub fn check_spec(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
+    if !is_dns_label(&spec.target.name) {
+        return Err(FieldError::new(
+            "target.name",
+            format!("{:?} is not a valid object name", spec.target.name),
+        ));
+    }
+    if spec.images.is_empty() && spec.patch.is_none() {
+        return Err(FieldError::new(
+            "images",
+            "set images and/or patch: the change must alter the pod template",
+        ));
+    }
+    for (container, image) in &spec.images {
+        if container.is_empty() || image.trim().is_empty() {
+            return Err(FieldError::new(
+                format!("images.{container}"),
+                "container name and image must be non-empty",
+            ));
+        }
+    }
+    if let Some(p) = &spec.patch {
+        check_patch(p)?;
+    }
+    check_batches(&spec.batches)?;
+    if spec.progress_deadline == Duration::default() {
+        return Err(FieldError::new(
+            "progressDeadline",
+            "must be longer than 0s",
+        ));
+    }
+    if let Some(w) = &spec.window {
+        w.check().map_err(|(f, m)| FieldError::new(f, m))?;
+    }
+    if let Some(a) = &spec.analysis {
+        check_analysis(a)?;
+    }
+    Ok(())
+}
+
+fn check_analysis(a: &super::AnalysisSpec) -> Result<(), FieldError> {
+    if a.interval == Some(Duration::default()) {
+        return Err(FieldError::new(
+            "analysis.interval",
+            "must be longer than 0s",
+        ));
+    }
+    if a.failure_limit == Some(0) {
+        return Err(FieldError::new(
+            "analysis.failureLimit",
+            "must be at least 1",
+        ));
+    }
+    if a.min_samples == Some(0) {
+        return Err(FieldError::new("analysis.minSamples", "must be at least 1"));
+    }
+    if let Some(p) = &a.prometheus {
+        if let Some(addr) = &p.address
+            && !(addr.starts_with("http://") || addr.starts_with("https://"))
+        {
+            return Err(FieldError::new(
+                "analysis.prometheus.address",
+                format!("{addr:?} must start with http:// or https://"),
+            ));
+        }
+        if p.timeout == Some(Duration::default()) {
+            return Err(FieldError::new(
+                "analysis.prometheus.timeout",
+                "must be longer than 0s",
+            ));
+        }
+    }
+    if let Some(metrics) = &a.metrics {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, m) in metrics.iter().enumerate() {
+            let f = |name: &str| format!("analysis.metrics[{i}].{name}");
+            if m.name.trim().is_empty() {
+                return Err(FieldError::new(f("name"), "must not be empty"));
+            }
+            if !seen.insert(m.name.as_str()) {
+                return Err(FieldError::new(
+                    f("name"),
+                    format!("{:?} is used twice", m.name),
+                ));
+            }
+            match (&m.query, &m.numerator, &m.denominator) {
+                (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+                (Some(_), _, _) => {
+                    return Err(FieldError::new(
+                        f("query"),
+                        "set either query or numerator and denominator, not both",
+                    ));
+                }
+                (None, Some(_), None) => {
+                    return Err(FieldError::new(
+                        f("denominator"),
+                        "a ratio metric needs a denominator",
+                    ));
+                }
+                (None, None, Some(_)) => {
+                    return Err(FieldError::new(
+                        f("numerator"),
+                        "a ratio metric needs a numerator",
+                    ));
+                }
+                (None, None, None) => {
+                    return Err(FieldError::new(
+                        f("query"),
+                        "set query, or numerator and denominator",
+                    ));
+                }
+            }
+            for (j, d) in m.detectors.iter().enumerate() {
+                if !DETECTORS.contains(&d.as_str()) {
+                    return Err(FieldError::new(
+                        format!("analysis.metrics[{i}].detectors[{j}]"),
+                        format!("unknown detector {d:?}; known: {}", DETECTORS.join(", ")),
+                    ));
+                }
+                if d == "threshold" && m.threshold.is_none() {
+                    return Err(FieldError::new(
+                        f("threshold"),
+                        "the threshold detector needs a threshold",
+                    ));
+                }
+                if d == "proportion" && m.numerator.is_none() {
+                    return Err(FieldError::new(
+                        f("numerator"),
+                        "the proportion detector needs a ratio metric (numerator and denominator)",
+                    ));
+                }
+            }
+            if let Some(d) = m.min_delta
+                && !(d.is_finite() && d >= 0.0)
+            {
+                return Err(FieldError::new(
+                    f("minDelta"),
+                    "must be a number of at least 0",
+                ));
+            }
+            if let Some(w) = m.weight
+                && !(w.is_finite() && w > 0.0)
+            {
+                return Err(FieldError::new(f("weight"), "must be a number above 0"));
+            }
+            if let Some(t) = m.threshold
+                && !t.is_finite()
+            {
+                return Err(FieldError::new(f("threshold"), "must be a finite number"));
+            }
+        }
+    }
+    if let Some(l) = &a.logs {
+        if let Some(r) = l.ratio
+            && !(r.is_finite() && r >= 1.0)
+        {
+            return Err(FieldError::new(
+                "analysis.logs.ratio",
+                "must be a number of at least 1",
+            ));
+        }
+        if let Some(al) = l.alpha
+            && !(al > 0.0 && al < 1.0)
+        {
+            return Err(FieldError::new(
+                "analysis.logs.alpha",
+                "must be between 0 and 1",
+            ));
+        }
+        if l.max_bytes_per_pod.is_some_and(|b| b < 1) {
+            return Err(FieldError::new(
+                "analysis.logs.maxBytesPerPod",
+                "must be at least 1",
+            ));
+        }
+        if l.max_pods == Some(0) {
+            return Err(FieldError::new(
+                "analysis.logs.maxPods",
+                "must be at least 1",
+            ));
+        }
+        if l.min_count == Some(0) {
+            return Err(FieldError::new(
+                "analysis.logs.minCount",
+                "must be at least 1",
+            ));
+        }
+        for (i, re) in l.ignore.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(re) {
+                return Err(FieldError::new(
+                    format!("analysis.logs.ignore[{i}]"),
+                    format!("not a valid regex: {e}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ChangeRequestSpec;
+
+    fn spec(yaml: &str) -> ChangeRequestSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    const GOOD: &str = r#"
+target: {kind: Deployment, name: web}
+images: {app: "web:2"}
+batches: [{percent: 10, bake: 30s}, {percent: 100}]
+"#;
+
+    #[test]
+    fn good_spec_passes_with_defaults() {
+        let s = spec(GOOD);
+        assert!(check_spec(&s).is_ok());
+        assert_eq!(s.progress_deadline, Duration::from_secs(600));
+        assert_eq!(s.on_anomaly, crate::api::OnAnomaly::Rollback);
+        assert_eq!(s.on_analysis_error, crate::api::OnAnalysisError::Pause);
+        assert_eq!(s.batches[1].bake, Duration::from_secs(60));
+    }
+
+    fn field_of(yaml_patch: &str) -> String {
+        let mut v: serde_yaml::Value = serde_yaml::from_str(GOOD).unwrap();
+        let p: serde_yaml::Value = serde_yaml::from_str(yaml_patch).unwrap();
+        if let (serde_yaml::Value::Mapping(m), serde_yaml::Value::Mapping(pm)) = (&mut v, p) {
+            for (k, val) in pm {
+                if val.is_null() {
+                    m.remove(&k);
+                } else {
+                    m.insert(k, val);
+                }
+            }
+        }
+        let s: ChangeRequestSpec = serde_yaml::from_value(v).unwrap();
+        check_spec(&s).unwrap_err().field
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        assert_eq!(
+            field_of("target: {kind: Deployment, name: Web_1}"),
+            "target.name"
+        );
+        assert_eq!(field_of("images: null"), "images");
+        assert_eq!(field_of("images: {app: ' '}"), "images.app");
+        assert_eq!(field_of("patch: {status: {}}"), "patch.status");
+        assert_eq!(field_of("batches: [{percent: 50}]"), "batches[0].percent");
+        assert_eq!(field_of("progressDeadline: 0s"), "progressDeadline");
+        assert_eq!(
+            field_of("window: {timeZone: Nowhere/Land, start: '09:00', end: '10:00'}"),
+            "window.timeZone"
+        );
+        assert_eq!(field_of("analysis: {interval: 0s}"), "analysis.interval");
+        assert_eq!(
+            field_of("analysis: {failureLimit: 0}"),
+            "analysis.failureLimit"
+        );
+        assert_eq!(
+            field_of("analysis: {prometheus: {address: 'prom:9090'}}"),
+            "analysis.prometheus.address"
+        );
+        assert_eq!(
+            field_of("analysis: {metrics: [{name: a}]}"),
+            "analysis.metrics[0].query"
+        );
+        assert_eq!(
+            field_of("analysis: {metrics: [{name: a, query: q}, {name: a, query: q}]}"),
+            "analysis.metrics[1].name"
+        );
+        assert_eq!(
+            field_of("analysis: {metrics: [{name: a, query: q, detectors: [magic]}]}"),
+            "analysis.metrics[0].detectors[0]"
+        );
+        assert_eq!(
+            field_of("analysis: {metrics: [{name: a, query: q, detectors: [threshold]}]}"),
+            "analysis.metrics[0].threshold"
+        );
+        assert_eq!(
+            field_of("analysis: {metrics: [{name: a, numerator: q}]}"),
+            "analysis.metrics[0].denominator"
+        );
+        assert_eq!(
+            field_of("analysis: {logs: {alpha: 2}}"),
+            "analysis.logs.alpha"
+        );
+        assert_eq!(
+            field_of("analysis: {logs: {ignore: ['(']}}"),
+            "analysis.logs.ignore[0]"
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_a_parse_error() {
+        let r: Result<ChangeRequestSpec, _> = serde_yaml::from_str(
+            "target: {kind: Deployment, name: web}\nimages: {a: b}\nbatches: [{percent: 100, bake: 5 minutes}]",
+        );
+        assert!(r.unwrap_err().to_string().contains("invalid duration"));
+    }
+}

@@ -1,0 +1,6 @@
+//! graygate: gray, batched rollouts of Kubernetes workload changes with analysis between batches.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod rollout;
+pub mod util;

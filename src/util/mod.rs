@@ -1,0 +1,79 @@
+//! Small pure helpers shared by the controller and the simulated cluster.
+
+pub mod smp;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Serialise JSON with object keys sorted, so equal documents hash equally.
+pub fn canonical_json(v: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String((*k).clone()).to_string());
+                    out.push(':');
+                    write(&m[*k], out);
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
+}
+
+/// A short stable hash of a JSON document (10 hex characters).
+pub fn short_hash(v: &Value) -> String {
+    let digest = Sha256::digest(canonical_json(v).as_bytes());
+    digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Trim a string to at most `max` characters, marking the cut.
+pub fn trim_to(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hash_ignores_key_order() {
+        let a: Value = serde_json::from_str(r#"{"a":1,"b":{"c":2,"d":3}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"b":{"d":3,"c":2},"a":1}"#).unwrap();
+        assert_eq!(short_hash(&a), short_hash(&b));
+        assert_ne!(short_hash(&a), short_hash(&json!({"a": 2})));
+        assert_eq!(short_hash(&a).len(), 10);
+    }
+
+    #[test]
+    fn trims_long_strings() {
+        assert_eq!(trim_to("abcdef", 4), "abc…");
+        assert_eq!(trim_to("abc", 4), "abc");
+    }
+}
