@@ -2,5 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod controller;
 pub mod rollout;
 pub mod util;

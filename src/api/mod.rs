@@ -7,7 +7,7 @@ pub mod window;
 
 pub use analysis::*;
 pub use duration::Duration;
-pub use validate::FieldError;
+pub use validate::{FieldError, check_spec};
 pub use window::ChangeWindow;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

@@ -1,0 +1,1182 @@
+//! The state machine: a pure function from (spec, status, observation) to the next status,
+//! the workload steps to ensure, and the Events to record.
+
+use crate::api::*;
+use crate::rollout::plan::{PlannedBatch, plan};
+use crate::rollout::template::apply_change;
+use crate::util::{short_hash, trim_to};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration as StdDuration;
+
+/// The state the workload should be brought to. Strategies make it so, idempotently.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// `changed` pods on the new template, the rest on the old one.
+    Batch {
+        /// Pods on the new template.
+        changed: i32,
+    },
+    /// Every pod on the new template, written into the target; canary removed.
+    Promote,
+    /// Every pod back on the recorded stable template; canary removed.
+    Restore,
+}
+
+/// What graygate must do to the cluster after recording the new status.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Bring the workload to this step.
+    Ensure(Step),
+    /// Leave the workload as it is but detach graygate's objects from the ChangeRequest (deletionPolicy keep).
+    Orphan,
+    /// Let a deleted ChangeRequest go.
+    RemoveFinalizer,
+}
+
+/// An Event to record on the ChangeRequest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// A CamelCase reason a person can grep.
+    pub reason: &'static str,
+    /// What happened.
+    pub message: String,
+}
+
+/// What the workload looks like, as far as the current step is concerned.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct WorkloadObs {
+    /// The target's desired replicas as its spec says now.
+    pub replicas: i32,
+    /// The target is available and not in the middle of another rollout.
+    pub healthy: bool,
+    /// Why it is not healthy, for the message.
+    pub unhealthy_reason: String,
+    /// The target's pod template as it is now.
+    pub template: Value,
+    /// The target's selector labels.
+    pub selector: BTreeMap<String, String>,
+    /// The target's current revision (Deployment: template hash; StatefulSet: currentRevision).
+    pub revision: String,
+    /// For StatefulSets, the current `rollingUpdate.partition`.
+    pub partition: Option<i32>,
+    /// Pods on the new template that are ready and available.
+    pub changed_ready: i32,
+    /// The workload has reached the step the status asks for, and every controller has caught up.
+    pub step_reached: bool,
+}
+
+/// Annotation values on the ChangeRequest.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Signals {
+    /// `graygate.io/approve`: batches up to this number are approved.
+    pub approve: Option<u32>,
+    /// `graygate.io/pause` is present.
+    pub pause: bool,
+    /// `graygate.io/resume` value.
+    pub resume: Option<String>,
+    /// `graygate.io/abort` value.
+    pub abort: Option<String>,
+    /// `graygate.io/retry` value.
+    pub retry: Option<String>,
+}
+
+impl Signals {
+    /// Read the signals from annotations.
+    pub fn from_annotations(ann: &BTreeMap<String, String>) -> Signals {
+        let non_empty = |k: &str| ann.get(k).filter(|v| !v.is_empty()).cloned();
+        Signals {
+            approve: ann.get(ANN_APPROVE).and_then(|v| v.trim().parse().ok()),
+            pause: ann.get(ANN_PAUSE).is_some_and(|v| v != "false"),
+            resume: non_empty(ANN_RESUME),
+            abort: non_empty(ANN_ABORT),
+            retry: non_empty(ANN_RETRY),
+        }
+    }
+}
+
+/// The outcome of one analysis run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Judgement {
+    /// The analysis ran and reached a verdict, with its evidence.
+    Verdict {
+        /// pass, fail or inconclusive.
+        verdict: Verdict,
+        /// One line on why.
+        summary: String,
+        /// The evidence, most severe first.
+        findings: Vec<Finding>,
+    },
+    /// The analysis could not run (Prometheus unreachable, …).
+    Error(String),
+}
+
+/// Everything the decision may look at besides spec and status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// The time of this reconcile.
+    pub now: Timestamp,
+    /// `metadata.generation` of the ChangeRequest.
+    pub generation: i64,
+    /// Annotation signals.
+    pub signals: Signals,
+    /// The ChangeRequest is being deleted.
+    pub deleting: bool,
+    /// Another ChangeRequest that holds (or is ahead in line for) the same target.
+    pub blocker: Option<String>,
+    /// The target workload, or None when it does not exist.
+    pub workload: Option<WorkloadObs>,
+    /// An analysis run made for this reconcile, when one was due.
+    pub judgement: Option<Judgement>,
+}
+
+/// The result of a decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The status to record.
+    pub status: ChangeRequestStatus,
+    /// What to do to the cluster, after the status is recorded.
+    pub actions: Vec<Action>,
+    /// Events to record.
+    pub notes: Vec<Note>,
+    /// When to look again, at the latest.
+    pub requeue: Option<StdDuration>,
+}
+
+/// The analysis window of a judgement that is due now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JudgeWindow {
+    /// The 1-based batch being judged.
+    pub batch: u32,
+    /// Start of the window (the batch became ready, plus warm-up).
+    pub from: Timestamp,
+    /// End of the window (now).
+    pub to: Timestamp,
+}
+
+const MAX_FINDINGS: usize = 20;
+const POLL: StdDuration = StdDuration::from_secs(2);
+const SLOW_POLL: StdDuration = StdDuration::from_secs(30);
+
+/// Default analysis interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// Default consecutive failing judgements before a batch fails.
+pub const DEFAULT_FAILURE_LIMIT: u32 = 2;
+
+fn ts(t: &Option<Time>) -> Option<Timestamp> {
+    t.as_ref().map(|t| t.0)
+}
+
+fn since(now: Timestamp, then: Timestamp) -> StdDuration {
+    let ms = now.as_millisecond() - then.as_millisecond();
+    StdDuration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(jiff::SignedDuration::from_millis(d.as_millis_i64()))
+        .unwrap_or(t)
+}
+
+fn until(now: Timestamp, then: Timestamp) -> StdDuration {
+    since(then, now)
+}
+
+/// Whether an analysis run is due now, and over which window.
+pub fn judgement_due(
+    spec: &ChangeRequestSpec,
+    status: &ChangeRequestStatus,
+    now: Timestamp,
+) -> Option<JudgeWindow> {
+    let analysis = spec.analysis.as_ref()?;
+    if status.phase != Phase::Progressing || status.current_batch == 0 {
+        return None;
+    }
+    let b = status.batches.get(status.current_batch as usize - 1)?;
+    if b.verdict.is_some() {
+        return None;
+    }
+    let ready = ts(&b.ready_at)?;
+    let interval = analysis.interval.unwrap_or(DEFAULT_INTERVAL);
+    let from = add(ready, analysis.warmup.unwrap_or_default());
+    let next = match ts(&b.last_judged_at) {
+        Some(last) => add(last, interval),
+        None => add(from, interval),
+    };
+    (now >= next).then_some(JudgeWindow {
+        batch: b.index,
+        from,
+        to: now,
+    })
+}
+
+/// The step the workload should be at for this status, which the shell observes progress against.
+pub fn current_step(spec: &ChangeRequestSpec, status: &ChangeRequestStatus) -> Option<Step> {
+    match status.phase {
+        Phase::RollingBack | Phase::RolledBack => return Some(Step::Restore),
+        Phase::Pending | Phase::Blocked | Phase::Invalid => return None,
+        _ => {}
+    }
+    let total = status.original_replicas?;
+    let planned = plan(&spec.batches, total).ok()?;
+    let k = status.current_batch as usize;
+    let pb = planned.get(k.checked_sub(1)?)?;
+    Some(if k == planned.len() {
+        Step::Promote
+    } else {
+        Step::Batch {
+            changed: pb.replicas,
+        }
+    })
+}
+
+/// Decide what happens next. Pure: the same inputs always give the same decision.
+pub fn decide(
+    name: &str,
+    spec: &ChangeRequestSpec,
+    status: &ChangeRequestStatus,
+    obs: &Observation,
+) -> Decision {
+    let mut m = Machine {
+        name,
+        spec,
+        obs,
+        st: status.clone(),
+        actions: Vec::new(),
+        notes: Vec::new(),
+        requeue: None,
+    };
+    m.st.target = Some(spec.target.to_string());
+    m.run();
+    m.finish()
+}
+
+struct Machine<'a> {
+    name: &'a str,
+    spec: &'a ChangeRequestSpec,
+    obs: &'a Observation,
+    st: ChangeRequestStatus,
+    actions: Vec<Action>,
+    notes: Vec<Note>,
+    requeue: Option<StdDuration>,
+}
+
+impl Machine<'_> {
+    fn note(&mut self, warning: bool, reason: &'static str, message: impl Into<String>) {
+        self.notes.push(Note {
+            warning,
+            reason,
+            message: trim_to(&message.into(), 1000),
+        });
+    }
+
+    fn wake_in(&mut self, d: StdDuration) {
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+
+    fn set_phase(&mut self, phase: Phase, reason: Option<&str>, message: impl Into<String>) {
+        self.st.phase = phase;
+        self.st.reason = reason.map(String::from);
+        self.st.message = Some(trim_to(&message.into(), 500));
+        if phase.is_terminal() && phase != Phase::Invalid {
+            self.st.finished_at = Some(Time(self.obs.now));
+        }
+    }
+
+    fn run(&mut self) {
+        if self.obs.deleting {
+            self.on_delete();
+            return;
+        }
+        self.handle_retry();
+        if self.handle_spec_change() {
+            return;
+        }
+        if self.handle_abort() {
+            return;
+        }
+        match self.st.phase {
+            Phase::Invalid | Phase::Succeeded | Phase::RolledBack | Phase::Failed => {}
+            Phase::Pending | Phase::Blocked => self.start(),
+            Phase::Progressing | Phase::AwaitingApproval => {
+                if self.obs.signals.pause {
+                    self.pause(
+                        "PausedByAnnotation",
+                        "paused by the graygate.io/pause annotation",
+                    );
+                } else {
+                    self.progress();
+                }
+            }
+            Phase::Paused => self.paused(),
+            Phase::RollingBack => self.rolling_back(),
+        }
+    }
+
+    fn finish(mut self) -> Decision {
+        self.st.observed_generation = Some(self.obs.generation);
+        let total = self.planned().map(|p| p.len()).unwrap_or(0);
+        self.st.batch = if total > 0 {
+            Some(format!("{}/{}", self.st.current_batch, total))
+        } else {
+            None
+        };
+        set_conditions(&mut self.st, self.obs.now, self.obs.generation);
+        if self.requeue.is_none() && !self.st.phase.is_terminal() {
+            self.requeue = Some(SLOW_POLL);
+        }
+        Decision {
+            status: self.st,
+            actions: self.actions,
+            notes: self.notes,
+            requeue: self.requeue,
+        }
+    }
+
+    /// The batch plan for the replica count recorded at start (or the target's now, before start).
+    fn planned(&self) -> Option<Vec<PlannedBatch>> {
+        let total = self
+            .st
+            .original_replicas
+            .or(self.obs.workload.as_ref().map(|w| w.replicas))?;
+        plan(&self.spec.batches, total).ok()
+    }
+
+    fn on_delete(&mut self) {
+        if !self.st.phase.is_active() {
+            self.actions.push(Action::RemoveFinalizer);
+            return;
+        }
+        match self.spec.deletion_policy {
+            DeletionPolicy::Keep => {
+                self.note(
+                    true,
+                    "DeletedKept",
+                    "ChangeRequest deleted with deletionPolicy keep: the workload is left as it is",
+                );
+                self.actions.push(Action::Orphan);
+                self.actions.push(Action::RemoveFinalizer);
+            }
+            DeletionPolicy::Rollback => {
+                if self.st.phase != Phase::RollingBack {
+                    self.begin_rollback("Deleted", "the ChangeRequest was deleted while active");
+                    return;
+                }
+                if self.workload_reached() {
+                    self.set_phase(
+                        Phase::RolledBack,
+                        Some("Deleted"),
+                        "rolled back because the ChangeRequest was deleted",
+                    );
+                    self.note(false, "RolledBack", "rolled back; the ChangeRequest can go");
+                    self.actions.push(Action::RemoveFinalizer);
+                } else {
+                    self.actions.push(Action::Ensure(Step::Restore));
+                    self.wake_in(POLL);
+                }
+            }
+        }
+    }
+
+    fn workload_reached(&self) -> bool {
+        self.obs.workload.as_ref().is_some_and(|w| w.step_reached)
+    }
+
+    fn handle_retry(&mut self) {
+        let Some(token) = &self.obs.signals.retry else {
+            return;
+        };
+        if self.st.handled.retry.as_ref() == Some(token) {
+            return;
+        }
+        self.st.handled.retry = Some(token.clone());
+        if matches!(self.st.phase, Phase::Failed | Phase::RolledBack) {
+            let handled = std::mem::take(&mut self.st.handled);
+            self.st = ChangeRequestStatus {
+                handled,
+                conditions: std::mem::take(&mut self.st.conditions),
+                ..Default::default()
+            };
+            self.note(
+                false,
+                "Retry",
+                "retry requested: starting again from the first batch",
+            );
+        } else {
+            self.note(
+                false,
+                "RetryIgnored",
+                format!(
+                    "retry applies to a Failed or RolledBack change; this one is {}",
+                    self.st.phase.as_str()
+                ),
+            );
+        }
+    }
+
+    /// Re-check the spec when it changed. Returns true when nothing more should happen now.
+    fn handle_spec_change(&mut self) -> bool {
+        let changed = self.st.observed_generation != Some(self.obs.generation);
+        if self.st.phase == Phase::Invalid && changed {
+            self.st.phase = Phase::Pending;
+            self.st.reason = None;
+        }
+        if let Err(e) = check_spec(self.spec) {
+            self.invalid(e);
+            return true;
+        }
+        if changed && self.st.phase.is_active() && self.st.phase != Phase::RollingBack {
+            // The recorded plan stays; a different new template mid-rollout needs a person.
+            if let (Some(w), Some(recorded)) = (&self.obs.workload, &self.st.change_revision) {
+                let base = self
+                    .st
+                    .stable_template
+                    .clone()
+                    .unwrap_or_else(|| w.template.clone());
+                match apply_change(
+                    &base,
+                    &self.spec.images,
+                    self.spec.patch.as_ref(),
+                    &w.selector,
+                ) {
+                    Ok(t) if &short_hash(&t) != recorded => {
+                        self.pause(
+                            "SpecChanged",
+                            "the change (images or patch) was edited mid-rollout; resume to roll out the new template from this batch, or abort",
+                        );
+                        return true;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.invalid(e);
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    fn invalid(&mut self, e: FieldError) {
+        if self.st.phase.is_active() {
+            // Already touching the workload: hold it where it is rather than leave it unexplained.
+            if self.st.reason.as_deref() != Some("InvalidSpec") {
+                self.note(
+                    true,
+                    "InvalidSpec",
+                    format!("{e}; the change is paused where it is"),
+                );
+            }
+            self.set_phase(
+                Phase::Paused,
+                Some("InvalidSpec"),
+                format!("{e}; paused where it is: fix the spec or abort"),
+            );
+            return;
+        }
+        if self.st.phase != Phase::Invalid || self.st.message.as_deref() != Some(&e.to_string()) {
+            self.note(true, "InvalidSpec", e.to_string());
+        }
+        self.set_phase(Phase::Invalid, Some("InvalidSpec"), e.to_string());
+    }
+
+    fn handle_abort(&mut self) -> bool {
+        let Some(token) = &self.obs.signals.abort else {
+            return false;
+        };
+        if self.st.handled.abort.as_ref() == Some(token) {
+            return false;
+        }
+        self.st.handled.abort = Some(token.clone());
+        if self.st.phase.is_active() && self.st.phase != Phase::RollingBack {
+            self.begin_rollback("Aborted", "aborted by the graygate.io/abort annotation");
+            return true;
+        }
+        if matches!(self.st.phase, Phase::Pending | Phase::Blocked) {
+            self.note(
+                false,
+                "Aborted",
+                "aborted before the first batch: nothing was changed",
+            );
+            self.set_phase(
+                Phase::RolledBack,
+                Some("Aborted"),
+                "aborted before the first batch; nothing was changed",
+            );
+            return true;
+        }
+        false
+    }
+
+    fn begin_rollback(&mut self, reason: &'static str, why: &str) {
+        self.set_phase(
+            Phase::RollingBack,
+            Some(reason),
+            format!("rolling back: {why}"),
+        );
+        self.note(true, "RollingBack", format!("rolling back: {why}"));
+        self.actions.push(Action::Ensure(Step::Restore));
+        self.wake_in(POLL);
+    }
+
+    fn rolling_back(&mut self) {
+        if self.obs.workload.is_none() {
+            self.target_gone();
+            return;
+        }
+        if self.workload_reached() {
+            let why = self.st.message.clone().unwrap_or_default();
+            let reason = self.st.reason.clone();
+            self.set_phase(
+                Phase::RolledBack,
+                reason.as_deref(),
+                format!(
+                    "rolled back; the workload runs its old template ({})",
+                    why.trim_start_matches("rolling back: ")
+                ),
+            );
+            self.note(
+                false,
+                "RolledBack",
+                "rolled back: every pod runs the old template again",
+            );
+        } else {
+            self.actions.push(Action::Ensure(Step::Restore));
+            self.wake_in(POLL);
+        }
+    }
+
+    fn target_gone(&mut self) {
+        self.note(
+            true,
+            "TargetGone",
+            format!("{} no longer exists", self.spec.target),
+        );
+        self.set_phase(
+            Phase::Failed,
+            Some("TargetGone"),
+            format!("{} disappeared during the change", self.spec.target),
+        );
+    }
+
+    fn pause(&mut self, reason: &'static str, message: &str) {
+        if self.st.phase != Phase::Paused || self.st.reason.as_deref() != Some(reason) {
+            self.note(
+                reason != "PausedByAnnotation",
+                "Paused",
+                format!("paused: {message}"),
+            );
+        }
+        self.set_phase(Phase::Paused, Some(reason), format!("paused: {message}"));
+    }
+
+    fn paused(&mut self) {
+        if self.obs.workload.is_none() {
+            self.target_gone();
+            return;
+        }
+        let manual_only = self.st.reason.as_deref() == Some("PausedByAnnotation");
+        let resume_token = self.obs.signals.resume.clone();
+        let new_resume = resume_token.is_some() && resume_token != self.st.handled.resume;
+        if self.obs.signals.pause {
+            if new_resume {
+                // Resume wins once; the pause annotation keeps holding afterwards only if re-added.
+                self.st.handled.resume = resume_token;
+            } else {
+                return;
+            }
+        } else if !(manual_only || new_resume) {
+            return;
+        }
+        if new_resume {
+            self.st.handled.resume = self.obs.signals.resume.clone();
+        }
+        let was = self.st.reason.clone().unwrap_or_default();
+        if was == "SpecChanged" || was == "InvalidSpec" {
+            self.adopt_new_template();
+        }
+        // Resuming after a failed or inconclusive judgement re-runs the batch's checks.
+        let now = self.obs.now;
+        if let Some(b) = self.current_mut()
+            && b.verdict.is_some()
+            && b.verdict != Some(Verdict::Pass)
+        {
+            b.verdict = None;
+            b.ready_at = None;
+            // The deadline counts again from the resume, not from the batch's first start.
+            b.started_at = Some(Time(now));
+            b.consecutive_failures = 0;
+            b.reason = None;
+        }
+        if was != "PausedByAnnotation" {
+            if let Some(b) = self.current_mut() {
+                b.consecutive_failures = 0;
+                if b.verdict.is_none() {
+                    b.ready_at = None;
+                    b.last_judged_at = None;
+                }
+            }
+        }
+        self.note(false, "Resumed", format!("resumed (was paused: {was})"));
+        self.set_phase(Phase::Progressing, None, "resumed");
+        self.progress();
+    }
+
+    fn adopt_new_template(&mut self) {
+        if let Some(w) = &self.obs.workload {
+            let base = self
+                .st
+                .stable_template
+                .clone()
+                .unwrap_or_else(|| w.template.clone());
+            if let Ok(t) = apply_change(
+                &base,
+                &self.spec.images,
+                self.spec.patch.as_ref(),
+                &w.selector,
+            ) {
+                self.st.change_revision = Some(short_hash(&t));
+            }
+        }
+    }
+
+    fn current_mut(&mut self) -> Option<&mut BatchStatus> {
+        let i = self.st.current_batch as usize;
+        if i == 0 {
+            None
+        } else {
+            self.st.batches.get_mut(i - 1)
+        }
+    }
+
+    fn start(&mut self) {
+        if let Some(other) = &self.obs.blocker {
+            if self.st.phase != Phase::Blocked {
+                self.note(
+                    true,
+                    "Blocked",
+                    format!(
+                        "ChangeRequest {other} holds {}; waiting for it to end",
+                        self.spec.target
+                    ),
+                );
+            }
+            self.set_phase(
+                Phase::Blocked,
+                Some("Blocked"),
+                format!("blocked by ChangeRequest {other}, active on the same target"),
+            );
+            self.wake_in(SLOW_POLL);
+            return;
+        }
+        let Some(w) = self.obs.workload.clone() else {
+            self.set_phase(
+                Phase::Pending,
+                Some("TargetNotFound"),
+                format!("waiting for {} to exist", self.spec.target),
+            );
+            self.wake_in(StdDuration::from_secs(10));
+            return;
+        };
+        let planned = match plan(&self.spec.batches, w.replicas) {
+            Ok(p) => p,
+            Err(e) if e.field == "target" => {
+                self.set_phase(Phase::Pending, Some("TargetNotAvailable"), e.message);
+                self.wake_in(StdDuration::from_secs(10));
+                return;
+            }
+            Err(e) => {
+                self.invalid(e);
+                return;
+            }
+        };
+        let new_template = match apply_change(
+            &w.template,
+            &self.spec.images,
+            self.spec.patch.as_ref(),
+            &w.selector,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                self.invalid(e);
+                return;
+            }
+        };
+        if !w.healthy {
+            self.set_phase(
+                Phase::Pending,
+                Some("TargetNotAvailable"),
+                format!(
+                    "waiting for {} to be available: {}",
+                    self.spec.target, w.unhealthy_reason
+                ),
+            );
+            self.wake_in(StdDuration::from_secs(5));
+            return;
+        }
+        if let Some(win) = &self.spec.window
+            && !win.allows(self.obs.now)
+        {
+            self.set_phase(
+                Phase::Pending,
+                Some("OutsideWindow"),
+                "waiting for the change window to open",
+            );
+            self.wake_in(StdDuration::from_secs(60));
+            return;
+        }
+        self.st.original_replicas = Some(w.replicas);
+        self.st.stable_revision = Some(w.revision.clone());
+        self.st.stable_template = Some(w.template.clone());
+        self.st.original_partition = w.partition;
+        self.st.change_revision = Some(short_hash(&new_template));
+        self.st.started_at = Some(Time(self.obs.now));
+        let selector: Vec<String> = w.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        match self.spec.target.kind {
+            TargetKind::Deployment => {
+                self.st.canary_name = Some(canary_name(&self.spec.target.name, self.name));
+                self.st.change_selector = Some(format!(
+                    "{},{LABEL_CHANGE}={}",
+                    selector.join(","),
+                    self.name
+                ));
+                self.st.control_selector = Some(format!("{},!{LABEL_CHANGE}", selector.join(",")));
+            }
+            TargetKind::StatefulSet => {
+                self.st.change_selector = Some(format!(
+                    "{},controller-revision-hash!={}",
+                    selector.join(","),
+                    w.revision
+                ));
+                self.st.control_selector = Some(format!(
+                    "{},controller-revision-hash={}",
+                    selector.join(","),
+                    w.revision
+                ));
+            }
+        }
+        self.st.current_batch = 1;
+        self.st.batches.clear();
+        self.note(
+            false,
+            "Started",
+            format!(
+                "rolling out to {} in {} batches ({} pods: {})",
+                self.spec.target,
+                planned.len(),
+                w.replicas,
+                planned
+                    .iter()
+                    .map(|b| b.replicas.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            ),
+        );
+        self.set_phase(Phase::Progressing, None, "started");
+        self.progress();
+    }
+
+    fn approved(&self, batch: u32) -> bool {
+        self.obs.signals.approve.is_some_and(|a| a >= batch)
+    }
+
+    fn progress(&mut self) {
+        // Bounded: at most one batch passes and the next one starts in one decision.
+        for _ in 0..2 {
+            if !self.progress_once() {
+                return;
+            }
+        }
+    }
+
+    /// One step of the current batch. Returns true when the next batch may start right away.
+    fn progress_once(&mut self) -> bool {
+        let Some(w) = self.obs.workload.clone() else {
+            self.target_gone();
+            return false;
+        };
+        let Some(planned) = self.planned() else {
+            self.invalid(FieldError::new(
+                "batches",
+                "the batches no longer fit the recorded replica count",
+            ));
+            return false;
+        };
+        let k = self.st.current_batch.max(1);
+        self.st.current_batch = k;
+        let last = planned.len() as u32;
+        let Some(pb) = planned.get(k as usize - 1).cloned() else {
+            self.invalid(FieldError::new(
+                "batches",
+                "batches were removed mid-rollout",
+            ));
+            return false;
+        };
+        let step = if k == last {
+            Step::Promote
+        } else {
+            Step::Batch {
+                changed: pb.replicas,
+            }
+        };
+        while self.st.batches.len() < k as usize {
+            let index = self.st.batches.len() as u32 + 1;
+            let replicas = planned.get(index as usize - 1).map_or(0, |p| p.replicas);
+            self.st.batches.push(BatchStatus {
+                index,
+                replicas,
+                ..Default::default()
+            });
+        }
+        let now = self.obs.now;
+        let idx = k as usize - 1;
+
+        if self.st.batches[idx].started_at.is_none() {
+            if let Some(win) = &self.spec.window
+                && !win.allows(now)
+            {
+                self.st.message = Some(format!("batch {k} waits for the change window to open"));
+                self.st.reason = Some("OutsideWindow".into());
+                self.wake_in(StdDuration::from_secs(60));
+                return false;
+            }
+            if pb.approval == Approval::Manual && !self.approved(k) {
+                if self.st.phase != Phase::AwaitingApproval {
+                    self.note(
+                        false,
+                        "AwaitingApproval",
+                        format!("batch {k}/{last} waits for approval: kubectl annotate chg {} {ANN_APPROVE}={k}", self.name),
+                    );
+                }
+                self.set_phase(
+                    Phase::AwaitingApproval,
+                    Some("AwaitingApproval"),
+                    format!(
+                        "batch {k}/{last} ({} pods) waits for {ANN_APPROVE}={k}",
+                        pb.replicas
+                    ),
+                );
+                return false;
+            }
+            if self.st.phase == Phase::AwaitingApproval {
+                self.note(false, "Approved", format!("batch {k} approved"));
+            }
+            self.st.batches[idx].started_at = Some(Time(now));
+            self.set_phase(
+                Phase::Progressing,
+                None,
+                format!("batch {k}/{last}: scaling to {} new pods", pb.replicas),
+            );
+            let what = if step == Step::Promote {
+                format!(
+                    "promoting: writing the new template into {}",
+                    self.spec.target
+                )
+            } else {
+                format!(
+                    "{} of {} pods on the new template",
+                    pb.replicas,
+                    self.st.original_replicas.unwrap_or(0)
+                )
+            };
+            self.note(
+                false,
+                "BatchStarted",
+                format!("batch {k}/{last} started: {what}"),
+            );
+            // The observation describes the previous step; readiness is judged on the next look.
+            self.actions.push(Action::Ensure(step));
+            self.wake_in(POLL);
+            return false;
+        }
+        self.st.phase = Phase::Progressing;
+        self.actions.push(Action::Ensure(step.clone()));
+        self.st.batches[idx].pods_ready = w.changed_ready.min(pb.replicas);
+
+        if self.st.batches[idx].ready_at.is_none() {
+            if w.step_reached {
+                self.st.batches[idx].ready_at = Some(Time(now));
+                self.st.batches[idx].pods_ready = pb.replicas;
+                self.note(
+                    false,
+                    "BatchReady",
+                    format!(
+                        "batch {k}/{last}: all {} new pods ready; baking for {}",
+                        pb.replicas, pb.bake
+                    ),
+                );
+                self.st.message = Some(format!("batch {k}/{last}: baking"));
+                self.st.reason = None;
+            } else {
+                let started = ts(&self.st.batches[idx].started_at).unwrap_or(now);
+                if since(now, started) > self.spec.progress_deadline.std() {
+                    let why = format!(
+                        "only {}/{} new pods ready and available after progressDeadline {}",
+                        w.changed_ready.min(pb.replicas),
+                        pb.replicas,
+                        self.spec.progress_deadline
+                    );
+                    self.fail_batch(idx, "ProgressDeadlineExceeded", &why);
+                    return false;
+                }
+                self.st.message = Some(format!(
+                    "batch {k}/{last}: waiting for new pods ({}/{} ready)",
+                    w.changed_ready.min(pb.replicas),
+                    pb.replicas
+                ));
+                self.wake_in(POLL);
+                return false;
+            }
+        }
+
+        let ready_at = ts(&self.st.batches[idx].ready_at).unwrap_or(now);
+        let bake_end = add(ready_at, pb.bake);
+        let passed = match &self.spec.analysis {
+            None => {
+                if now >= bake_end {
+                    Some(format!("baked {} without analysis", pb.bake))
+                } else {
+                    self.wake_in(until(now, bake_end).max(StdDuration::from_millis(200)));
+                    None
+                }
+            }
+            Some(analysis) => match self.take_judgement(idx, analysis) {
+                Flow::Stop => return false,
+                Flow::Continue => {
+                    let b = &self.st.batches[idx];
+                    if now >= bake_end && b.last_judgement == Some(Verdict::Pass) {
+                        Some(format!(
+                            "{} judgements over {}; the last passed",
+                            b.judgements, pb.bake
+                        ))
+                    } else if now >= bake_end && b.last_judgement == Some(Verdict::Inconclusive) {
+                        let why = b.reason.clone().unwrap_or_else(|| "not enough data".into());
+                        self.st.batches[idx].verdict = Some(Verdict::Inconclusive);
+                        self.st.verdict = Some(Verdict::Inconclusive);
+                        self.pause(
+                            "Inconclusive",
+                            &format!("batch {k} ended its bake without enough data: {why}"),
+                        );
+                        return false;
+                    } else {
+                        let interval = analysis.interval.unwrap_or(DEFAULT_INTERVAL).std();
+                        self.wake_in(
+                            interval.min(until(now, bake_end).max(StdDuration::from_millis(500))),
+                        );
+                        None
+                    }
+                }
+            },
+        };
+        let Some(why) = passed else { return false };
+        let b = &mut self.st.batches[idx];
+        b.verdict = Some(Verdict::Pass);
+        b.bake_ended_at = Some(Time(now));
+        b.reason = Some(why.clone());
+        self.st.verdict = Some(Verdict::Pass);
+        self.note(
+            false,
+            "BatchPassed",
+            format!("batch {k}/{last} passed: {why}"),
+        );
+        if k == last {
+            self.set_phase(
+                Phase::Succeeded,
+                Some("Succeeded"),
+                format!(
+                    "all {last} batches passed; {} runs the new template",
+                    self.spec.target
+                ),
+            );
+            self.note(
+                false,
+                "Succeeded",
+                format!("{} runs the new template on all pods", self.spec.target),
+            );
+            return false;
+        }
+        self.st.current_batch = k + 1;
+        true
+    }
+
+    fn take_judgement(&mut self, idx: usize, analysis: &AnalysisSpec) -> Flow {
+        let Some(j) = &self.obs.judgement else {
+            return Flow::Continue;
+        };
+        let now = self.obs.now;
+        let k = idx + 1;
+        let limit = analysis.failure_limit.unwrap_or(DEFAULT_FAILURE_LIMIT);
+        match j {
+            Judgement::Error(e) => {
+                self.st.batches[idx].last_judged_at = Some(Time(now));
+                match self.spec.on_analysis_error {
+                    OnAnalysisError::Pause => {
+                        self.pause("AnalysisError", &format!("batch {k}: analysis could not run ({}); holding (onAnalysisError: pause)", trim_to(e, 200)));
+                        Flow::Stop
+                    }
+                    OnAnalysisError::Continue => {
+                        let b = &mut self.st.batches[idx];
+                        b.judgements += 1;
+                        b.last_judgement = Some(Verdict::Pass);
+                        b.reason = Some(format!(
+                            "analysis error treated as pass (onAnalysisError: continue): {}",
+                            trim_to(e, 200)
+                        ));
+                        self.note(true, "AnalysisError", format!("batch {k}: analysis could not run ({}); continuing (onAnalysisError: continue)", trim_to(e, 200)));
+                        Flow::Continue
+                    }
+                }
+            }
+            Judgement::Verdict {
+                verdict,
+                summary,
+                findings,
+            } => {
+                let b = &mut self.st.batches[idx];
+                b.judgements += 1;
+                b.last_judged_at = Some(Time(now));
+                b.last_judgement = Some(*verdict);
+                b.findings = findings
+                    .iter()
+                    .take(MAX_FINDINGS)
+                    .cloned()
+                    .map(trim_finding)
+                    .collect();
+                b.reason = Some(trim_to(summary, 300));
+                if *verdict == Verdict::Fail {
+                    b.consecutive_failures += 1;
+                    let n = b.consecutive_failures;
+                    if n >= limit {
+                        let why =
+                            format!("{n} failing judgements in a row: {}", trim_to(summary, 300));
+                        self.fail_batch(idx, "AnalysisFailed", &why);
+                        return Flow::Stop;
+                    }
+                    self.note(
+                        true,
+                        "JudgementFailed",
+                        format!(
+                            "batch {k}: judgement {n}/{limit} failed: {}",
+                            trim_to(summary, 300)
+                        ),
+                    );
+                } else {
+                    b.consecutive_failures = 0;
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    fn fail_batch(&mut self, idx: usize, reason: &'static str, why: &str) {
+        let now = self.obs.now;
+        let k = idx + 1;
+        let b = &mut self.st.batches[idx];
+        b.verdict = Some(Verdict::Fail);
+        b.bake_ended_at = Some(Time(now));
+        b.reason = Some(trim_to(why, 300));
+        self.st.verdict = Some(Verdict::Fail);
+        self.note(
+            true,
+            "BatchFailed",
+            format!("batch {k} failed ({reason}): {why}"),
+        );
+        match self.spec.on_anomaly {
+            OnAnomaly::Rollback => self.begin_rollback(reason, &format!("batch {k} failed: {why}")),
+            OnAnomaly::Pause => self.pause(
+                reason,
+                &format!("batch {k} failed: {why} (onAnomaly: pause)"),
+            ),
+        }
+    }
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+fn trim_finding(mut f: Finding) -> Finding {
+    f.metric = trim_to(&f.metric, 200);
+    f.explanation = trim_to(&f.explanation, 300);
+    f
+}
+
+/// The canary Deployment's name for a target and a ChangeRequest.
+pub fn canary_name(target: &str, change: &str) -> String {
+    let full = format!("{target}-canary-{change}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let hash = short_hash(&Value::String(full.clone()));
+    let keep: String = full.chars().take(63 - 11).collect();
+    format!("{}-{hash}", keep.trim_end_matches('-'))
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+    generation: i64,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: trim_to(message, 500),
+        last_transition_time: Time(now),
+        observed_generation: Some(generation),
+    }
+}
+
+/// Derive Ready, Progressing and Degraded from the phase, keeping transition times that did not change.
+pub fn set_conditions(st: &mut ChangeRequestStatus, now: Timestamp, generation: i64) {
+    let phase = st.phase;
+    let reason = st
+        .reason
+        .clone()
+        .unwrap_or_else(|| phase.as_str().to_string());
+    let message = st.message.clone().unwrap_or_default();
+    let ready = condition(
+        "Ready",
+        phase == Phase::Succeeded,
+        &reason,
+        &message,
+        now,
+        generation,
+    );
+    let progressing = condition(
+        "Progressing",
+        matches!(phase, Phase::Progressing | Phase::RollingBack),
+        &reason,
+        &message,
+        now,
+        generation,
+    );
+    let degraded_now = matches!(
+        phase,
+        Phase::Failed | Phase::RolledBack | Phase::RollingBack
+    ) || (phase == Phase::Paused
+        && st.reason.as_deref() != Some("PausedByAnnotation"))
+        || phase == Phase::Invalid;
+    let degraded = condition("Degraded", degraded_now, &reason, &message, now, generation);
+    let mut next = Vec::new();
+    for mut c in [ready, progressing, degraded] {
+        if let Some(old) = st.conditions.iter().find(|o| o.type_ == c.type_)
+            && old.status == c.status
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+        next.push(c);
+    }
+    st.conditions = next;
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

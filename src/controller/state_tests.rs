@@ -1,0 +1,726 @@
+use super::*;
+use serde_json::json;
+
+fn spec(yaml: &str) -> ChangeRequestSpec {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+const BASIC: &str = r#"
+target: {kind: Deployment, name: web}
+images: {app: "web:2"}
+batches: [{percent: 25, bake: 30s}, {percent: 50, bake: 30s}, {percent: 100, bake: 30s}]
+"#;
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+fn workload(reached: bool, ready: i32) -> WorkloadObs {
+    WorkloadObs {
+        replicas: 4,
+        healthy: true,
+        unhealthy_reason: String::new(),
+        template: json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:1"}]}}),
+        selector: [("app".to_string(), "web".to_string())].into(),
+        revision: "abc".into(),
+        partition: None,
+        changed_ready: ready,
+        step_reached: reached,
+    }
+}
+
+fn obs(now: i64) -> Observation {
+    Observation {
+        now: t(now),
+        generation: 1,
+        signals: Signals::default(),
+        deleting: false,
+        blocker: None,
+        workload: Some(workload(false, 0)),
+        judgement: None,
+    }
+}
+
+fn reasons(d: &Decision) -> Vec<&'static str> {
+    d.notes.iter().map(|n| n.reason).collect()
+}
+
+fn cond<'a>(st: &'a ChangeRequestStatus, t: &str) -> &'a Condition {
+    st.conditions.iter().find(|c| c.type_ == t).unwrap()
+}
+
+/// Start a basic change and return the status with batch 1 started.
+fn started(s: &ChangeRequestSpec) -> ChangeRequestStatus {
+    let d = decide("chg", s, &ChangeRequestStatus::default(), &obs(0));
+    assert_eq!(d.status.phase, Phase::Progressing);
+    d.status
+}
+
+#[test]
+fn pending_to_progressing_starts_batch_one() {
+    let s = spec(BASIC);
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &obs(0));
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.current_batch, 1);
+    assert_eq!(d.status.batch.as_deref(), Some("1/3"));
+    assert_eq!(d.status.original_replicas, Some(4));
+    assert_eq!(d.status.stable_revision.as_deref(), Some("abc"));
+    assert_eq!(d.status.canary_name.as_deref(), Some("web-canary-chg"));
+    assert_eq!(d.actions, vec![Action::Ensure(Step::Batch { changed: 1 })]);
+    assert_eq!(reasons(&d), vec!["Started", "BatchStarted"]);
+    assert_eq!(cond(&d.status, "Progressing").status, "True");
+    assert_eq!(
+        d.status.change_selector.as_deref(),
+        Some("app=web,graygate.io/change=chg")
+    );
+    assert_eq!(
+        d.status.control_selector.as_deref(),
+        Some("app=web,!graygate.io/change")
+    );
+}
+
+#[test]
+fn invalid_spec_touches_nothing_and_names_the_field() {
+    let s = spec(
+        "target: {kind: Deployment, name: web}\nimages: {db: 'pg:16'}\nbatches: [{percent: 100}]",
+    );
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &obs(0));
+    assert_eq!(d.status.phase, Phase::Invalid);
+    assert!(d.actions.is_empty());
+    let ready = cond(&d.status, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        ready.message.contains("spec.images.db"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        d.requeue, None,
+        "an invalid object waits for a change instead of looping"
+    );
+    // The same generation again: still invalid, no new Event.
+    let d2 = decide("chg", &s, &d.status, &obs(5));
+    assert_eq!(d2.status.phase, Phase::Invalid);
+    assert!(d2.notes.is_empty());
+}
+
+#[test]
+fn invalid_becomes_pending_again_on_a_new_generation() {
+    let bad = spec(
+        "target: {kind: Deployment, name: web}\nimages: {db: 'pg:16'}\nbatches: [{percent: 100}]",
+    );
+    let d = decide("chg", &bad, &ChangeRequestStatus::default(), &obs(0));
+    let mut o = obs(10);
+    o.generation = 2;
+    let d2 = decide("chg", &spec(BASIC), &d.status, &o);
+    assert_eq!(d2.status.phase, Phase::Progressing);
+}
+
+#[test]
+fn static_spec_errors_are_invalid_too() {
+    let s = spec(
+        "target: {kind: Deployment, name: web}\nimages: {app: 'web:2'}\nbatches: [{percent: 60}, {percent: 50}, {percent: 100}]",
+    );
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &obs(0));
+    assert_eq!(d.status.phase, Phase::Invalid);
+    assert!(
+        d.status
+            .message
+            .unwrap()
+            .contains("spec.batches[1].percent")
+    );
+}
+
+#[test]
+fn blocked_while_another_change_holds_the_target() {
+    let s = spec(BASIC);
+    let mut o = obs(0);
+    o.blocker = Some("first".into());
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &o);
+    assert_eq!(d.status.phase, Phase::Blocked);
+    assert!(d.actions.is_empty());
+    assert!(d.status.message.as_ref().unwrap().contains("first"));
+    assert_eq!(reasons(&d), vec!["Blocked"]);
+    // The first one ended: this one starts.
+    let d2 = decide("chg", &s, &d.status, &obs(10));
+    assert_eq!(d2.status.phase, Phase::Progressing);
+}
+
+#[test]
+fn pending_waits_for_target_health_and_window() {
+    let s = spec(BASIC);
+    let mut o = obs(0);
+    o.workload = None;
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Pending, Some("TargetNotFound"))
+    );
+    let mut o = obs(0);
+    o.workload.as_mut().unwrap().healthy = false;
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Pending, Some("TargetNotAvailable"))
+    );
+    assert!(d.actions.is_empty());
+    let mut ws = s.clone();
+    // t(0) is 2027-01-15T08:00:00Z, a Friday.
+    ws.window = Some(ChangeWindow {
+        time_zone: "UTC".into(),
+        days: vec!["Sat".into()],
+        start: "00:00".into(),
+        end: "23:59".into(),
+    });
+    let d = decide("chg", &ws, &ChangeRequestStatus::default(), &obs(0));
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Pending, Some("OutsideWindow"))
+    );
+    assert!(d.actions.is_empty());
+}
+
+#[test]
+fn zero_replicas_waits_instead_of_invalid() {
+    let mut o = obs(0);
+    o.workload.as_mut().unwrap().replicas = 0;
+    let d = decide("chg", &spec(BASIC), &ChangeRequestStatus::default(), &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Pending, Some("TargetNotAvailable"))
+    );
+}
+
+#[test]
+fn batch_becomes_ready_then_bakes_then_passes_and_next_starts() {
+    let s = spec(BASIC);
+    let st = started(&s);
+    // Not ready yet: keep ensuring, wait.
+    let d = decide("chg", &s, &st, &obs(1));
+    assert_eq!(d.actions, vec![Action::Ensure(Step::Batch { changed: 1 })]);
+    assert!(d.status.batches[0].ready_at.is_none());
+    // Ready.
+    let mut o = obs(5);
+    o.workload = Some(workload(true, 1));
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.batches[0].ready_at, Some(Time(t(5))));
+    assert_eq!(reasons(&d), vec!["BatchReady"]);
+    // Baking, not over.
+    let mut o = obs(20);
+    o.workload = Some(workload(true, 1));
+    let d = decide("chg", &s, &d.status, &o);
+    assert!(d.status.batches[0].verdict.is_none());
+    assert!(d.requeue.unwrap() <= StdDuration::from_secs(15));
+    // Bake over: pass, batch 2 starts in the same decision.
+    let mut o = obs(36);
+    o.workload = Some(workload(true, 1));
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.batches[0].verdict, Some(Verdict::Pass));
+    assert_eq!(d.status.current_batch, 2);
+    assert_eq!(d.status.batch.as_deref(), Some("2/3"));
+    assert_eq!(
+        d.actions,
+        vec![
+            Action::Ensure(Step::Batch { changed: 1 }),
+            Action::Ensure(Step::Batch { changed: 2 })
+        ]
+    );
+    assert_eq!(reasons(&d), vec!["BatchPassed", "BatchStarted"]);
+    assert!(
+        d.status.batches[1].ready_at.is_none(),
+        "batch 2 is not ready on batch 1's observation"
+    );
+    assert_eq!(
+        current_step(&s, &d.status),
+        Some(Step::Batch { changed: 2 })
+    );
+}
+
+/// Run a change through with a workload that reaches each step at once.
+fn run_to_end(s: &ChangeRequestSpec) -> (ChangeRequestStatus, Vec<Action>, Vec<&'static str>) {
+    let mut st = ChangeRequestStatus::default();
+    let mut actions = Vec::new();
+    let mut notes = Vec::new();
+    for i in 0..200 {
+        let mut o = obs(i * 10);
+        o.workload = Some(workload(i > 0, 4));
+        let d = decide("chg", s, &st, &o);
+        actions.extend(d.actions.clone());
+        notes.extend(reasons(&d));
+        st = d.status;
+        if st.phase.is_terminal() {
+            break;
+        }
+    }
+    (st, actions, notes)
+}
+
+#[test]
+fn last_batch_promotes_and_succeeds() {
+    let (st, actions, notes) = run_to_end(&spec(BASIC));
+    assert_eq!(st.phase, Phase::Succeeded);
+    assert!(actions.contains(&Action::Ensure(Step::Promote)));
+    assert!(!actions.contains(&Action::Ensure(Step::Restore)));
+    assert_eq!(
+        st.batches.iter().map(|b| b.verdict).collect::<Vec<_>>(),
+        vec![Some(Verdict::Pass); 3]
+    );
+    assert_eq!(notes.last(), Some(&"Succeeded"));
+    assert_eq!(cond(&st, "Ready").status, "True");
+    assert_eq!(cond(&st, "Degraded").status, "False");
+    assert!(st.finished_at.is_some());
+}
+
+#[test]
+fn deadline_rolls_back_or_pauses() {
+    let s = spec(BASIC);
+    let st = started(&s);
+    let mut o = obs(601);
+    o.workload = Some(workload(false, 0));
+    let d = decide("chg", &s, &st, &o);
+    assert_eq!(d.status.phase, Phase::RollingBack);
+    assert_eq!(d.status.reason.as_deref(), Some("ProgressDeadlineExceeded"));
+    assert_eq!(d.status.batches[0].verdict, Some(Verdict::Fail));
+    assert!(d.actions.contains(&Action::Ensure(Step::Restore)));
+    assert_eq!(reasons(&d), vec!["BatchFailed", "RollingBack"]);
+    // Rollback completes.
+    let mut o = obs(610);
+    o.workload = Some(workload(true, 0));
+    let d2 = decide("chg", &s, &d.status, &o);
+    assert_eq!(d2.status.phase, Phase::RolledBack);
+    assert_eq!(cond(&d2.status, "Degraded").status, "True");
+    assert_eq!(d2.requeue, None);
+
+    let mut ps = s.clone();
+    ps.on_anomaly = OnAnomaly::Pause;
+    let d = decide("chg", &ps, &started(&ps), &obs(601));
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Paused, Some("ProgressDeadlineExceeded"))
+    );
+    assert!(!d.actions.contains(&Action::Ensure(Step::Restore)));
+}
+
+#[test]
+fn manual_approval_waits_for_the_annotation() {
+    let s = spec(
+        "target: {kind: Deployment, name: web}\nimages: {app: 'web:2'}\nbatches: [{percent: 25, bake: 0s, approval: manual}, {percent: 100, bake: 0s, approval: manual}]",
+    );
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &obs(0));
+    assert_eq!(d.status.phase, Phase::AwaitingApproval);
+    assert!(d.actions.is_empty());
+    assert!(
+        d.status
+            .message
+            .as_ref()
+            .unwrap()
+            .contains("graygate.io/approve=1")
+    );
+    let d = decide("chg", &s, &d.status, &obs(5));
+    assert_eq!(d.status.phase, Phase::AwaitingApproval);
+    let mut o = obs(10);
+    o.signals.approve = Some(1);
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.actions, vec![Action::Ensure(Step::Batch { changed: 1 })]);
+    assert_eq!(reasons(&d), vec!["Approved", "BatchStarted"]);
+    // Batch 1 passes; batch 2 needs approve=2, approve=1 is not enough.
+    let mut o = obs(20);
+    o.signals.approve = Some(1);
+    o.workload = Some(workload(true, 1));
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.batches[0].verdict, Some(Verdict::Pass));
+    assert_eq!(
+        (d.status.phase, d.status.current_batch),
+        (Phase::AwaitingApproval, 2)
+    );
+}
+
+#[test]
+fn pause_annotation_holds_and_removal_continues() {
+    let s = spec(BASIC);
+    let st = started(&s);
+    let mut o = obs(5);
+    o.signals.pause = true;
+    let d = decide("chg", &s, &st, &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Paused, Some("PausedByAnnotation"))
+    );
+    assert!(d.actions.is_empty());
+    assert_eq!(
+        cond(&d.status, "Degraded").status,
+        "False",
+        "a manual pause is not degradation"
+    );
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::Paused);
+    let d = decide("chg", &s, &d.status, &obs(10));
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(reasons(&d), vec!["Resumed"]);
+}
+
+#[test]
+fn abort_rolls_back_once() {
+    let s = spec(BASIC);
+    let st = started(&s);
+    let mut o = obs(5);
+    o.signals.abort = Some("now".into());
+    let d = decide("chg", &s, &st, &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::RollingBack, Some("Aborted"))
+    );
+    assert_eq!(d.actions, vec![Action::Ensure(Step::Restore)]);
+    o.workload = Some(workload(true, 0));
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    // A handled abort token does nothing more.
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    assert!(d.actions.is_empty() && d.notes.is_empty());
+}
+
+#[test]
+fn abort_before_start_changes_nothing() {
+    let s = spec(BASIC);
+    let mut o = obs(0);
+    o.blocker = Some("other".into());
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &o);
+    o.signals.abort = Some("x".into());
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    assert!(d.actions.is_empty());
+}
+
+#[test]
+fn retry_restarts_a_rolled_back_change() {
+    let s = spec(BASIC);
+    let mut o = obs(5);
+    o.signals.abort = Some("a".into());
+    let d = decide("chg", &s, &started(&s), &o);
+    o.workload = Some(workload(true, 0));
+    let rolled = decide("chg", &s, &d.status, &o).status;
+    assert_eq!(rolled.phase, Phase::RolledBack);
+    let mut o = obs(20);
+    o.signals.abort = Some("a".into());
+    o.signals.retry = Some("r1".into());
+    let d = decide("chg", &s, &rolled, &o);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.current_batch, 1);
+    assert_eq!(d.status.batches.len(), 1);
+    assert_eq!(reasons(&d), vec!["Retry", "Started", "BatchStarted"]);
+    assert_eq!(
+        d.status.handled.abort.as_deref(),
+        Some("a"),
+        "the old abort is not acted on again"
+    );
+    // Retry on an active change is ignored with an Event.
+    let d2 = decide("chg", &s, &d.status, &{
+        let mut o = obs(21);
+        o.signals.retry = Some("r2".into());
+        o
+    });
+    assert_eq!(reasons(&d2), vec!["RetryIgnored"]);
+    assert_eq!(d2.status.phase, Phase::Progressing);
+}
+
+fn analysis_spec(extra: &str) -> ChangeRequestSpec {
+    spec(&format!(
+        "{BASIC}analysis: {{interval: 10s, failureLimit: 2}}\n{extra}"
+    ))
+}
+
+fn ready_status(s: &ChangeRequestSpec) -> ChangeRequestStatus {
+    let mut o = obs(1);
+    o.workload = Some(workload(true, 1));
+    decide("chg", s, &started(s), &o).status
+}
+
+fn verdict(v: Verdict) -> Option<Judgement> {
+    Some(Judgement::Verdict {
+        verdict: v,
+        summary: format!("{v:?} summary"),
+        findings: vec![Finding {
+            metric: "errors".into(),
+            detector: "proportion".into(),
+            groups: "change vs control".into(),
+            outcome: Some(v),
+            explanation: "x".into(),
+            ..Default::default()
+        }],
+    })
+}
+
+#[test]
+fn judgement_is_due_every_interval_after_ready() {
+    let s = analysis_spec("");
+    let st = ready_status(&s);
+    assert_eq!(judgement_due(&s, &st, t(5)), None);
+    let w = judgement_due(&s, &st, t(11)).unwrap();
+    assert_eq!((w.batch, w.from, w.to), (1, t(1), t(11)));
+    let mut o = obs(11);
+    o.workload = Some(workload(true, 1));
+    o.judgement = verdict(Verdict::Pass);
+    let st = decide("chg", &s, &st, &o).status;
+    assert_eq!(judgement_due(&s, &st, t(15)), None);
+    assert!(judgement_due(&s, &st, t(21)).is_some());
+    assert_eq!(
+        judgement_due(&spec(BASIC), &st, t(100)),
+        None,
+        "no analysis, no judgement"
+    );
+}
+
+#[test]
+fn failing_judgements_reach_the_failure_limit_and_roll_back() {
+    let s = analysis_spec("");
+    let st = ready_status(&s);
+    let mut o = obs(11);
+    o.workload = Some(workload(true, 1));
+    o.judgement = verdict(Verdict::Fail);
+    let d = decide("chg", &s, &st, &o);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.batches[0].consecutive_failures, 1);
+    assert_eq!(reasons(&d), vec!["JudgementFailed"]);
+    assert_eq!(d.status.batches[0].findings.len(), 1);
+    o.now = t(21);
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::RollingBack, Some("AnalysisFailed"))
+    );
+    assert_eq!(d.status.batches[0].verdict, Some(Verdict::Fail));
+    assert!(d.actions.contains(&Action::Ensure(Step::Restore)));
+}
+
+#[test]
+fn a_passing_judgement_resets_the_failure_count() {
+    let s = analysis_spec("");
+    let mut st = ready_status(&s);
+    for (i, v) in [Verdict::Fail, Verdict::Pass, Verdict::Fail]
+        .into_iter()
+        .enumerate()
+    {
+        let mut o = obs(11 + 10 * i as i64);
+        o.workload = Some(workload(true, 1));
+        o.judgement = verdict(v);
+        st = decide("chg", &s, &st, &o).status;
+    }
+    assert_eq!(st.phase, Phase::Progressing);
+    assert_eq!(st.batches[0].consecutive_failures, 1);
+}
+
+#[test]
+fn bake_end_passes_only_on_a_passing_last_judgement() {
+    let s = analysis_spec("");
+    let st = ready_status(&s);
+    let mut o = obs(32);
+    o.workload = Some(workload(true, 1));
+    // Bake over but no judgement yet: keep waiting.
+    let d = decide("chg", &s, &st, &o);
+    assert!(d.status.batches[0].verdict.is_none());
+    o.judgement = verdict(Verdict::Pass);
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.batches[0].verdict, Some(Verdict::Pass));
+    assert_eq!(d.status.current_batch, 2);
+}
+
+#[test]
+fn inconclusive_at_bake_end_pauses_with_the_reason() {
+    let s = analysis_spec("");
+    let st = ready_status(&s);
+    let mut o = obs(32);
+    o.workload = Some(workload(true, 1));
+    o.judgement = verdict(Verdict::Inconclusive);
+    let d = decide("chg", &s, &st, &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Paused, Some("Inconclusive"))
+    );
+    assert!(
+        d.status
+            .message
+            .as_ref()
+            .unwrap()
+            .contains("Inconclusive summary")
+    );
+    // A resume re-runs the batch's checks.
+    let mut o = obs(40);
+    o.workload = Some(workload(true, 1));
+    o.signals.resume = Some("1".into());
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.batches[0].verdict, None);
+    assert_eq!(d.status.batches[0].ready_at, Some(Time(t(40))));
+}
+
+#[test]
+fn analysis_error_pauses_fail_closed_or_continues_fail_open() {
+    let s = analysis_spec("");
+    let st = ready_status(&s);
+    let mut o = obs(11);
+    o.workload = Some(workload(true, 1));
+    o.judgement = Some(Judgement::Error("connection refused".into()));
+    let d = decide("chg", &s, &st, &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Paused, Some("AnalysisError"))
+    );
+    assert!(
+        d.status
+            .message
+            .as_ref()
+            .unwrap()
+            .contains("connection refused")
+    );
+
+    let open = analysis_spec("onAnalysisError: continue");
+    let st = ready_status(&open);
+    let mut o = obs(32);
+    o.workload = Some(workload(true, 1));
+    o.judgement = Some(Judgement::Error("connection refused".into()));
+    let d = decide("chg", &open, &st, &o);
+    assert_eq!(d.status.batches[0].verdict, Some(Verdict::Pass));
+    assert_eq!(reasons(&d)[0], "AnalysisError");
+}
+
+#[test]
+fn deleting_an_active_change_rolls_back_before_letting_go() {
+    let s = spec(BASIC);
+    let st = started(&s);
+    let mut o = obs(5);
+    o.deleting = true;
+    let d = decide("chg", &s, &st, &o);
+    assert_eq!(d.status.phase, Phase::RollingBack);
+    assert_eq!(d.actions, vec![Action::Ensure(Step::Restore)]);
+    o.workload = Some(workload(true, 0));
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    assert_eq!(d.actions, vec![Action::RemoveFinalizer]);
+
+    let mut keep = s.clone();
+    keep.deletion_policy = DeletionPolicy::Keep;
+    let mut o = obs(5);
+    o.deleting = true;
+    let d = decide("chg", &keep, &started(&keep), &o);
+    assert_eq!(d.actions, vec![Action::Orphan, Action::RemoveFinalizer]);
+
+    let d = decide(
+        "chg",
+        &s,
+        &ChangeRequestStatus {
+            phase: Phase::Succeeded,
+            ..Default::default()
+        },
+        &o,
+    );
+    assert_eq!(d.actions, vec![Action::RemoveFinalizer]);
+}
+
+#[test]
+fn target_disappearing_mid_rollout_fails() {
+    let s = spec(BASIC);
+    let mut o = obs(5);
+    o.workload = None;
+    let d = decide("chg", &s, &started(&s), &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Failed, Some("TargetGone"))
+    );
+    assert_eq!(cond(&d.status, "Degraded").status, "True");
+}
+
+#[test]
+fn editing_the_change_mid_rollout_pauses_and_resume_adopts_it() {
+    let s = spec(BASIC);
+    let st = started(&s);
+    let mut edited = s.clone();
+    edited.images.insert("app".into(), "web:3".into());
+    let mut o = obs(5);
+    o.generation = 2;
+    let d = decide("chg", &edited, &st, &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Paused, Some("SpecChanged"))
+    );
+    assert!(d.actions.is_empty());
+    let mut o = obs(6);
+    o.generation = 2;
+    o.signals.resume = Some("go".into());
+    let d2 = decide("chg", &edited, &d.status, &o);
+    assert_eq!(d2.status.phase, Phase::Progressing);
+    assert_ne!(d2.status.change_revision, st.change_revision);
+    // Editing only the bake time does not pause.
+    let mut baked = s.clone();
+    baked.batches[0].bake = Duration::from_secs(5);
+    let mut o = obs(5);
+    o.generation = 2;
+    assert_eq!(
+        decide("chg", &baked, &st, &o).status.phase,
+        Phase::Progressing
+    );
+}
+
+#[test]
+fn a_restarted_operator_repeats_no_batch_and_skips_none() {
+    // Feeding the recorded status back in (as after a restart) gives the same step, not a new batch.
+    let s = spec(BASIC);
+    let mut o = obs(5);
+    o.workload = Some(workload(true, 1));
+    let st = decide("chg", &s, &started(&s), &o).status;
+    let a = decide("chg", &s, &st, &obs(10));
+    let b = decide("chg", &s, &a.status, &obs(10));
+    assert_eq!(a.actions, b.actions);
+    assert_eq!(a.status.current_batch, 1);
+    assert_eq!(b.status.batches, a.status.batches);
+    assert!(b.notes.is_empty(), "nothing new happened, so no Event");
+}
+
+#[test]
+fn conditions_keep_their_transition_time_while_unchanged() {
+    let s = spec(BASIC);
+    let st = started(&s);
+    let before = cond(&st, "Progressing").last_transition_time.clone();
+    let d = decide("chg", &s, &st, &obs(50));
+    assert_eq!(cond(&d.status, "Progressing").last_transition_time, before);
+}
+
+#[test]
+fn statefulset_selectors_use_the_revision_label() {
+    let s = spec(
+        "target: {kind: StatefulSet, name: db}\nimages: {app: 'web:2'}\nbatches: [{replicas: 1}, {percent: 100}]",
+    );
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &obs(0));
+    assert_eq!(d.status.canary_name, None);
+    assert_eq!(
+        d.status.control_selector.as_deref(),
+        Some("app=web,controller-revision-hash=abc")
+    );
+}
+
+#[test]
+fn long_names_give_a_valid_canary_name() {
+    let n = canary_name(&"a".repeat(50), &"b".repeat(40));
+    assert!(n.len() <= 63, "{n}");
+    assert_ne!(n, canary_name(&"a".repeat(50), &"c".repeat(40)));
+}
+
+#[test]
+fn signals_parse_from_annotations() {
+    let ann: BTreeMap<String, String> = [
+        (ANN_APPROVE.to_string(), "3".to_string()),
+        (ANN_PAUSE.to_string(), "".to_string()),
+        (ANN_ABORT.to_string(), "".to_string()),
+    ]
+    .into();
+    let s = Signals::from_annotations(&ann);
+    assert_eq!(s.approve, Some(3));
+    assert!(s.pause);
+    assert_eq!(s.abort, None);
+    let off: BTreeMap<String, String> = [(ANN_PAUSE.to_string(), "false".to_string())].into();
+    assert!(!Signals::from_annotations(&off).pause);
+}
