@@ -1,7 +1,10 @@
 //! graygate: gray, batched rollouts of Kubernetes workload changes with analysis between batches.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod rollout;
+pub mod server;
 pub mod util;

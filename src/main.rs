@@ -1,1 +1,94 @@
-fn main() {}
+//! The graygate binary: the operator, CRD generation, offline analysis and kubectl plugin verbs.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand, ValueEnum};
+use graygate::cli;
+use kube::CustomResourceExt;
+use std::process::ExitCode;
+
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("GRAYGATE_GIT_REV"),
+    ")"
+);
+
+#[derive(Parser)]
+#[command(name = "graygate", version = VERSION, about = "Gray, batched rollouts of Kubernetes workload changes, checked between batches")]
+struct Cli {
+    /// Log level: error, warn, info, debug or trace (or a tracing filter).
+    #[arg(long, global = true, env = "GRAYGATE_LOG", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, global = true, env = "GRAYGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator.
+    Run(cli::run::RunArgs),
+    /// Print the ChangeRequest CustomResourceDefinition as YAML.
+    Crd,
+}
+
+fn init_logs(level: &str, format: LogFormat) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("--log-level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logs(&cli.log_level, cli.log_format) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    match cli.command {
+        Command::Crd => match serde_yaml::to_string(&graygate::api::ChangeRequest::crd()) {
+            Ok(y) => {
+                print!("{y}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(cli::run::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "graygate run failed");
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -611,8 +611,10 @@ impl Machine<'_> {
             b.consecutive_failures = 0;
             b.reason = None;
         }
-        if was != "PausedByAnnotation" {
-            if let Some(b) = self.current_mut() {
+        if was != "PausedByAnnotation"
+            && let Some(b) = self.current_mut()
+        {
+            {
                 b.consecutive_failures = 0;
                 if b.verdict.is_none() {
                     b.ready_at = None;

@@ -1,4 +1,191 @@
 //! Workload strategies and the pure pieces they share.
 
+pub mod deployment;
 pub mod plan;
+pub mod statefulset;
 pub mod template;
+
+use crate::api::{ChangeRequest, LABEL_CHANGE, TargetKind};
+use crate::controller::state::{Step, WorkloadObs};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use kube::api::ListParams;
+use kube::{Api, Client};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Errors from talking to the cluster about a workload.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a call.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object did not have the expected shape.
+    #[error("unexpected object shape: {0}")]
+    Shape(#[from] serde_json::Error),
+    /// The ChangeRequest has no namespace (it is namespaced, so the API server broke a promise).
+    #[error("the ChangeRequest has no namespace")]
+    NoNamespace,
+    /// The change cannot be applied to the workload any more.
+    #[error("{0}")]
+    Spec(String),
+}
+
+impl Error {
+    /// A stable category, used as a metric label and Event reason.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(e)) if e.code == 409 => "Conflict",
+            Error::Kube(kube::Error::Api(e)) if e.code == 429 => "Throttled",
+            Error::Kube(kube::Error::Api(e)) if e.code >= 500 => "ApiServerError",
+            Error::Kube(kube::Error::Api(_)) => "ApiRejected",
+            Error::Kube(_) => "ApiUnreachable",
+            Error::Shape(_) => "UnexpectedObject",
+            Error::NoNamespace => "NoNamespace",
+            Error::Spec(_) => "InvalidSpec",
+        }
+    }
+}
+
+/// What a strategy needs to act on one ChangeRequest.
+pub struct Ctx<'a> {
+    /// Kubernetes client.
+    pub client: &'a Client,
+    /// The ChangeRequest's namespace.
+    pub ns: &'a str,
+    /// The ChangeRequest, with its recorded status.
+    pub cr: &'a ChangeRequest,
+}
+
+/// A pod template as plain JSON (what graygate compares, hashes and records).
+pub fn template_of(t: &Option<&PodTemplateSpec>) -> Result<Value, Error> {
+    Ok(match t {
+        Some(t) => serde_json::to_value(t)?,
+        None => Value::Object(Default::default()),
+    })
+}
+
+/// Two templates are the same rollout target when they differ at most in graygate's own label.
+pub fn same_template(a: &Value, b: &Value) -> bool {
+    fn without_label(v: &Value) -> Value {
+        let mut v = v.clone();
+        if let Some(Value::Object(l)) = v.pointer_mut("/metadata/labels") {
+            l.remove(LABEL_CHANGE);
+        }
+        strip_empty(&mut v);
+        v
+    }
+    without_label(a) == without_label(b)
+}
+
+// API servers drop empty maps and nulls on the way in; compare without them.
+fn strip_empty(v: &mut Value) {
+    if let Value::Object(m) = v {
+        for x in m.values_mut() {
+            strip_empty(x);
+        }
+        m.retain(|_, x| !(x.is_null() || x.as_object().is_some_and(|o| o.is_empty())));
+    } else if let Value::Array(a) = v {
+        a.iter_mut().for_each(strip_empty);
+    }
+}
+
+/// Observe the target against `step`.
+pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<WorkloadObs>, Error> {
+    match ctx.cr.spec.target.kind {
+        TargetKind::Deployment => deployment::observe(ctx, step).await,
+        TargetKind::StatefulSet => statefulset::observe(ctx, step).await,
+    }
+}
+
+/// Bring the workload to `step`, idempotently.
+pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
+    match ctx.cr.spec.target.kind {
+        TargetKind::Deployment => deployment::ensure(ctx, step).await,
+        TargetKind::StatefulSet => statefulset::ensure(ctx, step).await,
+    }
+}
+
+/// Detach graygate's objects so they outlive the ChangeRequest (deletionPolicy keep).
+pub async fn orphan(ctx: &Ctx<'_>) -> Result<(), Error> {
+    match ctx.cr.spec.target.kind {
+        TargetKind::Deployment => deployment::orphan(ctx).await,
+        TargetKind::StatefulSet => Ok(()),
+    }
+}
+
+/// A pod in a comparison group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupPod {
+    /// Pod name.
+    pub name: String,
+    /// Pod labels.
+    pub labels: BTreeMap<String, String>,
+    /// When the pod became ready, if it did.
+    pub ready_since: Option<jiff::Timestamp>,
+}
+
+/// The change and control pods of the current batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Groups {
+    /// Pods on the new template.
+    pub change: Vec<GroupPod>,
+    /// Pods of the same workload still on the old template.
+    pub control: Vec<GroupPod>,
+}
+
+/// List the change and control pods from the selectors recorded in status.
+pub async fn groups(ctx: &Ctx<'_>) -> Result<Groups, Error> {
+    let status = ctx.cr.status.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ctx.ns);
+    let list = |sel: Option<String>| {
+        let api = api.clone();
+        async move {
+            let Some(sel) = sel else {
+                return Ok::<_, Error>(Vec::new());
+            };
+            let pods = api.list(&ListParams::default().labels(&sel)).await?;
+            Ok(pods
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .map(|p| GroupPod {
+                    name: p.metadata.name.clone().unwrap_or_default(),
+                    labels: p.metadata.labels.clone().unwrap_or_default(),
+                    ready_since: p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+                        .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0)),
+                })
+                .collect())
+        }
+    };
+    let mut change = list(status.change_selector.clone()).await?;
+    let mut control = list(status.control_selector.clone()).await?;
+    if ctx.cr.spec.target.kind == TargetKind::StatefulSet {
+        // Partition rollouts label by revision: the change group is the pods not at the stable one.
+        control.retain(|p| !p.labels.contains_key(LABEL_CHANGE));
+        change.retain(|p| p.labels.contains_key("controller-revision-hash"));
+    }
+    change.sort_by(|a, b| a.name.cmp(&b.name));
+    control.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Groups { change, control })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn same_template_ignores_graygate_label_and_empty_maps() {
+        let a = json!({"metadata": {"labels": {"app": "w", "graygate.io/change": "c"}}, "spec": {"containers": [{"name": "a", "resources": {}}]}});
+        let b =
+            json!({"metadata": {"labels": {"app": "w"}}, "spec": {"containers": [{"name": "a"}]}});
+        assert!(same_template(&a, &b));
+        let c =
+            json!({"metadata": {"labels": {"app": "w"}}, "spec": {"containers": [{"name": "b"}]}});
+        assert!(!same_template(&b, &c));
+    }
+}

@@ -151,10 +151,10 @@ fn strip_graygate_labels(template: &Value) -> Value {
     let mut t = template.clone();
     if let Some(Value::Object(labels)) = t.pointer_mut("/metadata/labels") {
         labels.remove(crate::api::LABEL_CHANGE);
-        if labels.is_empty() {
-            if let Some(Value::Object(meta)) = t.pointer_mut("/metadata") {
-                meta.remove("labels");
-            }
+        if labels.is_empty()
+            && let Some(Value::Object(meta)) = t.pointer_mut("/metadata")
+        {
+            meta.remove("labels");
         }
     }
     if let Some(Value::Object(meta)) = t.pointer_mut("/metadata")

@@ -1,0 +1,3 @@
+//! Command-line verbs.
+
+pub mod run;

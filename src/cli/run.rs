@@ -1,0 +1,196 @@
+//! `graygate run`: the operator process.
+
+use crate::analysis::{Analyzer, Unavailable};
+use crate::controller::lease::{self, LeaseConfig};
+use crate::controller::metrics::Metrics;
+use crate::controller::reconcile::{Context, run_controller};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Settings of `graygate run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Only watch ChangeRequests in this namespace (default: all namespaces).
+    #[arg(long, env = "GRAYGATE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "GRAYGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "GRAYGATE_LEASE_NAME", default_value = "graygate-leader")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "GRAYGATE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long a Lease is valid without renewal.
+    #[arg(long, env = "GRAYGATE_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: crate::api::Duration,
+    /// This replica's identity in the Lease (default: the pod name, else host name and pid).
+    #[arg(long, env = "GRAYGATE_IDENTITY")]
+    pub identity: Option<String>,
+    /// Default Prometheus URL for analyses that do not name one.
+    #[arg(long, env = "GRAYGATE_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+}
+
+fn identity(args: &RunArgs) -> String {
+    args.identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Build the analyzer for this process.
+pub fn analyzer(_args: &RunArgs) -> Arc<dyn Analyzer> {
+    Arc::new(Unavailable)
+}
+
+/// Run the operator until SIGTERM or Ctrl-C.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the cluster (check KUBECONFIG or the in-cluster service account): {e}"
+        )
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let me = identity(&args);
+    let lease_cfg = LeaseConfig {
+        name: args.lease_name.clone(),
+        namespace: args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into()),
+        identity: me.clone(),
+        duration: args.lease_duration.std().max(Duration::from_secs(1)),
+    };
+    let (leader_tx, mut leader_rx) = watch::channel(false);
+    let (lease_ok_tx, lease_ok_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, identity = %me, "graygate starting");
+    let server = {
+        let metrics = metrics.clone();
+        let mut stop = stop_rx.clone();
+        // A standby replica is ready once it can talk to the API server; the leader once its watches synced.
+        let (combined_tx, combined_rx) = watch::channel(false);
+        let mut lease_ok = lease_ok_rx.clone();
+        let mut ready = ready_rx.clone();
+        let mut leading = leader_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let value = if *leading.borrow() {
+                    *ready.borrow()
+                } else {
+                    *lease_ok.borrow()
+                };
+                let _ = combined_tx.send(value);
+                tokio::select! {
+                    r = lease_ok.changed() => if r.is_err() { break },
+                    r = ready.changed() => if r.is_err() { break },
+                    r = leading.changed() => if r.is_err() { break },
+                }
+            }
+        });
+        tokio::spawn(serve_until(listener, metrics, combined_rx, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    };
+    let lease_task = tokio::spawn(lease::run(
+        client.clone(),
+        lease_cfg.clone(),
+        leader_tx,
+        lease_ok_tx,
+    ));
+
+    // Wait to lead (or to be told to stop).
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        if *leader_rx.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                lease_task.abort();
+                let _ = server.await;
+                return Ok(());
+            }
+            r = leader_rx.changed() => if r.is_err() { anyhow::bail!("leader election stopped") },
+        }
+    }
+    metrics.leader.set(1);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        analyzer(&args),
+        me,
+    ));
+    let (ctl_stop_tx, ctl_stop_rx) = watch::channel(false);
+    let mut ctl_stop = ctl_stop_rx.clone();
+    let controller = tokio::spawn(run_controller(
+        ctx,
+        args.namespace.clone(),
+        ready_tx,
+        async move {
+            let _ = ctl_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let outcome = tokio::select! {
+        _ = &mut shutdown => Ok(()),
+        _ = leader_rx.wait_for(|l| !*l) => Err(anyhow::anyhow!("lost leadership; exiting so a fresh process can rejoin the election")),
+    };
+    // Graceful: let in-flight reconciles finish, then hand the Lease over.
+    let _ = ctl_stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(20), controller)
+        .await
+        .is_err()
+    {
+        tracing::warn!("controller did not stop within 20s");
+    }
+    lease_task.abort();
+    metrics.leader.set(0);
+    lease::release(&client, &lease_cfg).await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    tracing::info!("graygate stopped");
+    outcome
+}
+
+async fn serve_until(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    ready: watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    if let Err(e) = crate::server::serve(listener, metrics, ready, stop).await {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}

@@ -1,0 +1,207 @@
+//! Leader election on a coordination.k8s.io Lease: only the holder reconciles.
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Settings of the leader election.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    /// Lease name.
+    pub name: String,
+    /// Lease namespace.
+    pub namespace: String,
+    /// This replica's identity (pod name).
+    pub identity: String,
+    /// How long a lease is valid without renewal.
+    pub duration: Duration,
+}
+
+/// What one attempt found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// This replica holds the lease.
+    Leader,
+    /// Another replica holds a valid lease.
+    Follower,
+}
+
+/// Decide whether `me` may take or keep the lease (pure, for tests).
+pub fn may_hold(spec: &LeaseSpec, me: &str, now: Timestamp, default_duration: Duration) -> bool {
+    let holder = spec.holder_identity.as_deref().unwrap_or("");
+    if holder.is_empty() || holder == me {
+        return true;
+    }
+    let secs = spec
+        .lease_duration_seconds
+        .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0)))
+        .unwrap_or(default_duration);
+    match &spec.renew_time {
+        Some(MicroTime(renewed)) => {
+            let expiry = renewed
+                .checked_add(jiff::SignedDuration::from_millis(
+                    i64::try_from(secs.as_millis()).unwrap_or(i64::MAX),
+                ))
+                .unwrap_or(*renewed);
+            now >= expiry
+        }
+        None => true,
+    }
+}
+
+/// One attempt to acquire or renew. Conflicts mean another replica won this round.
+pub async fn try_acquire(client: &Client, cfg: &LeaseConfig) -> Result<Standing, kube::Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    let now = Timestamp::now();
+    let secs = i32::try_from(cfg.duration.as_secs()).unwrap_or(i32::MAX);
+    match api.get_opt(&cfg.name).await? {
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(cfg.name.clone()),
+                    namespace: Some(cfg.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(cfg.identity.clone()),
+                    lease_duration_seconds: Some(secs),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Standing::Leader),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Standing::Follower),
+                Err(e) => Err(e),
+            }
+        }
+        Some(mut lease) => {
+            let spec = lease.spec.clone().unwrap_or_default();
+            if !may_hold(&spec, &cfg.identity, now, cfg.duration) {
+                return Ok(Standing::Follower);
+            }
+            let taking_over = spec.holder_identity.as_deref() != Some(cfg.identity.as_str());
+            let mut next = spec.clone();
+            next.holder_identity = Some(cfg.identity.clone());
+            next.lease_duration_seconds = Some(secs);
+            next.renew_time = Some(MicroTime(now));
+            if taking_over {
+                next.acquire_time = Some(MicroTime(now));
+                next.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            }
+            lease.spec = Some(next);
+            match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+                Ok(_) => Ok(Standing::Leader),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Standing::Follower),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// Give the lease up on shutdown so a successor does not wait for it to expire.
+pub async fn release(client: &Client, cfg: &LeaseConfig) {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+    if let Ok(Some(mut lease)) = api.get_opt(&cfg.name).await {
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() == Some(cfg.identity.as_str()) {
+            spec.holder_identity = None;
+            lease.spec = Some(spec);
+            let _ = api.replace(&cfg.name, &PostParams::default(), &lease).await;
+        }
+    }
+}
+
+/// Keep trying to hold the lease; publish `true` while this replica leads.
+///
+/// A leader that cannot renew within the lease duration publishes `false`, and the caller stops.
+pub async fn run(
+    client: Client,
+    cfg: LeaseConfig,
+    tx: watch::Sender<bool>,
+    synced: watch::Sender<bool>,
+) {
+    let retry = (cfg.duration / 3).max(Duration::from_millis(200));
+    let mut last_renewed: Option<tokio::time::Instant> = None;
+    loop {
+        match try_acquire(&client, &cfg).await {
+            Ok(Standing::Leader) => {
+                last_renewed = Some(tokio::time::Instant::now());
+                let _ = synced.send(true);
+                if !*tx.borrow() {
+                    tracing::info!(lease = %cfg.name, identity = %cfg.identity, "acquired leadership");
+                    let _ = tx.send(true);
+                }
+            }
+            Ok(Standing::Follower) => {
+                let _ = synced.send(true);
+                if *tx.borrow() {
+                    tracing::warn!(lease = %cfg.name, "lost leadership to another replica");
+                    let _ = tx.send(false);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lease renewal failed");
+                if *tx.borrow() && last_renewed.is_none_or(|t| t.elapsed() >= cfg.duration) {
+                    tracing::error!("could not renew the lease in time; stepping down");
+                    let _ = tx.send(false);
+                }
+            }
+        }
+        tokio::time::sleep(retry).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(holder: &str, renewed: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(Timestamp::from_second(renewed).unwrap())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_valid_lease_of_another_replica_is_respected() {
+        let now = Timestamp::from_second(1_000_010).unwrap();
+        assert!(!may_hold(
+            &spec("other", 1_000_000),
+            "me",
+            now,
+            Duration::from_secs(15)
+        ));
+        assert!(may_hold(
+            &spec("me", 1_000_000),
+            "me",
+            now,
+            Duration::from_secs(15)
+        ));
+    }
+
+    #[test]
+    fn an_expired_or_released_lease_can_be_taken() {
+        let now = Timestamp::from_second(1_000_016).unwrap();
+        assert!(may_hold(
+            &spec("other", 1_000_000),
+            "me",
+            now,
+            Duration::from_secs(15)
+        ));
+        assert!(may_hold(
+            &spec("", 1_000_015),
+            "me",
+            now,
+            Duration::from_secs(15)
+        ));
+    }
+}

@@ -1,0 +1,169 @@
+//! The operator's own Prometheus metrics.
+
+use crate::api::{Phase, Verdict};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Label set with one `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// ok or error.
+    pub result: String,
+}
+
+/// Label set with one `category` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabel {
+    /// A stable error category.
+    pub category: String,
+}
+
+/// Label set with one `phase` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// A ChangeRequest phase.
+    pub phase: String,
+}
+
+/// Label set with one `verdict` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    /// A batch verdict.
+    pub verdict: String,
+}
+
+/// Every metric graygate exports.
+pub struct Metrics {
+    /// The registry they are in.
+    pub registry: Registry,
+    /// Reconciles by result.
+    pub reconciles: Family<ResultLabel, Counter>,
+    /// Reconcile errors by category.
+    pub errors: Family<CategoryLabel, Counter>,
+    /// Reconcile duration.
+    pub duration: Histogram,
+    /// ChangeRequests by phase.
+    pub by_phase: Family<PhaseLabel, Gauge>,
+    /// Batch verdicts reached.
+    pub batches: Family<VerdictLabel, Counter>,
+    /// Analysis runs that could not judge.
+    pub analysis_errors: Counter,
+    /// Analysis run duration.
+    pub analysis_duration: Histogram,
+    /// 1 while this replica holds the Lease.
+    pub leader: Gauge,
+    phases: Mutex<HashMap<String, Phase>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("graygate");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        let errors = Family::<CategoryLabel, Counter>::default();
+        let duration = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        let by_phase = Family::<PhaseLabel, Gauge>::default();
+        let batches = Family::<VerdictLabel, Counter>::default();
+        let analysis_errors = Counter::default();
+        let analysis_duration =
+            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        let leader = Gauge::default();
+        registry.register(
+            "reconcile",
+            "Reconciles of ChangeRequests by result",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors by category",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            duration.clone(),
+        );
+        registry.register(
+            "changerequests",
+            "ChangeRequests known to this operator, by phase",
+            by_phase.clone(),
+        );
+        registry.register("batches", "Batch verdicts reached", batches.clone());
+        registry.register(
+            "analysis_errors",
+            "Analysis runs that could not judge",
+            analysis_errors.clone(),
+        );
+        registry.register(
+            "analysis_duration_seconds",
+            "Time spent in one analysis run",
+            analysis_duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        for p in Phase::ALL {
+            by_phase
+                .get_or_create(&PhaseLabel {
+                    phase: p.as_str().into(),
+                })
+                .set(0);
+        }
+        for v in Verdict::ALL {
+            let _ = batches.get_or_create(&VerdictLabel {
+                verdict: v.as_str().into(),
+            });
+        }
+        Metrics {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            by_phase,
+            batches,
+            analysis_errors,
+            analysis_duration,
+            leader,
+            phases: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Metrics {
+    /// Record the phase of one ChangeRequest (None when it is gone) and refresh the gauge.
+    pub fn set_phase(&self, key: &str, phase: Option<Phase>) {
+        let Ok(mut phases) = self.phases.lock() else {
+            return;
+        };
+        match phase {
+            Some(p) => phases.insert(key.to_string(), p),
+            None => phases.remove(key),
+        };
+        for p in Phase::ALL {
+            let n = phases.values().filter(|x| **x == p).count();
+            self.by_phase
+                .get_or_create(&PhaseLabel {
+                    phase: p.as_str().into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

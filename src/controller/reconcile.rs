@@ -1,0 +1,395 @@
+//! The reconciler: observe the cluster, call the pure decision, act idempotently, record.
+
+use super::metrics::{CategoryLabel, Metrics, ResultLabel, VerdictLabel};
+use super::state::{
+    self, Action, Judgement, Observation, Signals, current_step, decide, judgement_due,
+};
+use crate::analysis::{Analyzer, JudgeRequest};
+use crate::api::{ChangeRequest, ChangeRequestStatus, FIELD_MANAGER, FINALIZER, Phase};
+use crate::rollout::{self, Ctx, Error};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Shared state of the reconciler.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The analysis behind "is it right?".
+    pub analyzer: Arc<dyn Analyzer>,
+    /// Consecutive failures per object, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A new context.
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        analyzer: Arc<dyn Analyzer>,
+        instance: String,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "graygate".into(),
+            instance: Some(instance),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            analyzer,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn key(cr: &ChangeRequest) -> String {
+    format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any())
+}
+
+/// Is `other` ahead of `me` in line for the same target?
+fn is_ahead(me: &ChangeRequest, other: &ChangeRequest) -> bool {
+    let phase = other.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    if phase.is_active() {
+        return true;
+    }
+    if !matches!(phase, Phase::Pending | Phase::Blocked)
+        || other.metadata.deletion_timestamp.is_some()
+    {
+        return false;
+    }
+    let created = |c: &ChangeRequest| c.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    (created(other), other.name_any()) < (created(me), me.name_any())
+}
+
+/// The ChangeRequest that holds, or is first in line for, `me`'s target (pure, for tests).
+pub fn find_blocker(me: &ChangeRequest, all: &[ChangeRequest]) -> Option<String> {
+    all.iter()
+        .filter(|o| o.name_any() != me.name_any() && o.namespace() == me.namespace())
+        .filter(|o| o.spec.target == me.spec.target)
+        .filter(|o| is_ahead(me, o))
+        .map(|o| o.name_any())
+        .min()
+}
+
+async fn publish(ctx: &Context, cr: &ChangeRequest, note: &state::Note) {
+    let ev = Event {
+        type_: if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: note.reason.into(),
+        note: Some(note.message.clone()),
+        action: note.reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &cr.object_ref(&())).await {
+        tracing::warn!(error = %e, reason = note.reason, "could not record Event");
+    }
+}
+
+async fn write_status(
+    api: &Api<ChangeRequest>,
+    name: &str,
+    status: &ChangeRequestStatus,
+) -> Result<(), Error> {
+    let body = json!({
+        "apiVersion": "graygate.io/v1alpha1",
+        "kind": "ChangeRequest",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn set_finalizer(
+    api: &Api<ChangeRequest>,
+    cr: &ChangeRequest,
+    present: bool,
+) -> Result<(), Error> {
+    let mut finalizers: Vec<String> = cr.finalizers().to_vec();
+    let has = finalizers.iter().any(|f| f == FINALIZER);
+    if has == present {
+        return Ok(());
+    }
+    if present {
+        finalizers.push(FINALIZER.into());
+    } else {
+        finalizers.retain(|f| f != FINALIZER);
+    }
+    // The resourceVersion makes this a guarded update: a concurrent change is retried, not clobbered.
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": cr.resource_version()}});
+    api.patch(
+        &cr.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// One reconcile of one ChangeRequest.
+pub async fn reconcile(cr: Arc<ChangeRequest>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&cr, &ctx).await;
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    let label = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ResultLabel {
+            result: label.into(),
+        })
+        .inc();
+    if result.is_ok()
+        && let Ok(mut f) = ctx.failures.lock()
+    {
+        f.remove(&key(&cr));
+    }
+    result
+}
+
+async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, Error> {
+    let ns = cr.namespace().ok_or(Error::NoNamespace)?;
+    let name = cr.name_any();
+    let api: Api<ChangeRequest> = Api::namespaced(ctx.client.clone(), &ns);
+    let deleting = cr.metadata.deletion_timestamp.is_some();
+    if !deleting && !cr.finalizers().iter().any(|f| f == FINALIZER) {
+        set_finalizer(&api, cr, true).await?;
+        // The update comes back through the watch.
+        return Ok(Requeue::await_change());
+    }
+    let status = cr.status.clone().unwrap_or_default();
+    let sctx = Ctx {
+        client: &ctx.client,
+        ns: &ns,
+        cr,
+    };
+    let step = current_step(&cr.spec, &status);
+    let workload = rollout::observe(&sctx, step.as_ref()).await?;
+    let blocker = if matches!(status.phase, Phase::Pending | Phase::Blocked) && !deleting {
+        let all = api.list(&Default::default()).await?;
+        find_blocker(cr, &all.items)
+    } else {
+        None
+    };
+    let now = jiff::Timestamp::now();
+    let judgement = match (judgement_due(&cr.spec, &status, now), &cr.spec.analysis) {
+        (Some(window), Some(analysis)) if !deleting && workload.is_some() => {
+            let t0 = Instant::now();
+            let groups = rollout::groups(&sctx).await?;
+            let j = ctx
+                .analyzer
+                .judge(JudgeRequest {
+                    cr,
+                    analysis,
+                    window,
+                    groups,
+                    change_started: status.started_at.as_ref().map(|t| t.0).unwrap_or(now),
+                })
+                .await;
+            ctx.metrics
+                .analysis_duration
+                .observe(t0.elapsed().as_secs_f64());
+            if matches!(j, Judgement::Error(_)) {
+                ctx.metrics.analysis_errors.inc();
+            }
+            Some(j)
+        }
+        _ => None,
+    };
+    let obs = Observation {
+        now,
+        generation: cr.metadata.generation.unwrap_or(0),
+        signals: Signals::from_annotations(cr.annotations()),
+        deleting,
+        blocker,
+        workload,
+        judgement,
+    };
+    let d = decide(&name, &cr.spec, &status, &obs);
+
+    // Record first: a crash after this point resumes from the recorded step, and every action is idempotent.
+    if d.status != status {
+        write_status(&api, &name, &d.status).await?;
+        for (before, after) in status
+            .batches
+            .iter()
+            .map(Some)
+            .chain(std::iter::repeat(None))
+            .zip(d.status.batches.iter())
+        {
+            if let Some(v) = after.verdict
+                && before.and_then(|b| b.verdict) != Some(v)
+            {
+                ctx.metrics
+                    .batches
+                    .get_or_create(&VerdictLabel {
+                        verdict: v.as_str().into(),
+                    })
+                    .inc();
+            }
+        }
+    }
+    for note in &d.notes {
+        tracing::info!(changerequest = %key(cr), reason = note.reason, "{}", note.message);
+        publish(ctx, cr, note).await;
+    }
+    // Act on the recorded status, so strategies see the same plan the decision made.
+    let mut acted = cr.clone();
+    acted.status = Some(d.status.clone());
+    let actx = Ctx {
+        client: &ctx.client,
+        ns: &ns,
+        cr: &acted,
+    };
+    for action in &d.actions {
+        match action {
+            Action::Ensure(step) => rollout::ensure(&actx, step).await?,
+            Action::Orphan => rollout::orphan(&actx).await?,
+            Action::RemoveFinalizer => {
+                let fresh = api.get(&name).await?;
+                set_finalizer(&api, &fresh, false).await?;
+                ctx.metrics.set_phase(&key(cr), None);
+                return Ok(Requeue::await_change());
+            }
+        }
+    }
+    ctx.metrics.set_phase(&key(cr), Some(d.status.phase));
+    Ok(match d.requeue {
+        Some(after) => Requeue::requeue(after),
+        None => Requeue::await_change(),
+    })
+}
+
+/// Requeue with a per-object exponential backoff (1s, 2s, 4s … 5m).
+pub fn error_policy(cr: Arc<ChangeRequest>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics
+        .errors
+        .get_or_create(&CategoryLabel {
+            category: err.category().into(),
+        })
+        .inc();
+    let n = match ctx.failures.lock() {
+        Ok(mut f) => {
+            let n = f.entry(key(&cr)).or_insert(0);
+            *n += 1;
+            *n
+        }
+        Err(_) => 1,
+    };
+    let delay =
+        Duration::from_secs(1u64 << n.min(8).saturating_sub(1)).min(Duration::from_secs(300));
+    tracing::warn!(changerequest = %key(&cr), error = %err, category = err.category(), retry_in = ?delay, "reconcile failed");
+    Requeue::requeue(delay)
+}
+
+/// Run the controller until `shutdown` resolves. `synced` is set once the watches have listed.
+pub async fn run_controller(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    synced: tokio::sync::watch::Sender<bool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (crs, deployments): (Api<ChangeRequest>, Api<Deployment>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let controller = Controller::new(crs, watcher::Config::default())
+        .owns(
+            deployments,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=graygate"),
+        )
+        .graceful_shutdown_on(shutdown);
+    let store = controller.store();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            let _ = synced.send(true);
+        }
+    });
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ChangeRequestSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn cr(name: &str, target: &str, phase: Phase, created: i64) -> ChangeRequest {
+        let spec: ChangeRequestSpec = serde_yaml::from_str(&format!(
+            "target: {{kind: Deployment, name: {target}}}\nimages: {{a: b}}\nbatches: [{{percent: 100}}]"
+        ))
+        .unwrap();
+        let mut c = ChangeRequest::new(name, spec);
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(created).unwrap()));
+        c.status = Some(ChangeRequestStatus {
+            phase,
+            ..Default::default()
+        });
+        c
+    }
+
+    #[test]
+    fn an_active_change_on_the_same_target_blocks() {
+        let me = cr("b", "web", Phase::Pending, 20);
+        let all = vec![
+            cr("a", "web", Phase::Progressing, 30),
+            me.clone(),
+            cr("c", "api", Phase::Progressing, 1),
+        ];
+        assert_eq!(find_blocker(&me, &all), Some("a".into()));
+    }
+
+    #[test]
+    fn the_older_pending_change_goes_first() {
+        let older = cr("a", "web", Phase::Pending, 10);
+        let younger = cr("b", "web", Phase::Pending, 20);
+        let all = vec![older.clone(), younger.clone()];
+        assert_eq!(find_blocker(&younger, &all), Some("a".into()));
+        assert_eq!(find_blocker(&older, &all), None);
+    }
+
+    #[test]
+    fn finished_changes_do_not_block() {
+        let me = cr("b", "web", Phase::Pending, 20);
+        let all = vec![
+            cr("a", "web", Phase::Succeeded, 10),
+            cr("z", "web", Phase::RolledBack, 1),
+            cr("i", "web", Phase::Invalid, 1),
+        ];
+        assert_eq!(find_blocker(&me, &all), None);
+    }
+}

@@ -1,0 +1,336 @@
+//! Deployment targets, canary style: the target stays the control group; a canary Deployment
+//! owned by the ChangeRequest runs the new template; the last batch writes the new template
+//! into the target and removes the canary.
+
+use super::{Ctx, Error, same_template, template_of};
+use crate::api::LABEL_CHANGE;
+use crate::controller::state::{Step, WorkloadObs};
+use crate::rollout::template::{apply_change, with_label};
+use crate::util::short_hash;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+fn counts(d: &Deployment) -> (i32, i32, i32, i32, bool) {
+    let spec_replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    let caught_up = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    (
+        spec_replicas,
+        st.replicas.unwrap_or(0),
+        st.updated_replicas.unwrap_or(0),
+        st.available_replicas
+            .unwrap_or(0)
+            .min(st.ready_replicas.unwrap_or(0)),
+        caught_up,
+    )
+}
+
+/// Observe the target (and canary) against the step the status asks for.
+pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<WorkloadObs>, Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
+    let Some(target) = api.get_opt(&ctx.cr.spec.target.name).await? else {
+        return Ok(None);
+    };
+    let template = template_of(&target.spec.as_ref().map(|s| &s.template))?;
+    let selector = target
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
+    let (replicas, total, updated, available, caught_up) = counts(&target);
+    let healthy = caught_up && total == replicas && updated == replicas && available == replicas;
+    let unhealthy_reason = if healthy {
+        String::new()
+    } else {
+        format!("{available}/{replicas} available, {updated} updated, {total} pods in total")
+    };
+    let status = ctx.cr.status.clone().unwrap_or_default();
+    let n_total = status.original_replicas.unwrap_or(replicas);
+    let canary = match &status.canary_name {
+        Some(name) => api.get_opt(name).await?,
+        None => None,
+    };
+    let (changed_ready, step_reached) = match step {
+        None => (0, false),
+        Some(Step::Batch { changed }) => match &canary {
+            Some(c) => {
+                let (c_spec, c_total, c_updated, c_avail, c_caught) = counts(c);
+                let new_template = ctx.new_template_for(&target)?;
+                let template_ok = same_template(
+                    &template_of(&c.spec.as_ref().map(|s| &s.template))?,
+                    &new_template,
+                );
+                let stable_ok = replicas == n_total - changed
+                    && total == n_total - changed
+                    && available == n_total - changed
+                    && caught_up;
+                let canary_ok = template_ok
+                    && c_caught
+                    && c_spec == *changed
+                    && c_total == *changed
+                    && c_updated == *changed
+                    && c_avail == *changed;
+                (
+                    if template_ok { c_avail } else { 0 },
+                    canary_ok && stable_ok,
+                )
+            }
+            None => (0, false),
+        },
+        Some(Step::Promote) => {
+            let new_template = ctx.new_template_for(&target)?;
+            let on_new = same_template(&template, &new_template);
+            let ready = if on_new { updated.min(available) } else { 0 };
+            (
+                ready,
+                on_new
+                    && caught_up
+                    && replicas == n_total
+                    && total == n_total
+                    && ready == n_total
+                    && canary.is_none(),
+            )
+        }
+        Some(Step::Restore) => {
+            let stable = status
+                .stable_template
+                .clone()
+                .unwrap_or_else(|| template.clone());
+            let back = same_template(&template, &stable);
+            (
+                0,
+                back && caught_up
+                    && canary.is_none()
+                    && replicas == n_total
+                    && total == n_total
+                    && updated == n_total
+                    && available == n_total,
+            )
+        }
+    };
+    Ok(Some(WorkloadObs {
+        replicas,
+        healthy,
+        unhealthy_reason,
+        revision: short_hash(&template),
+        template,
+        selector,
+        partition: None,
+        changed_ready,
+        step_reached,
+    }))
+}
+
+/// Bring the Deployment pair to `step`. Calls the API only where the cluster differs.
+pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
+    let Some(target) = api.get_opt(&ctx.cr.spec.target.name).await? else {
+        return Ok(());
+    };
+    let status = ctx.cr.status.clone().unwrap_or_default();
+    let n_total = status.original_replicas.unwrap_or(1);
+    let Some(canary_name) = status.canary_name.clone() else {
+        return Ok(());
+    };
+    let canary = api.get_opt(&canary_name).await?;
+    let (replicas, ..) = counts(&target);
+    let template = template_of(&target.spec.as_ref().map(|s| &s.template))?;
+    match step {
+        Step::Batch { changed } => {
+            let new_template = ctx.new_template_for(&target)?;
+            let canary_template = with_label(&new_template, LABEL_CHANGE, &ctx.cr.name_any());
+            let canary_available = match &canary {
+                None => {
+                    create_canary(ctx, &api, &target, &canary_name, *changed, &canary_template)
+                        .await?;
+                    0
+                }
+                Some(c) => {
+                    let (c_spec, _, _, c_avail, _) = counts(c);
+                    let current = template_of(&c.spec.as_ref().map(|s| &s.template))?;
+                    if c_spec != *changed || !same_template(&current, &canary_template) {
+                        let patch = json!([
+                            {"op": "replace", "path": "/spec/replicas", "value": changed},
+                            {"op": "replace", "path": "/spec/template", "value": canary_template},
+                        ]);
+                        api.patch(
+                            &canary_name,
+                            &PatchParams::default(),
+                            &Patch::Json::<()>(serde_json::from_value(patch)?),
+                        )
+                        .await?;
+                    }
+                    c_avail
+                }
+            };
+            // Shrink the stable side only once the canary carries its share, so capacity never dips.
+            let stable_wanted = n_total - changed;
+            if canary_available >= *changed && replicas != stable_wanted {
+                scale(&api, &target.name_any(), stable_wanted).await?;
+            }
+        }
+        Step::Promote => {
+            let new_template = ctx.new_template_for(&target)?;
+            let (_, total, updated, available, caught_up) = counts(&target);
+            if !same_template(&template, &new_template) || replicas != n_total {
+                let patch = json!([
+                    {"op": "replace", "path": "/spec/replicas", "value": n_total},
+                    {"op": "replace", "path": "/spec/template", "value": new_template},
+                ]);
+                api.patch(
+                    &target.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Json::<()>(serde_json::from_value(patch)?),
+                )
+                .await?;
+            } else if caught_up
+                && total == n_total
+                && updated == n_total
+                && available == n_total
+                && canary.is_some()
+            {
+                delete_canary(&api, &canary_name).await?;
+            }
+        }
+        Step::Restore => {
+            if canary.is_some() {
+                delete_canary(&api, &canary_name).await?;
+            }
+            let stable = status
+                .stable_template
+                .clone()
+                .unwrap_or_else(|| template.clone());
+            if !same_template(&template, &stable) {
+                let patch = json!([
+                    {"op": "replace", "path": "/spec/replicas", "value": n_total},
+                    {"op": "replace", "path": "/spec/template", "value": stable},
+                ]);
+                api.patch(
+                    &target.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Json::<()>(serde_json::from_value(patch)?),
+                )
+                .await?;
+            } else if replicas != n_total {
+                scale(&api, &target.name_any(), n_total).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn scale(api: &Api<Deployment>, name: &str, replicas: i32) -> Result<(), Error> {
+    api.patch_scale(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn delete_canary(api: &Api<Deployment>, name: &str) -> Result<(), Error> {
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    match api.delete(name, &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn create_canary(
+    ctx: &Ctx<'_>,
+    api: &Api<Deployment>,
+    target: &Deployment,
+    name: &str,
+    replicas: i32,
+    template: &Value,
+) -> Result<(), Error> {
+    let change = ctx.cr.name_any();
+    let mut match_labels = target
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default();
+    match_labels.insert(LABEL_CHANGE.to_string(), change.clone());
+    let owner = ctx.cr.controller_owner_ref(&()).ok_or(Error::NoNamespace)?;
+    let strategy = target.spec.as_ref().and_then(|s| s.strategy.clone());
+    let canary = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": ctx.ns,
+            "labels": {LABEL_CHANGE: change, "app.kubernetes.io/managed-by": "graygate"},
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": match_labels},
+            "template": template,
+            "strategy": strategy,
+        }
+    });
+    let canary: Deployment = serde_json::from_value(canary)?;
+    match api.create(&PostParams::default(), &canary).await {
+        Ok(_) => Ok(()),
+        // Created by an earlier reconcile whose status write was lost: the next look adopts it.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Detach the canary from the ChangeRequest so deleting the ChangeRequest leaves it running.
+pub async fn orphan(ctx: &Ctx<'_>) -> Result<(), Error> {
+    let status = ctx.cr.status.clone().unwrap_or_default();
+    let Some(name) = status.canary_name else {
+        return Ok(());
+    };
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
+    if api.get_opt(&name).await?.is_some() {
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"ownerReferences": null}})),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+impl Ctx<'_> {
+    /// The new template: applied to the recorded stable template, so it stays fixed after promotion.
+    pub fn new_template_for(&self, target: &Deployment) -> Result<Value, Error> {
+        let status = self.cr.status.clone().unwrap_or_default();
+        let base = match status.stable_template {
+            Some(t) => t,
+            None => template_of(&target.spec.as_ref().map(|s| &s.template))?,
+        };
+        let selector = target
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default();
+        self.new_template(&base, &selector)
+    }
+
+    /// The change applied to `base`.
+    pub fn new_template(
+        &self,
+        base: &Value,
+        selector: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Value, Error> {
+        apply_change(
+            base,
+            &self.cr.spec.images,
+            self.cr.spec.patch.as_ref(),
+            selector,
+        )
+        .map_err(|e| Error::Spec(e.to_string()))
+    }
+}

@@ -1,0 +1,174 @@
+//! StatefulSet targets, partition style: the new template is written at once and
+//! `rollingUpdate.partition = N − n` lets only the highest `n` ordinals update.
+
+use super::{Ctx, Error, same_template, template_of};
+use crate::controller::state::{Step, WorkloadObs};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+fn partition_of(s: &StatefulSet) -> i32 {
+    s.spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.rolling_update.as_ref())
+        .and_then(|r| r.partition)
+        .unwrap_or(0)
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Observe the StatefulSet against the step the status asks for.
+pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<WorkloadObs>, Error> {
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ctx.ns);
+    let Some(sts) = api.get_opt(&ctx.cr.spec.target.name).await? else {
+        return Ok(None);
+    };
+    let spec = sts.spec.clone().unwrap_or_default();
+    let st = sts.status.clone().unwrap_or_default();
+    let template = template_of(&Some(&spec.template))?;
+    let selector = spec.selector.match_labels.clone().unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1);
+    let caught_up = st.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
+    let ready = st.ready_replicas.unwrap_or(0);
+    let current = st.current_revision.clone().unwrap_or_default();
+    let update = st.update_revision.clone().unwrap_or_default();
+    let healthy = caught_up
+        && ready == replicas
+        && st.replicas == replicas
+        && (current == update || update.is_empty());
+    let unhealthy_reason = if healthy {
+        String::new()
+    } else {
+        format!("{ready}/{replicas} ready, current revision {current}, update revision {update}")
+    };
+    let status = ctx.cr.status.clone().unwrap_or_default();
+    let n_total = status.original_replicas.unwrap_or(replicas);
+    let original_partition = status.original_partition.unwrap_or(0);
+    // Pods at the update revision, ready: the change group as far as readiness goes.
+    let changed_ready = if step.is_some() && !update.is_empty() {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ctx.ns);
+        let mut sel: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        sel.push(format!("controller-revision-hash={update}"));
+        pods.list(&ListParams::default().labels(&sel.join(",")))
+            .await?
+            .items
+            .iter()
+            .filter(|p| pod_ready(p))
+            .count() as i32
+    } else {
+        0
+    };
+    let stable = status
+        .stable_template
+        .clone()
+        .unwrap_or_else(|| template.clone());
+    let updated = st.updated_replicas.unwrap_or(0);
+    let step_reached = match step {
+        None => false,
+        Some(Step::Batch { changed }) => {
+            let new_template = ctx.new_template(&stable, &selector)?;
+            same_template(&template, &new_template)
+                && partition_of(&sts) == n_total - changed
+                && caught_up
+                && updated == *changed
+                && changed_ready == *changed
+                && ready == n_total
+        }
+        Some(Step::Promote) => {
+            let new_template = ctx.new_template(&stable, &selector)?;
+            same_template(&template, &new_template)
+                && partition_of(&sts) == original_partition
+                && caught_up
+                && updated == n_total
+                && changed_ready == n_total
+                && ready == n_total
+        }
+        Some(Step::Restore) => {
+            same_template(&template, &stable)
+                && partition_of(&sts) == original_partition
+                && caught_up
+                && updated == n_total
+                && ready == n_total
+                && status
+                    .stable_revision
+                    .as_deref()
+                    .is_none_or(|r| r == update)
+        }
+    };
+    Ok(Some(WorkloadObs {
+        replicas,
+        healthy,
+        unhealthy_reason,
+        template,
+        selector,
+        revision: current,
+        partition: Some(partition_of(&sts)),
+        changed_ready: if matches!(step, Some(Step::Restore)) {
+            0
+        } else {
+            changed_ready
+        },
+        step_reached,
+    }))
+}
+
+/// Bring the StatefulSet to `step`. Calls the API only where the cluster differs.
+pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ctx.ns);
+    let Some(sts) = api.get_opt(&ctx.cr.spec.target.name).await? else {
+        return Ok(());
+    };
+    let spec = sts.spec.clone().unwrap_or_default();
+    let template = template_of(&Some(&spec.template))?;
+    let selector = spec.selector.match_labels.clone().unwrap_or_default();
+    let status = ctx.cr.status.clone().unwrap_or_default();
+    let n_total = status.original_replicas.unwrap_or(1);
+    let original_partition = status.original_partition.unwrap_or(0);
+    let stable = status
+        .stable_template
+        .clone()
+        .unwrap_or_else(|| template.clone());
+    let (wanted_template, wanted_partition) = match step {
+        Step::Batch { changed } => (ctx.new_template(&stable, &selector)?, n_total - changed),
+        Step::Promote => (ctx.new_template(&stable, &selector)?, original_partition),
+        Step::Restore => (stable, original_partition),
+    };
+    let mut ops = Vec::new();
+    if !same_template(&template, &wanted_template) {
+        ops.push(json!({"op": "replace", "path": "/spec/template", "value": wanted_template}));
+    }
+    let is_rolling = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|u| u.type_.as_deref())
+        .is_none_or(|t| t == "RollingUpdate");
+    if partition_of(&sts) != wanted_partition || !is_rolling {
+        ops.push(
+            json!({"op": "add", "path": "/spec/updateStrategy", "value": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"partition": wanted_partition}
+            }}),
+        );
+    }
+    if ops.is_empty() {
+        return Ok(());
+    }
+    // The partition goes first in the same request, so no pod beyond the batch ever updates.
+    ops.reverse();
+    api.patch(
+        &sts.name_any(),
+        &PatchParams::default(),
+        &Patch::Json::<()>(serde_json::from_value(json!(ops))?),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! The committed CRD YAML must be exactly what the code generates (`make crds` regenerates it).
+
+use kube::CustomResourceExt;
+
+#[test]
+fn committed_crd_matches_the_code() {
+    let generated = serde_yaml::to_string(&graygate::api::ChangeRequest::crd()).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    for path in [
+        "crds/graygate.io_changerequests.yaml",
+        "charts/graygate/crds/graygate.io_changerequests.yaml",
+    ] {
+        let full = format!("{root}/{path}");
+        let Ok(committed) = std::fs::read_to_string(&full) else {
+            assert!(
+                path.starts_with("charts/"),
+                "{path} is missing; run `make crds`"
+            );
+            continue;
+        };
+        assert!(
+            committed == generated,
+            "{path} differs from the generated CRD; run `make crds` and commit the result"
+        );
+    }
+}
+
+#[test]
+fn crd_has_the_printer_columns_and_short_name() {
+    let crd = graygate::api::ChangeRequest::crd();
+    assert_eq!(crd.spec.names.short_names, Some(vec!["chg".to_string()]));
+    let cols: Vec<String> = crd.spec.versions[0]
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(cols, ["Target", "Phase", "Batch", "Verdict", "Age"]);
+    assert!(
+        crd.spec.versions[0]
+            .subresources
+            .as_ref()
+            .unwrap()
+            .status
+            .is_some()
+    );
+}
