@@ -93,7 +93,9 @@ async fn publish(ctx: &Context, cr: &ChangeRequest, note: &state::Note) {
         },
         reason: note.reason.into(),
         note: Some(note.message.clone()),
-        action: note.reason.into(),
+        // kube's Recorder folds Events with the same action and reason into one series; the
+        // batch number keeps "batch 2 passed" and "batch 3 passed" apart.
+        action: format!("{}Batch{}", note.reason, note.batch),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &cr.object_ref(&())).await {
@@ -252,7 +254,11 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
         }
     }
     for note in &d.notes {
-        tracing::info!(changerequest = %key(cr), reason = note.reason, "{}", note.message);
+        if note.warning {
+            tracing::warn!(changerequest = %key(cr), reason = note.reason, "{}", note.message);
+        } else {
+            tracing::info!(changerequest = %key(cr), reason = note.reason, "{}", note.message);
+        }
         publish(ctx, cr, note).await;
     }
     // Act on the recorded status, so strategies see the same plan the decision made.

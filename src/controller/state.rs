@@ -45,6 +45,8 @@ pub struct Note {
     pub reason: &'static str,
     /// What happened.
     pub message: String,
+    /// The batch in progress when it happened (0 before the first).
+    pub batch: u32,
 }
 
 /// What the workload looks like, as far as the current step is concerned.
@@ -270,6 +272,7 @@ impl Machine<'_> {
             warning,
             reason,
             message: trim_to(&message.into(), 1000),
+            batch: self.st.current_batch,
         });
     }
 

@@ -160,6 +160,9 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
         );
     }
     if ops.is_empty() {
+        if matches!(step, Step::Restore) {
+            delete_stuck_pods(ctx, &selector, status.stable_revision.as_deref()).await?;
+        }
         return Ok(());
     }
     // The partition goes first in the same request, so no pod beyond the batch ever updates.
@@ -170,5 +173,35 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
         &Patch::Json::<()>(serde_json::from_value(json!(ops))?),
     )
     .await?;
+    Ok(())
+}
+
+/// After the template is restored the StatefulSet controller waits for every pod to be Ready
+/// before it replaces the next one, so a pod of the bad revision that never became Ready would
+/// block the rollback forever (Kubernetes asks for such pods to be deleted by hand). Delete them.
+async fn delete_stuck_pods(
+    ctx: &Ctx<'_>,
+    selector: &std::collections::BTreeMap<String, String>,
+    stable: Option<&str>,
+) -> Result<(), Error> {
+    let Some(stable) = stable else { return Ok(()) };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ctx.ns);
+    let mut sel: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    sel.push(format!("controller-revision-hash!={stable}"));
+    for p in pods
+        .list(&ListParams::default().labels(&sel.join(",")))
+        .await?
+        .items
+    {
+        if p.metadata.deletion_timestamp.is_none() && !pod_ready(&p) {
+            let name = p.name_any();
+            tracing::info!(pod = %name, "deleting a never-ready pod of the failed revision so the rollback can proceed");
+            match pods.delete(&name, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     Ok(())
 }

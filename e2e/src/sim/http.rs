@@ -1044,7 +1044,7 @@ async fn watch(
         }
         let translate = |c: &Change| -> Option<(&'static str, Value)> {
             let now = matches(&c.object);
-            let before = c.old.as_ref().is_some_and(|o| matches(o));
+            let before = c.old.as_ref().is_some_and(&matches);
             match (c.kind, before, now) {
                 ("DELETED", _, true) => Some(("DELETED", c.object.clone())),
                 (_, false, true) if c.kind != "ADDED" => Some(("ADDED", c.object.clone())),

@@ -186,6 +186,9 @@ pub enum Propagation {
 
 type Objects = BTreeMap<(String, String), Value>;
 
+/// Past changes to replay and a receiver for the ones to come.
+pub type WatchStart = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
 struct Inner {
     rv: u64,
     types: BTreeMap<String, ResourceType>,
@@ -521,10 +524,10 @@ impl Store {
             Part::Status => {
                 let mut o = old.clone();
                 o["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-                if o["status"].is_null() {
-                    if let Value::Object(m) = &mut o {
-                        m.remove("status");
-                    }
+                if o["status"].is_null()
+                    && let Value::Object(m) = &mut o
+                {
+                    m.remove("status");
                 }
                 o
             }
@@ -799,11 +802,7 @@ impl Store {
     }
 
     /// Changes of `key` after `rv`, and a receiver for later ones; Err when `rv` is compacted.
-    pub fn watch_from(
-        &self,
-        key: &str,
-        rv: u64,
-    ) -> Result<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>), u64> {
+    pub fn watch_from(&self, key: &str, rv: u64) -> Result<WatchStart, u64> {
         let g = self.lock();
         if rv < g.compacted {
             return Err(g.compacted);

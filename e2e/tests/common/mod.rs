@@ -1,0 +1,147 @@
+//! Shared pieces of the end-to-end scenarios.
+#![allow(dead_code)]
+
+use graygate::api::{ChangeRequest, Phase};
+use graygate_e2e::world::{World, WorldOptions};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::Api;
+use std::time::Duration;
+
+/// Minutes a scenario may wait for one phase.
+pub const LONG: Duration = Duration::from_secs(120);
+
+/// Start a world and graygate in it, or skip (return None) when the scenario needs the simulator
+/// and the run targets a real cluster.
+pub async fn world(opts: WorldOptions) -> World {
+    let w = World::start(opts).await.expect("world starts");
+    w.start_graygate(&[]).expect("graygate starts");
+    w
+}
+
+/// A namespace with a Deployment `web` of `replicas` pods on `shop/web:healthy`.
+pub fn deployment_yaml(ns: &str, name: &str, replicas: i32) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: app
+        image: shop/web:healthy
+        env: [{{name: MODE, value: normal}}]
+"#
+    )
+}
+
+/// A StatefulSet `db` of `replicas` pods.
+pub fn statefulset_yaml(ns: &str, name: &str, replicas: i32) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  serviceName: {name}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: app
+        image: shop/db:healthy
+"#
+    )
+}
+
+/// A ChangeRequest document.
+pub fn change_yaml(ns: &str, name: &str, body: &str) -> String {
+    format!(
+        "apiVersion: graygate.io/v1alpha1\nkind: ChangeRequest\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{}",
+        indent(body)
+    )
+}
+
+fn indent(s: &str) -> String {
+    s.trim_matches('\n')
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect()
+}
+
+/// Wait until the Deployment has `ready` available pods at its current spec.
+pub async fn wait_deployment_ready(w: &World, ns: &str, name: &str, ready: i32) {
+    w.wait_for(
+        &format!("deployment {ns}/{name} to have {ready} available pods"),
+        LONG,
+        || async {
+            let d = Api::<Deployment>::namespaced(w.client.clone(), ns)
+                .get_opt(name)
+                .await?;
+            Ok(d.filter(|d| {
+                let st = d.status.clone().unwrap_or_default();
+                st.available_replicas == Some(ready)
+                    && st.updated_replicas == Some(ready)
+                    && st.replicas == Some(ready)
+                    && st.observed_generation >= d.metadata.generation
+            })
+            .map(|_| ()))
+        },
+    )
+    .await
+    .expect("deployment ready");
+}
+
+/// Wait until the StatefulSet has all pods ready at one revision.
+pub async fn wait_statefulset_ready(w: &World, ns: &str, name: &str, ready: i32) {
+    w.wait_for(&format!("statefulset {ns}/{name} ready"), LONG, || async {
+        let s = Api::<StatefulSet>::namespaced(w.client.clone(), ns)
+            .get_opt(name)
+            .await?;
+        Ok(s.filter(|s| {
+            let st = s.status.clone().unwrap_or_default();
+            st.ready_replicas == Some(ready)
+                && st.current_revision == st.update_revision
+                && st.update_revision.is_some()
+        })
+        .map(|_| ()))
+    })
+    .await
+    .expect("statefulset ready");
+}
+
+/// Get a Deployment.
+pub async fn deployment(w: &World, ns: &str, name: &str) -> Option<Deployment> {
+    Api::<Deployment>::namespaced(w.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .expect("get deployment")
+}
+
+/// The image of a Deployment's first container.
+pub fn image_of(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers[0].image.clone().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// The phase of a ChangeRequest.
+pub fn phase(cr: &ChangeRequest) -> Phase {
+    cr.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
