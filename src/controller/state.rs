@@ -674,7 +674,7 @@ impl Machine<'_> {
                 Some("Blocked"),
                 format!("blocked by ChangeRequest {other}, active on the same target"),
             );
-            self.wake_in(SLOW_POLL);
+            self.wake_in(StdDuration::from_secs(5));
             return;
         }
         let Some(w) = self.obs.workload.clone() else {
