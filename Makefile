@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-.PHONY: demo test deps lint unit crds
+.PHONY: demo test deps crds
 
 deps:
 	@bash scripts/install-deps.sh
@@ -12,3 +12,8 @@ test: deps
 
 crds:
 	cargo run --quiet -- crd > crds/graygate.io_changerequests.yaml
+
+# Build, start the simulated cluster, Prometheus and graygate, apply examples/demo, print a live timeline.
+demo: deps
+	cargo build --workspace --quiet
+	./target/debug/graygate-demo

@@ -1,0 +1,204 @@
+//! `make demo`: the simulated cluster, a real Prometheus and `graygate run`, with the
+//! ChangeRequests of examples/demo applied and a live timeline printed until they end.
+#![forbid(unsafe_code)]
+
+use graygate::api::{ChangeRequest, Phase};
+use graygate_e2e::world::{World, WorldOptions};
+use kube::{Api, ResourceExt};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")
+}
+
+#[derive(PartialEq, Clone)]
+struct Seen {
+    phase: Phase,
+    batch: String,
+    message: String,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let t = || format!("[{:>6.1}s]", started.elapsed().as_secs_f64());
+    println!("{} starting the simulated cluster and Prometheus …", t());
+    let w = World::start(WorldOptions {
+        prometheus: true,
+        ..Default::default()
+    })
+    .await?;
+    println!(
+        "{} API server ready (kubeconfig: {}), Prometheus at {}",
+        t(),
+        w.kubeconfig.display(),
+        w.prometheus_url().unwrap_or_default()
+    );
+    w.start_graygate(&[])?;
+    println!("{} graygate run started", t());
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(examples_dir())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let (workloads, changes): (Vec<_>, Vec<_>) = files.into_iter().partition(|p| {
+        !std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .contains("kind: ChangeRequest")
+    });
+    for f in &workloads {
+        w.apply(&std::fs::read_to_string(f)?).await?;
+        println!(
+            "{} applied {}",
+            t(),
+            f.file_name().unwrap_or_default().to_string_lossy()
+        );
+    }
+    for name in ["catalog", "checkout"] {
+        w.wait_for(
+            &format!("{name} to be ready"),
+            Duration::from_secs(60),
+            || async {
+                let d = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+                    w.client.clone(),
+                    "shop",
+                )
+                .get_opt(name)
+                .await?;
+                Ok(
+                    d.filter(|d| d.status.as_ref().and_then(|s| s.available_replicas) == Some(4))
+                        .map(|_| ()),
+                )
+            },
+        )
+        .await?;
+    }
+    println!("{} catalog and checkout run 4 healthy pods each", t());
+    for f in &changes {
+        w.apply(&std::fs::read_to_string(f)?).await?;
+        println!(
+            "{} applied {}",
+            t(),
+            f.file_name().unwrap_or_default().to_string_lossy()
+        );
+    }
+
+    let api: Api<ChangeRequest> = Api::namespaced(w.client.clone(), "shop");
+    let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let crs = api.list(&Default::default()).await?.items;
+        for cr in &crs {
+            let st = cr.status.clone().unwrap_or_default();
+            let now = Seen {
+                phase: st.phase,
+                batch: st.batch.clone().unwrap_or_default(),
+                message: st.message.clone().unwrap_or_default(),
+            };
+            if seen.get(&cr.name_any()) != Some(&now) {
+                println!(
+                    "{} {:<12} {:<5} {:<16} {}",
+                    t(),
+                    cr.name_any(),
+                    now.batch,
+                    now.phase.as_str(),
+                    now.message
+                );
+                if let Some(b) = st.batches.iter().rev().find(|b| b.verdict.is_some()) {
+                    if seen
+                        .get(&cr.name_any())
+                        .is_none_or(|s| s.batch != now.batch || s.phase != now.phase)
+                    {
+                        println!(
+                            "{}   └ batch {} verdict {}: {}",
+                            t(),
+                            b.index,
+                            b.verdict.map(|v| v.as_str()).unwrap_or("-"),
+                            b.reason.clone().unwrap_or_default()
+                        );
+                        for f in &b.findings {
+                            println!(
+                                "{}     · {} [{}] {}: {}",
+                                t(),
+                                f.metric,
+                                f.detector,
+                                f.groups,
+                                f.explanation
+                            );
+                        }
+                    }
+                }
+                seen.insert(cr.name_any(), now);
+            }
+        }
+        if !crs.is_empty()
+            && crs
+                .iter()
+                .all(|c| c.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            println!("{} the changes did not finish within 4 minutes", t());
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    println!();
+    println!("Summary after {:.0}s:", started.elapsed().as_secs_f64());
+    println!(
+        "  {:<12} {:<12} {:<6} {:<10} {}",
+        "CHANGE", "PHASE", "BATCH", "VERDICT", "TARGET NOW RUNS"
+    );
+    let mut as_expected = true;
+    for cr in api.list(&Default::default()).await?.items {
+        let st = cr.status.clone().unwrap_or_default();
+        let d = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(w.client.clone(), "shop")
+            .get(&cr.spec.target.name)
+            .await?;
+        let image = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.containers.first().and_then(|c| c.image.clone()))
+            .unwrap_or_default();
+        println!(
+            "  {:<12} {:<12} {:<6} {:<10} {}",
+            cr.name_any(),
+            st.phase.as_str(),
+            st.batch.clone().unwrap_or_default(),
+            st.verdict.map(|v| v.as_str()).unwrap_or("-"),
+            image
+        );
+        let expected = if cr.name_any() == "catalog-v2" {
+            Phase::Succeeded
+        } else {
+            Phase::RolledBack
+        };
+        as_expected &= st.phase == expected;
+    }
+    println!();
+    if as_expected {
+        println!(
+            "The good change reached every pod; the bad one was stopped in its first batch and rolled back."
+        );
+    } else {
+        println!("Unexpected outcome; graygate's log:\n{}", w.graygate_logs());
+    }
+    Ok(as_expected)
+}
