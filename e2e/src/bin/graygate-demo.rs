@@ -119,10 +119,11 @@ async fn run() -> anyhow::Result<bool> {
                     now.phase.as_str(),
                     now.message
                 );
-                if let Some(b) = st.batches.iter().rev().find(|b| b.verdict.is_some()) {
-                    if seen
+                if let Some(b) = st.batches.iter().rev().find(|b| b.verdict.is_some())
+                    && seen
                         .get(&cr.name_any())
                         .is_none_or(|s| s.batch != now.batch || s.phase != now.phase)
+                {
                     {
                         println!(
                             "{}   └ batch {} verdict {}: {}",
@@ -162,10 +163,7 @@ async fn run() -> anyhow::Result<bool> {
 
     println!();
     println!("Summary after {:.0}s:", started.elapsed().as_secs_f64());
-    println!(
-        "  {:<12} {:<12} {:<6} {:<10} {}",
-        "CHANGE", "PHASE", "BATCH", "VERDICT", "TARGET NOW RUNS"
-    );
+    println!("  CHANGE       PHASE        BATCH  VERDICT    TARGET NOW RUNS");
     let mut as_expected = true;
     for cr in api.list(&Default::default()).await?.items {
         let st = cr.status.clone().unwrap_or_default();
