@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod detect;
 pub mod rollout;
 pub mod server;
 pub mod util;
