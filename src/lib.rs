@@ -9,3 +9,9 @@ pub mod detect;
 pub mod rollout;
 pub mod server;
 pub mod util;
+
+/// Make ring the process-wide TLS crypto provider (kube and the Prometheus client share it).
+/// Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

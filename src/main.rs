@@ -59,6 +59,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    graygate::install_crypto_provider();
     match cli.command {
         Command::Crd => match serde_yaml::to_string(&graygate::api::ChangeRequest::crd()) {
             Ok(y) => {

@@ -113,6 +113,7 @@ fn free_port() -> anyhow::Result<u16> {
 impl World {
     /// Start a world.
     pub async fn start(opts: WorldOptions) -> anyhow::Result<World> {
+        graygate::install_crypto_provider();
         let dir = tempfile::Builder::new().prefix("graygate-e2e-").tempdir()?;
         if real_cluster() {
             let kubeconfig = PathBuf::from(
@@ -415,15 +416,30 @@ impl World {
         phase: graygate::api::Phase,
         timeout: Duration,
     ) -> anyhow::Result<ChangeRequest> {
-        self.wait_for(
-            &format!("ChangeRequest {ns}/{name} to be {}", phase.as_str()),
-            timeout,
-            || async {
-                let cr = self.change_request(ns, name).await?;
-                Ok(cr.filter(|c| c.status.as_ref().is_some_and(|s| s.phase == phase)))
-            },
-        )
-        .await
+        let r = self
+            .wait_for(
+                &format!("ChangeRequest {ns}/{name} to be {}", phase.as_str()),
+                timeout,
+                || async {
+                    let cr = self.change_request(ns, name).await?;
+                    Ok(cr.filter(|c| c.status.as_ref().is_some_and(|s| s.phase == phase)))
+                },
+            )
+            .await;
+        match r {
+            Ok(cr) => Ok(cr),
+            Err(e) => {
+                let status = self
+                    .change_request(ns, name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.status)
+                    .and_then(|s| serde_yaml::to_string(&s).ok())
+                    .unwrap_or_default();
+                Err(e.context(format!("status of {ns}/{name}:\n{status}")))
+            }
+        }
     }
 
     /// Reasons of the Events recorded for an object, oldest first.

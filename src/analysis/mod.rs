@@ -1,5 +1,11 @@
 //! Answering "is it right?": the analysis the engine calls between batches.
 
+pub mod defaults;
+pub mod input;
+pub mod judge;
+pub mod prometheus;
+pub mod template;
+
 use crate::api::{AnalysisSpec, ChangeRequest};
 use crate::controller::state::{JudgeWindow, Judgement};
 use crate::rollout::Groups;
@@ -23,15 +29,4 @@ pub struct JudgeRequest<'a> {
 pub trait Analyzer: Send + Sync {
     /// Judge the batch over the window. Errors that stop the analysis itself are `Judgement::Error`.
     async fn judge(&self, req: JudgeRequest<'_>) -> Judgement;
-}
-
-/// The analyzer used when no metric analysis is built in: it refuses to judge, so a
-/// ChangeRequest that asks for analysis is held (fail-closed) rather than promoted unseen.
-pub struct Unavailable;
-
-#[async_trait::async_trait]
-impl Analyzer for Unavailable {
-    async fn judge(&self, _req: JudgeRequest<'_>) -> Judgement {
-        Judgement::Error("no analyzer is configured in this operator".into())
-    }
 }

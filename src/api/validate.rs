@@ -156,6 +156,24 @@ fn check_analysis(a: &super::AnalysisSpec) -> Result<(), FieldError> {
                     ));
                 }
             }
+            for (part, template) in [
+                ("query", &m.query),
+                ("numerator", &m.numerator),
+                ("denominator", &m.denominator),
+            ] {
+                if let Some(t) = template {
+                    let vars = crate::analysis::template::VARIABLES
+                        .iter()
+                        .map(|v| (*v, "x".to_string()))
+                        .collect();
+                    if let Err(e) = crate::analysis::template::render(t, &vars) {
+                        return Err(FieldError::new(f(part), e));
+                    }
+                    if t.trim().is_empty() {
+                        return Err(FieldError::new(f(part), "must not be empty"));
+                    }
+                }
+            }
             for (j, d) in m.detectors.iter().enumerate() {
                 if !DETECTORS.contains(&d.as_str()) {
                     return Err(FieldError::new(

@@ -1,6 +1,7 @@
 //! `graygate run`: the operator process.
 
-use crate::analysis::{Analyzer, Unavailable};
+use crate::analysis::Analyzer;
+use crate::analysis::prometheus::PrometheusAnalyzer;
 use crate::controller::lease::{self, LeaseConfig};
 use crate::controller::metrics::Metrics;
 use crate::controller::reconcile::{Context, run_controller};
@@ -63,8 +64,11 @@ async fn shutdown_signal() {
 }
 
 /// Build the analyzer for this process.
-pub fn analyzer(_args: &RunArgs) -> Arc<dyn Analyzer> {
-    Arc::new(Unavailable)
+pub fn analyzer(args: &RunArgs, client: &kube::Client) -> Arc<dyn Analyzer> {
+    Arc::new(PrometheusAnalyzer::new(
+        args.prometheus_url.clone(),
+        Some(client.clone()),
+    ))
 }
 
 /// Run the operator until SIGTERM or Ctrl-C.
@@ -150,7 +154,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
-        analyzer(&args),
+        analyzer(&args, &client),
         me,
     ));
     let (ctl_stop_tx, ctl_stop_rx) = watch::channel(false);

@@ -199,7 +199,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
     let judgement = match (judgement_due(&cr.spec, &status, now), &cr.spec.analysis) {
         (Some(window), Some(analysis)) if !deleting && workload.is_some() => {
             let t0 = Instant::now();
-            let groups = rollout::groups(&sctx).await?;
+            let groups = rollout::groups(&sctx, step == Some(state::Step::Promote)).await?;
             let j = ctx
                 .analyzer
                 .judge(JudgeRequest {

@@ -115,6 +115,8 @@ pub enum Judgement {
     },
     /// The analysis could not run (Prometheus unreachable, …).
     Error(String),
+    /// The analysis section is wrong (a template that does not render, a query Prometheus rejects).
+    SpecError(FieldError),
 }
 
 /// Everything the decision may look at besides spec and status.
@@ -194,7 +196,10 @@ pub fn judgement_due(
     now: Timestamp,
 ) -> Option<JudgeWindow> {
     let analysis = spec.analysis.as_ref()?;
-    if status.phase != Phase::Progressing || status.current_batch == 0 {
+    // A change held because analysis could not run keeps trying, so it resumes once it works.
+    let retrying =
+        status.phase == Phase::Paused && status.reason.as_deref() == Some("AnalysisError");
+    if !(status.phase == Phase::Progressing || retrying) || status.current_batch == 0 {
         return None;
     }
     let b = status.batches.get(status.current_batch as usize - 1)?;
@@ -580,6 +585,44 @@ impl Machine<'_> {
         if self.obs.workload.is_none() {
             self.target_gone();
             return;
+        }
+        if self.st.reason.as_deref() == Some("AnalysisError") && !self.obs.signals.pause {
+            match &self.obs.judgement {
+                Some(Judgement::Verdict { .. }) => {
+                    // Nothing was observed during the outage: the bake starts over from now.
+                    let now = self.obs.now;
+                    if let Some(b) = self.current_mut()
+                        && b.ready_at.is_some()
+                    {
+                        b.ready_at = Some(Time(now));
+                        b.consecutive_failures = 0;
+                    }
+                    self.note(
+                        false,
+                        "Resumed",
+                        "analysis works again; the batch bakes again from now",
+                    );
+                    self.set_phase(Phase::Progressing, None, "analysis works again");
+                    self.progress();
+                    return;
+                }
+                Some(Judgement::Error(e)) => {
+                    let now = self.obs.now;
+                    if let Some(b) = self.current_mut() {
+                        b.last_judged_at = Some(Time(now));
+                    }
+                    self.st.message = Some(trim_to(
+                        &format!(
+                            "paused: analysis still cannot run ({e}); retrying every interval"
+                        ),
+                        500,
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(a) = &self.spec.analysis {
+                self.wake_in(a.interval.unwrap_or(DEFAULT_INTERVAL).std());
+            }
         }
         let manual_only = self.st.reason.as_deref() == Some("PausedByAnnotation");
         let resume_token = self.obs.signals.resume.clone();
@@ -1015,6 +1058,11 @@ impl Machine<'_> {
         let k = idx + 1;
         let limit = analysis.failure_limit.unwrap_or(DEFAULT_FAILURE_LIMIT);
         match j {
+            Judgement::SpecError(e) => {
+                self.st.batches[idx].last_judged_at = Some(Time(now));
+                self.invalid(e.clone());
+                Flow::Stop
+            }
             Judgement::Error(e) => {
                 self.st.batches[idx].last_judged_at = Some(Time(now));
                 match self.spec.on_analysis_error {

@@ -724,3 +724,62 @@ fn signals_parse_from_annotations() {
     let off: BTreeMap<String, String> = [(ANN_PAUSE.to_string(), "false".to_string())].into();
     assert!(!Signals::from_annotations(&off).pause);
 }
+
+#[test]
+fn analysis_outage_resumes_by_itself_once_analysis_works() {
+    let s = analysis_spec("");
+    let st = ready_status(&s);
+    let mut o = obs(11);
+    o.workload = Some(workload(true, 1));
+    o.judgement = Some(Judgement::Error("connection refused".into()));
+    let paused = decide("chg", &s, &st, &o).status;
+    assert_eq!(paused.reason.as_deref(), Some("AnalysisError"));
+    // Still down: stays paused, keeps retrying each interval.
+    assert!(judgement_due(&s, &paused, t(22)).is_some());
+    o.now = t(22);
+    let still = decide("chg", &s, &paused, &o);
+    assert_eq!(still.status.phase, Phase::Paused);
+    assert!(still.requeue.unwrap() <= StdDuration::from_secs(10));
+    // Back: the change continues, and the bake starts over because the outage left a gap.
+    o.now = t(33);
+    o.judgement = verdict(Verdict::Pass);
+    let d = decide("chg", &s, &still.status, &o);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.batches[0].verdict, None);
+    assert_eq!(d.status.batches[0].ready_at, Some(Time(t(33))));
+    assert!(reasons(&d).contains(&"Resumed"));
+    o.now = t(64);
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(
+        d.status.batches[0].verdict,
+        Some(Verdict::Pass),
+        "a full bake with evidence after the outage"
+    );
+}
+
+#[test]
+fn a_rejected_query_is_a_spec_error_not_an_anomaly() {
+    let s = analysis_spec("");
+    let st = ready_status(&s);
+    let mut o = obs(11);
+    o.workload = Some(workload(true, 1));
+    o.judgement = Some(Judgement::SpecError(FieldError::new(
+        "analysis.metrics[0].query",
+        "Prometheus rejected the query: parse error",
+    )));
+    let d = decide("chg", &s, &st, &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Paused, Some("InvalidSpec"))
+    );
+    assert!(
+        d.status
+            .message
+            .unwrap()
+            .contains("spec.analysis.metrics[0].query")
+    );
+    assert!(
+        !d.actions.contains(&Action::Ensure(Step::Restore)),
+        "a spec error does not roll back"
+    );
+}

@@ -133,8 +133,10 @@ pub struct Groups {
     pub control: Vec<GroupPod>,
 }
 
-/// List the change and control pods from the selectors recorded in status.
-pub async fn groups(ctx: &Ctx<'_>) -> Result<Groups, Error> {
+/// List the change and control pods from the selectors recorded in status. Once promoted
+/// (`promoted`), every pod of the target runs the new template: they are the change group and
+/// no control group is left (the analysis falls back to the background).
+pub async fn groups(ctx: &Ctx<'_>, promoted: bool) -> Result<Groups, Error> {
     let status = ctx.cr.status.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ctx.ns);
     let list = |sel: Option<String>| {
@@ -161,8 +163,17 @@ pub async fn groups(ctx: &Ctx<'_>) -> Result<Groups, Error> {
                 .collect())
         }
     };
-    let mut change = list(status.change_selector.clone()).await?;
-    let mut control = list(status.control_selector.clone()).await?;
+    let deployment_promoted = promoted && ctx.cr.spec.target.kind == TargetKind::Deployment;
+    let (change_sel, control_sel) = if deployment_promoted {
+        (status.control_selector.clone(), None)
+    } else {
+        (
+            status.change_selector.clone(),
+            status.control_selector.clone(),
+        )
+    };
+    let mut change = list(change_sel).await?;
+    let mut control = list(control_sel).await?;
     if ctx.cr.spec.target.kind == TargetKind::StatefulSet {
         // Partition rollouts label by revision: the change group is the pods not at the stable one.
         control.retain(|p| !p.labels.contains_key(LABEL_CHANGE));

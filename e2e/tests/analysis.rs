@@ -1,0 +1,183 @@
+//! End-to-end analysis scenarios: bad profiles are caught by metrics from a real Prometheus in
+//! the first batch, a noisy but healthy change passes, and a Prometheus outage holds the change
+//! (fail-closed) until Prometheus is back.
+
+mod common;
+
+use common::*;
+use graygate::api::{Phase, Verdict};
+use graygate_e2e::world::WorldOptions;
+use std::time::Duration;
+
+fn with_prometheus() -> WorldOptions {
+    WorldOptions {
+        prometheus: true,
+        ..Default::default()
+    }
+}
+
+/// Let the workload run for a while before the change, so its background window has data.
+async fn let_it_run() {
+    tokio::time::sleep(Duration::from_secs(20)).await;
+}
+
+fn analysed_change(ns: &str, name: &str, image: &str, first_bake: &str) -> String {
+    change_yaml(
+        ns,
+        name,
+        &format!(
+            r#"
+target: {{kind: Deployment, name: web}}
+images: {{app: "{image}"}}
+analysis: {{interval: 5s, failureLimit: 2}}
+batches:
+- {{replicas: 1, bake: {first_bake}}}
+- {{percent: 100, bake: 10s}}
+"#
+        ),
+    )
+}
+
+async fn bad_change_is_caught_in_the_first_batch(ns: &str, image: &str, metric: &str) {
+    let w = world(with_prometheus()).await;
+    w.apply(&deployment_yaml(ns, "web", 4)).await.unwrap();
+    wait_deployment_ready(&w, ns, "web", 4).await;
+    let_it_run().await;
+    w.apply(&analysed_change(ns, "bad", image, "60s"))
+        .await
+        .unwrap();
+    let cr = w
+        .wait_phase(ns, "bad", Phase::RolledBack, LONG)
+        .await
+        .unwrap();
+    let st = cr.status.unwrap();
+    assert_eq!(
+        st.reason.as_deref(),
+        Some("AnalysisFailed"),
+        "{:?}",
+        st.message
+    );
+    assert_eq!(st.current_batch, 1, "caught in the first batch");
+    let b = &st.batches[0];
+    assert_eq!(b.verdict, Some(Verdict::Fail));
+    let failing: Vec<_> = b
+        .findings
+        .iter()
+        .filter(|f| f.outcome == Some(Verdict::Fail))
+        .collect();
+    assert!(
+        failing.iter().any(|f| f.metric == metric),
+        "expected a failing {metric} finding, got {:#?}",
+        b.findings
+    );
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert_eq!(image_of(&d), "shop/web:healthy");
+    assert_eq!(d.spec.unwrap().replicas, Some(4));
+    assert!(deployment(&w, ns, "web-canary-bad").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_caught_in_the_first_batch_and_rolled_back() {
+    bad_change_is_caught_in_the_first_batch("a1", "shop/web:errors", "error-ratio").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_is_caught_in_the_first_batch_and_rolled_back() {
+    bad_change_is_caught_in_the_first_batch("a2", "shop/web:latency", "latency-p99").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_but_healthy_change_passes() {
+    let w = world(with_prometheus()).await;
+    w.apply(&deployment_yaml("a3", "web", 4)).await.unwrap();
+    wait_deployment_ready(&w, "a3", "web", 4).await;
+    let_it_run().await;
+    w.apply(&analysed_change(
+        "a3",
+        "noisy",
+        "shop/web:noisy-but-healthy",
+        "30s",
+    ))
+    .await
+    .unwrap();
+    let cr = w
+        .wait_phase("a3", "noisy", Phase::Succeeded, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let st = cr.status.unwrap();
+    assert!(st.batches.iter().all(|b| b.verdict == Some(Verdict::Pass)));
+    assert!(
+        st.batches[0].judgements >= 3,
+        "the batch was judged repeatedly: {}",
+        st.batches[0].judgements
+    );
+    assert_eq!(
+        image_of(&deployment(&w, "a3", "web").await.unwrap()),
+        "shop/web:noisy-but-healthy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_outage_holds_the_change_until_it_is_back() {
+    let w = world(with_prometheus()).await;
+    w.apply(&deployment_yaml("a4", "web", 4)).await.unwrap();
+    wait_deployment_ready(&w, "a4", "web", 4).await;
+    let_it_run().await;
+    w.apply(&analysed_change("a4", "v2", "shop/web:healthy-v2", "40s"))
+        .await
+        .unwrap();
+    w.wait_for("a first judgement", LONG, || async {
+        let cr = w.change_request("a4", "v2").await?;
+        Ok(cr
+            .filter(|c| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| s.batches.first().is_some_and(|b| b.judgements >= 1))
+            })
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+    let sim = w.sim().unwrap();
+    sim.prometheus.lock().unwrap().as_mut().unwrap().stop();
+    let paused = w.wait_phase("a4", "v2", Phase::Paused, LONG).await.unwrap();
+    assert_eq!(
+        paused.status.as_ref().unwrap().reason.as_deref(),
+        Some("AnalysisError")
+    );
+    // Held: nothing is promoted while the analysis cannot run, even past the bake time.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    let still = w.change_request("a4", "v2").await.unwrap().unwrap();
+    assert_eq!(phase(&still), Phase::Paused);
+    assert_eq!(still.status.as_ref().unwrap().current_batch, 1);
+    assert_eq!(
+        image_of(&deployment(&w, "a4", "web").await.unwrap()),
+        "shop/web:healthy"
+    );
+    let prom = tokio::task::spawn_blocking({
+        let mut guard = sim.prometheus.lock().unwrap().take().unwrap();
+        move || {
+            guard.restart().unwrap();
+            guard
+        }
+    })
+    .await
+    .unwrap();
+    *sim.prometheus.lock().unwrap() = Some(prom);
+    let done = w
+        .wait_phase("a4", "v2", Phase::Succeeded, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let reasons = w.event_reasons("a4", "v2").await.unwrap();
+    assert!(
+        reasons.iter().any(|r| r == "Paused") && reasons.iter().any(|r| r == "Resumed"),
+        "{reasons:?}"
+    );
+    assert!(
+        done.status
+            .unwrap()
+            .batches
+            .iter()
+            .all(|b| b.verdict == Some(Verdict::Pass))
+    );
+}

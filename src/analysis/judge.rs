@@ -1,0 +1,676 @@
+//! The judgement itself, pure: per-metric group data in, findings and a batch verdict out.
+//! Production (Prometheus) and `graygate analyze` (recorded data) both end here.
+
+use crate::api::{Direction, Finding, MetricSpec, Verdict};
+use crate::detect::{self, Detection, dtw, fmt_num};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Samples of one group: per pod (or one unnamed series), `[unix_seconds, value]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupData(pub BTreeMap<String, Vec<(f64, f64)>>);
+
+impl GroupData {
+    /// Every finite value, pooled over pods.
+    pub fn values(&self) -> Vec<f64> {
+        self.0
+            .values()
+            .flatten()
+            .map(|(_, v)| *v)
+            .filter(|v| v.is_finite())
+            .collect()
+    }
+    /// Number of finite samples.
+    pub fn len(&self) -> usize {
+        self.0
+            .values()
+            .flatten()
+            .filter(|(_, v)| v.is_finite())
+            .count()
+    }
+    /// True without samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The integral over time of a rate, summed over pods: Σ value × spacing.
+    pub fn integral(&self) -> f64 {
+        self.0
+            .values()
+            .map(|s| {
+                let dt = spacing(s);
+                s.iter()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(_, v)| v * dt)
+                    .sum::<f64>()
+            })
+            .sum()
+    }
+    /// The mean over pods at each timestamp, in time order (for shape comparisons).
+    pub fn mean_series(&self) -> Vec<f64> {
+        let mut by_t: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
+        for (t, v) in self.0.values().flatten() {
+            if v.is_finite() {
+                let e = by_t.entry((t * 1000.0).round() as i64).or_insert((0.0, 0));
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+        by_t.values().map(|(s, n)| s / *n as f64).collect()
+    }
+}
+
+fn spacing(s: &[(f64, f64)]) -> f64 {
+    if s.len() < 2 {
+        return 1.0;
+    }
+    let mut gaps: Vec<f64> = s
+        .windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .filter(|g| *g > 0.0)
+        .collect();
+    if gaps.is_empty() {
+        return 1.0;
+    }
+    gaps.sort_by(f64::total_cmp);
+    gaps[gaps.len() / 2]
+}
+
+/// One metric's data in each comparison group.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Groups {
+    /// Pods of the current batch, on the new template.
+    #[serde(default)]
+    pub change: GroupData,
+    /// Pods still on the old template, at the same time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<GroupData>,
+    /// The workload before the change started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<GroupData>,
+    /// The same window one day / one week earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<GroupData>,
+}
+
+/// A metric's data: one value series per group, or numerator and denominator rates.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetricData {
+    /// Plain values.
+    Plain(Groups),
+    /// Ratio metrics: rates of the bad events and of all events.
+    Ratio {
+        /// The bad events.
+        numerator: Groups,
+        /// All events.
+        denominator: Groups,
+    },
+}
+
+/// A metric with every default filled in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    /// Name used in findings.
+    pub name: String,
+    /// Which way is worse.
+    pub direction: Direction,
+    /// Detectors to run.
+    pub detectors: Vec<String>,
+    /// Bound for `threshold`.
+    pub threshold: Option<f64>,
+    /// Minimum effect (relative for values, absolute for proportions).
+    pub min_delta: f64,
+    /// Fails the batch on its own.
+    pub critical: bool,
+    /// Weight in the batch score.
+    pub weight: f64,
+}
+
+impl Metric {
+    /// Fill in defaults for a spec'd metric.
+    pub fn from_spec(m: &MetricSpec) -> Metric {
+        let ratio = m.numerator.is_some();
+        let detectors = if m.detectors.is_empty() {
+            if ratio {
+                vec!["proportion".to_string()]
+            } else {
+                vec!["mann-whitney".to_string(), "variance".to_string()]
+            }
+        } else {
+            m.detectors.clone()
+        };
+        Metric {
+            name: m.name.clone(),
+            direction: m.direction,
+            detectors,
+            threshold: m.threshold,
+            min_delta: m.min_delta.unwrap_or(if ratio { 0.002 } else { 0.1 }),
+            critical: m.critical,
+            weight: m.weight.unwrap_or(1.0),
+        }
+    }
+}
+
+/// Settings of a judgement.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    /// Significance level of the statistical tests.
+    pub alpha: f64,
+    /// Samples (or, for proportions, events) each group needs.
+    pub min_samples: usize,
+    /// Compare with the control group.
+    pub use_control: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            alpha: 0.01,
+            min_samples: 10,
+            use_control: true,
+        }
+    }
+}
+
+/// The verdict of one judgement with its evidence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// pass, fail or inconclusive.
+    pub verdict: Verdict,
+    /// One line on why.
+    pub summary: String,
+    /// Every finding, most severe first.
+    pub findings: Vec<Finding>,
+}
+
+fn to_finding(metric: &str, groups: &str, d: &Detection) -> Finding {
+    Finding {
+        metric: metric.to_string(),
+        detector: d.detector.to_string(),
+        groups: groups.to_string(),
+        outcome: Some(d.outcome),
+        score: d.score.is_finite().then_some(d.score),
+        threshold: d.threshold.is_finite().then_some(d.threshold),
+        explanation: d.explanation.clone(),
+        suppressed_by: d.suppressed_by.map(String::from),
+    }
+}
+
+fn severity(f: &Finding) -> u8 {
+    match (f.outcome, &f.suppressed_by) {
+        (Some(Verdict::Fail), _) => 0,
+        (Some(Verdict::Inconclusive), _) => 1,
+        (Some(Verdict::Pass), Some(_)) => 2,
+        _ => 3,
+    }
+}
+
+/// Ratio values per pod and timestamp (numerator / denominator), for value-based detectors.
+fn ratio_values(num: &GroupData, den: &GroupData) -> GroupData {
+    let mut out = BTreeMap::new();
+    for (pod, ns) in &num.0 {
+        let Some(ds) = den.0.get(pod) else { continue };
+        let by_t: BTreeMap<i64, f64> = ds
+            .iter()
+            .map(|(t, v)| ((t * 1000.0).round() as i64, *v))
+            .collect();
+        let series: Vec<(f64, f64)> = ns
+            .iter()
+            .filter_map(|(t, n)| {
+                let d = *by_t.get(&((t * 1000.0).round() as i64))?;
+                (d > 0.0).then_some((*t, n / d))
+            })
+            .collect();
+        out.insert(pod.clone(), series);
+    }
+    GroupData(out)
+}
+
+fn ratio_groups(num: &Groups, den: &Groups) -> Groups {
+    let pair = |a: &Option<GroupData>, b: &Option<GroupData>| match (a, b) {
+        (Some(a), Some(b)) => Some(ratio_values(a, b)),
+        _ => None,
+    };
+    Groups {
+        change: ratio_values(&num.change, &den.change),
+        control: pair(&num.control, &den.control),
+        background: pair(&num.background, &den.background),
+        history: pair(&num.history, &den.history),
+    }
+}
+
+/// Run one detector; returns the detection and the groups it compared.
+fn run_detector(
+    name: &str,
+    m: &Metric,
+    data: &MetricData,
+    values: &Groups,
+    reference: Option<(&'static str, &GroupData)>,
+    p: &Params,
+) -> (Detection, String) {
+    let change = values.change.values();
+    let missing = |what: &str| {
+        Detection::inconclusive(static_name(name), format!("no {what} data to compare with"))
+    };
+    match name {
+        "threshold" => match m.threshold {
+            Some(bound) => (
+                detect::threshold::threshold(&change, bound, m.direction, p.min_samples),
+                "change".to_string(),
+            ),
+            None => (missing("threshold"), "change".to_string()),
+        },
+        "proportion" => {
+            let MetricData::Ratio {
+                numerator,
+                denominator,
+            } = data
+            else {
+                return (
+                    Detection::inconclusive(
+                        "proportion",
+                        "the proportion detector needs numerator and denominator".into(),
+                    ),
+                    "change".to_string(),
+                );
+            };
+            let (label, rn, rd) = match reference.map(|r| r.0) {
+                Some("control") => (
+                    "change vs control",
+                    numerator.control.as_ref(),
+                    denominator.control.as_ref(),
+                ),
+                Some(_) => (
+                    "change vs background",
+                    numerator.background.as_ref(),
+                    denominator.background.as_ref(),
+                ),
+                None => ("change", None, None),
+            };
+            match (rn, rd) {
+                (Some(rn), Some(rd)) => (
+                    detect::proportion::detect(
+                        numerator.change.integral(),
+                        denominator.change.integral(),
+                        rn.integral(),
+                        rd.integral(),
+                        detect::proportion::Params {
+                            direction: m.direction,
+                            alpha: p.alpha,
+                            min_delta: m.min_delta,
+                            min_total: (p.min_samples * 5) as f64,
+                        },
+                    ),
+                    label.to_string(),
+                ),
+                _ => (missing("reference"), "change".to_string()),
+            }
+        }
+        "mann-whitney" | "variance" | "kde" => {
+            let Some((label, reference)) = reference else {
+                return (missing("reference"), "change".to_string());
+            };
+            let r = reference.values();
+            let groups = if label == "control" {
+                "change vs control"
+            } else {
+                "change vs background"
+            };
+            let d = match name {
+                "mann-whitney" => detect::mann_whitney::detect(
+                    &change,
+                    &r,
+                    detect::mann_whitney::Params {
+                        direction: m.direction,
+                        alpha: p.alpha,
+                        min_delta: m.min_delta,
+                        min_samples: p.min_samples,
+                    },
+                ),
+                "variance" => detect::variance::detect(&change, &r, p.alpha, 2.0, p.min_samples),
+                _ => detect::kde::detect(&change, &r, m.direction, 2.0, p.min_samples),
+            };
+            (d, groups.to_string())
+        }
+        "three-sigma" => match &values.background {
+            Some(bg) if !bg.is_empty() => (
+                detect::three_sigma::detect(
+                    &change,
+                    &bg.values(),
+                    m.direction,
+                    3.0,
+                    true,
+                    p.min_samples,
+                ),
+                "change vs background".to_string(),
+            ),
+            _ => (missing("background"), "change vs background".to_string()),
+        },
+        "dtw" => match &values.history {
+            Some(h) if !h.is_empty() => {
+                let dist = dtw::shape_distance(&values.change.mean_series(), &h.mean_series(), 0.1);
+                let bad = dist > 0.5;
+                (
+                    Detection {
+                        detector: "dtw",
+                        score: dist,
+                        threshold: 0.5,
+                        outcome: if bad { Verdict::Fail } else { Verdict::Pass },
+                        explanation: format!(
+                            "shape distance to the same window in history is {}",
+                            fmt_num(dist)
+                        ),
+                        suppressed_by: None,
+                    },
+                    "change vs history".to_string(),
+                )
+            }
+            _ => (missing("history"), "change vs history".to_string()),
+        },
+        other => (
+            Detection::inconclusive("unknown", format!("unknown detector {other}")),
+            "change".to_string(),
+        ),
+    }
+}
+
+fn static_name(name: &str) -> &'static str {
+    crate::api::validate::DETECTORS
+        .iter()
+        .find(|d| **d == name)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// Historical similarity: a failure is environmental when the control (or, without a control,
+/// the history) strays from its usual shape as much as the change group does.
+fn environmental(values: &Groups) -> Option<String> {
+    let history = values.history.as_ref().filter(|h| !h.is_empty())?;
+    let usual = history.mean_series();
+    let change = values.change.mean_series();
+    if usual.len() < 3 || change.len() < 3 {
+        return None;
+    }
+    let d_change = dtw::shape_distance(&change, &usual, 0.1);
+    let witness = values
+        .control
+        .as_ref()
+        .filter(|c| !c.is_empty())
+        .or(values.background.as_ref())?;
+    let d_env = dtw::shape_distance(&witness.mean_series(), &usual, 0.1);
+    (d_change > 0.3 && d_env >= 0.8 * d_change).then(|| {
+        format!("historical similarity: the reference strays from its usual shape as much (DTW {} vs {})", fmt_num(d_env), fmt_num(d_change))
+    })
+}
+
+/// Judge a batch.
+pub fn judge(metrics: &[(Metric, MetricData)], p: &Params) -> Outcome {
+    let mut findings = Vec::new();
+    let mut failed: Vec<(String, f64, bool)> = Vec::new();
+    let mut decided_weight = 0.0;
+    let mut failed_weight = 0.0;
+    let mut critical_inconclusive = Vec::new();
+    let mut decided = 0;
+    for (m, data) in metrics {
+        let values = match data {
+            MetricData::Plain(g) => g.clone(),
+            MetricData::Ratio {
+                numerator,
+                denominator,
+            } => ratio_groups(numerator, denominator),
+        };
+        let control = values
+            .control
+            .as_ref()
+            .filter(|c| p.use_control && !c.is_empty());
+        let reference = control.map(|c| ("control", c)).or_else(|| {
+            values
+                .background
+                .as_ref()
+                .filter(|b| !b.is_empty())
+                .map(|b| ("background", b))
+        });
+        let mut outcomes = Vec::new();
+        for name in &m.detectors {
+            let (mut d, groups) = run_detector(name, m, data, &values, reference, p);
+            if d.outcome == Verdict::Fail
+                && let Some(why) = environmental(&values)
+            {
+                d.outcome = Verdict::Pass;
+                d.suppressed_by = Some("historical similarity");
+                d.explanation = format!("{}; {why}", d.explanation);
+            }
+            outcomes.push(d.outcome);
+            findings.push(to_finding(&m.name, &groups, &d));
+        }
+        let outcome = if outcomes.contains(&Verdict::Fail) {
+            Verdict::Fail
+        } else if outcomes.iter().all(|o| *o == Verdict::Inconclusive) {
+            Verdict::Inconclusive
+        } else {
+            Verdict::Pass
+        };
+        match outcome {
+            Verdict::Fail => {
+                decided += 1;
+                decided_weight += m.weight;
+                failed_weight += m.weight;
+                failed.push((m.name.clone(), m.weight, m.critical));
+            }
+            Verdict::Pass => {
+                decided += 1;
+                decided_weight += m.weight;
+            }
+            Verdict::Inconclusive => {
+                if m.critical {
+                    critical_inconclusive.push(m.name.clone());
+                }
+            }
+        }
+    }
+    findings.sort_by_key(severity);
+    let critical_failed: Vec<&str> = failed
+        .iter()
+        .filter(|f| f.2)
+        .map(|f| f.0.as_str())
+        .collect();
+    let names =
+        |v: &[(String, f64, bool)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>().join(", ");
+    let first_failure = findings
+        .iter()
+        .find(|f| f.outcome == Some(Verdict::Fail))
+        .map(|f| format!(" — {} [{}]: {}", f.metric, f.detector, f.explanation))
+        .unwrap_or_default();
+    let (verdict, summary) = if !critical_failed.is_empty() {
+        (
+            Verdict::Fail,
+            format!(
+                "critical metric {} failed{first_failure}",
+                critical_failed.join(", ")
+            ),
+        )
+    } else if decided_weight > 0.0 && failed_weight / decided_weight >= 0.5 {
+        (
+            Verdict::Fail,
+            format!(
+                "{} of {decided} metrics failed ({}){first_failure}",
+                failed.len(),
+                names(&failed)
+            ),
+        )
+    } else if !critical_inconclusive.is_empty() {
+        (
+            Verdict::Inconclusive,
+            format!(
+                "not enough data for critical metric {}",
+                critical_inconclusive.join(", ")
+            ),
+        )
+    } else if decided == 0 {
+        (
+            Verdict::Inconclusive,
+            "not enough data for any metric".to_string(),
+        )
+    } else if failed.is_empty() {
+        (
+            Verdict::Pass,
+            format!("{decided} metrics compared, none worse"),
+        )
+    } else {
+        (
+            Verdict::Pass,
+            format!(
+                "{} of {decided} metrics worse ({}), below the failing share",
+                failed.len(),
+                names(&failed)
+            ),
+        )
+    };
+    Outcome {
+        verdict,
+        summary,
+        findings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(values: &[f64]) -> GroupData {
+        GroupData(
+            [(
+                "p".to_string(),
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (i as f64, *v))
+                    .collect(),
+            )]
+            .into(),
+        )
+    }
+
+    fn metric(name: &str, critical: bool, detectors: &[&str]) -> Metric {
+        Metric {
+            name: name.into(),
+            direction: Direction::Increase,
+            detectors: detectors.iter().map(|s| s.to_string()).collect(),
+            threshold: None,
+            min_delta: 0.1,
+            critical,
+            weight: 1.0,
+        }
+    }
+
+    fn wave(base: f64, n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| base + ((i * 7) % 5) as f64 * 0.01 * base)
+            .collect()
+    }
+
+    #[test]
+    fn a_critical_failure_fails_the_batch() {
+        let data = MetricData::Plain(Groups {
+            change: series(&wave(2.0, 30)),
+            control: Some(series(&wave(1.0, 30))),
+            ..Default::default()
+        });
+        let ok = MetricData::Plain(Groups {
+            change: series(&wave(1.0, 30)),
+            control: Some(series(&wave(1.0, 30))),
+            ..Default::default()
+        });
+        let out = judge(
+            &[
+                (metric("latency", true, &["mann-whitney"]), data),
+                (metric("cpu", false, &["mann-whitney"]), ok),
+            ],
+            &Params::default(),
+        );
+        assert_eq!(out.verdict, Verdict::Fail);
+        assert_eq!(out.findings[0].metric, "latency");
+        assert!(out.summary.contains("critical metric latency failed"));
+    }
+
+    #[test]
+    fn too_few_samples_is_inconclusive_never_pass() {
+        let data = MetricData::Plain(Groups {
+            change: series(&[1.0, 2.0]),
+            control: Some(series(&wave(1.0, 30))),
+            ..Default::default()
+        });
+        let out = judge(
+            &[(metric("latency", true, &["mann-whitney"]), data)],
+            &Params::default(),
+        );
+        assert_eq!(out.verdict, Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn without_control_the_background_is_the_reference() {
+        let data = MetricData::Plain(Groups {
+            change: series(&wave(3.0, 30)),
+            control: None,
+            background: Some(series(&wave(1.0, 120))),
+            history: None,
+        });
+        let out = judge(
+            &[(
+                metric("latency", true, &["mann-whitney", "three-sigma"]),
+                data,
+            )],
+            &Params::default(),
+        );
+        assert_eq!(out.verdict, Verdict::Fail);
+        assert!(
+            out.findings
+                .iter()
+                .all(|f| f.groups == "change vs background")
+        );
+    }
+
+    #[test]
+    fn ratio_metrics_use_counts_for_the_proportion_test() {
+        let rate = |v: f64| series(&vec![v; 30]);
+        let data = MetricData::Ratio {
+            numerator: Groups {
+                change: rate(2.0),
+                control: Some(rate(0.0)),
+                ..Default::default()
+            },
+            denominator: Groups {
+                change: rate(20.0),
+                control: Some(rate(60.0)),
+                ..Default::default()
+            },
+        };
+        let m = Metric {
+            min_delta: 0.002,
+            ..metric("errors", true, &["proportion"])
+        };
+        let out = judge(&[(m.clone(), data)], &Params::default());
+        assert_eq!(out.verdict, Verdict::Fail, "{:?}", out.findings);
+        let quiet = MetricData::Ratio {
+            numerator: Groups {
+                change: rate(0.0),
+                control: Some(rate(0.0)),
+                ..Default::default()
+            },
+            denominator: Groups {
+                change: rate(20.0),
+                control: Some(rate(60.0)),
+                ..Default::default()
+            },
+        };
+        assert_eq!(
+            judge(&[(m, quiet)], &Params::default()).verdict,
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn integral_of_a_rate() {
+        let g = GroupData([("a".to_string(), vec![(0.0, 2.0), (5.0, 2.0), (10.0, 2.0)])].into());
+        assert_eq!(g.integral(), 30.0);
+    }
+}

@@ -1,0 +1,464 @@
+//! The production analyzer: renders each metric's templates per group, runs range queries
+//! against Prometheus (bounded concurrency, timeouts, retries) and judges the result.
+
+use super::defaults::default_metrics;
+use super::judge::{self, GroupData, Groups, Metric, MetricData};
+use super::template::{escape_literal, pods_regex, promql_duration, render};
+use super::{Analyzer, JudgeRequest};
+use crate::api::{AnalysisSpec, FieldError, Finding, MetricSpec, TargetKind, Verdict};
+use crate::controller::state::Judgement;
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use prometheus_http_query::Client as Prom;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Queries in flight at once per judgement.
+const CONCURRENCY: usize = 4;
+/// Attempts per query when Prometheus cannot be reached.
+const ATTEMPTS: u32 = 3;
+
+/// Analyzer backed by Prometheus.
+pub struct PrometheusAnalyzer {
+    default_url: Option<String>,
+    kube: Option<kube::Client>,
+}
+
+impl PrometheusAnalyzer {
+    /// An analyzer using `default_url` when a ChangeRequest names no Prometheus, and `kube`
+    /// to read bearer-token Secrets.
+    pub fn new(default_url: Option<String>, kube: Option<kube::Client>) -> Self {
+        PrometheusAnalyzer { default_url, kube }
+    }
+}
+
+/// Why a query did not give data.
+#[derive(Debug)]
+pub enum QueryError {
+    /// Prometheus rejected the query: a spec error in this field.
+    Rejected(FieldError),
+    /// Prometheus could not be reached or failed.
+    Unavailable(String),
+}
+
+/// One time window of one group.
+#[derive(Clone, Debug)]
+pub struct GroupWindow {
+    /// change, control, background or history.
+    pub group: &'static str,
+    /// The `{{pods}}` value.
+    pub pods: String,
+    /// Window start.
+    pub from: Timestamp,
+    /// Window end.
+    pub to: Timestamp,
+}
+
+/// What to query: the groups and the variables shared by every template.
+#[derive(Clone, Debug)]
+pub struct QueryPlan {
+    /// `{{namespace}}`.
+    pub namespace: String,
+    /// `{{target}}`.
+    pub target: String,
+    /// `{{interval}}`, and the step of range queries.
+    pub interval_ms: i64,
+    /// The windows to query.
+    pub windows: Vec<GroupWindow>,
+}
+
+fn step_secs(interval_ms: i64) -> f64 {
+    ((interval_ms as f64 / 1000.0) / 10.0).max(1.0)
+}
+
+/// A Prometheus client for an analysis section.
+pub async fn client(
+    spec: Option<&crate::api::PrometheusSpec>,
+    default_url: Option<&str>,
+    kube: Option<&kube::Client>,
+    ns: &str,
+) -> Result<(Prom, Option<String>, Duration), String> {
+    let url = spec
+        .and_then(|p| p.address.clone())
+        .or_else(|| default_url.map(String::from))
+        .ok_or("no Prometheus address: set analysis.prometheus.address or the operator's --prometheus-url")?;
+    let timeout = spec
+        .and_then(|p| p.timeout)
+        .map(|d| d.std())
+        .unwrap_or(Duration::from_secs(10));
+    let http = reqwest::Client::builder()
+        .timeout(timeout)
+        .danger_accept_invalid_certs(spec.is_some_and(|p| p.insecure_skip_verify))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let prom =
+        Prom::from(http, &url).map_err(|e| format!("analysis.prometheus.address {url:?}: {e}"))?;
+    let token = match (spec.and_then(|p| p.bearer_token_secret.as_ref()), kube) {
+        (Some(sel), Some(k)) => {
+            let secret = Api::<Secret>::namespaced(k.clone(), ns)
+                .get(&sel.name)
+                .await
+                .map_err(|e| format!("analysis.prometheus.bearerTokenSecret {}: {e}", sel.name))?;
+            let bytes = secret
+                .data
+                .and_then(|d| d.get(&sel.key).cloned())
+                .ok_or(format!(
+                    "analysis.prometheus.bearerTokenSecret: key {} not in Secret {}",
+                    sel.key, sel.name
+                ))?;
+            Some(String::from_utf8_lossy(&bytes.0).trim().to_string())
+        }
+        _ => None,
+    };
+    Ok((prom, token, timeout))
+}
+
+/// Run one range query with retries; series are keyed by their `pod` label (or all labels).
+pub async fn range(
+    prom: &Prom,
+    token: Option<&str>,
+    query: &str,
+    from: Timestamp,
+    to: Timestamp,
+    step: f64,
+    field: &str,
+) -> Result<GroupData, QueryError> {
+    let mut last = String::new();
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        }
+        let mut q = prom.query_range(
+            query,
+            from.as_second(),
+            to.as_second().max(from.as_second() + 1),
+            step,
+        );
+        if let Some(t) = token {
+            match reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")) {
+                Ok(h) => q = q.header(reqwest::header::AUTHORIZATION, h),
+                Err(_) => {
+                    return Err(QueryError::Unavailable(
+                        "the bearer token is not a valid header value".into(),
+                    ));
+                }
+            }
+        }
+        match q.get().await {
+            Ok(res) => {
+                let mut out = BTreeMap::new();
+                if let Some(matrix) = res.data().as_matrix() {
+                    for s in matrix {
+                        let labels = s.metric();
+                        let key = labels.get("pod").cloned().unwrap_or_else(|| {
+                            let mut l: Vec<String> =
+                                labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                            l.sort();
+                            l.join(",")
+                        });
+                        out.insert(
+                            key,
+                            s.samples()
+                                .iter()
+                                .map(|p| (p.timestamp(), p.value()))
+                                .collect(),
+                        );
+                    }
+                }
+                return Ok(GroupData(out));
+            }
+            Err(prometheus_http_query::Error::Prometheus(e)) if e.is_bad_data() => {
+                return Err(QueryError::Rejected(FieldError::new(
+                    field,
+                    format!("Prometheus rejected the query: {}", e.message()),
+                )));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(QueryError::Unavailable(last))
+}
+
+/// The metrics to use: the spec's, or the defaults whose series exist.
+async fn resolve_metrics(
+    spec: &AnalysisSpec,
+    prom: &Prom,
+    token: Option<&str>,
+    plan: &QueryPlan,
+) -> Result<(Vec<(usize, MetricSpec)>, Vec<Finding>), QueryError> {
+    if let Some(ms) = &spec.metrics {
+        return Ok((ms.iter().cloned().enumerate().collect(), Vec::new()));
+    }
+    let mut use_ = Vec::new();
+    let mut skipped = Vec::new();
+    let win = plan
+        .windows
+        .first()
+        .cloned()
+        .ok_or(QueryError::Unavailable("no groups to query".into()))?;
+    for (i, (m, series)) in default_metrics().into_iter().enumerate() {
+        let probe = format!(
+            "count({series}{{namespace=\"{}\"}})",
+            escape_literal(&plan.namespace).replace("\\\\", "\\")
+        );
+        let exists = range(
+            prom,
+            token,
+            &probe,
+            win.from,
+            win.to,
+            step_secs(plan.interval_ms),
+            "analysis.metrics",
+        )
+        .await?;
+        if exists.is_empty() {
+            skipped.push(Finding {
+                metric: m.name.clone(),
+                detector: "-".into(),
+                groups: "-".into(),
+                outcome: Some(Verdict::Inconclusive),
+                explanation: format!(
+                    "built-in metric skipped: no {series} series in namespace {}",
+                    plan.namespace
+                ),
+                ..Default::default()
+            });
+        } else {
+            use_.push((i, m));
+        }
+    }
+    Ok((use_, skipped))
+}
+
+fn vars(plan: &QueryPlan, w: &GroupWindow) -> BTreeMap<&'static str, String> {
+    [
+        (
+            "namespace",
+            escape_literal(&plan.namespace).replace("\\\\", "\\"),
+        ),
+        ("pods", w.pods.clone()),
+        ("group", w.group.to_string()),
+        ("target", plan.target.clone()),
+        (
+            "window",
+            promql_duration(w.to.as_millisecond() - w.from.as_millisecond()),
+        ),
+        ("interval", promql_duration(plan.interval_ms)),
+    ]
+    .into()
+}
+
+/// Query every metric for every group and judge. Shared by the operator and `graygate analyze --prometheus`.
+pub async fn analyze(
+    spec: &AnalysisSpec,
+    prom: &Prom,
+    token: Option<&str>,
+    plan: &QueryPlan,
+) -> Judgement {
+    let (metrics, mut extra) = match resolve_metrics(spec, prom, token, plan).await {
+        Ok(m) => m,
+        Err(QueryError::Rejected(e)) => return Judgement::SpecError(e),
+        Err(QueryError::Unavailable(e)) => return Judgement::Error(format!("Prometheus: {e}")),
+    };
+    // One task per (metric, part, group window): bounded concurrency keeps Prometheus calm.
+    let mut tasks = Vec::new();
+    for (mi, (index, m)) in metrics.iter().enumerate() {
+        let parts: Vec<(&str, &String, String)> = match (&m.query, &m.numerator, &m.denominator) {
+            (Some(q), _, _) => vec![("value", q, format!("analysis.metrics[{index}].query"))],
+            (None, Some(n), Some(d)) => vec![
+                (
+                    "numerator",
+                    n,
+                    format!("analysis.metrics[{index}].numerator"),
+                ),
+                (
+                    "denominator",
+                    d,
+                    format!("analysis.metrics[{index}].denominator"),
+                ),
+            ],
+            _ => continue,
+        };
+        for (part, template, field) in parts {
+            for (wi, w) in plan.windows.iter().enumerate() {
+                let query = match render(template, &vars(plan, w)) {
+                    Ok(q) => q,
+                    Err(e) => return Judgement::SpecError(FieldError::new(field.clone(), e)),
+                };
+                let field = if spec.metrics.is_some() {
+                    field.clone()
+                } else {
+                    "analysis.metrics".to_string()
+                };
+                tasks.push(async move {
+                    let r = range(
+                        prom,
+                        token,
+                        &query,
+                        w.from,
+                        w.to,
+                        step_secs(plan.interval_ms),
+                        &field,
+                    )
+                    .await;
+                    (mi, part, wi, r)
+                });
+            }
+        }
+    }
+    let results: Vec<_> = futures::stream::iter(tasks)
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut parts: BTreeMap<(usize, &str), Groups> = BTreeMap::new();
+    for (mi, part, wi, r) in results {
+        let data = match r {
+            Ok(d) => d,
+            Err(QueryError::Rejected(e)) => return Judgement::SpecError(e),
+            Err(QueryError::Unavailable(e)) => return Judgement::Error(format!("Prometheus: {e}")),
+        };
+        let g = parts.entry((mi, part)).or_default();
+        let w = &plan.windows[wi];
+        match w.group {
+            "change" => g.change = data,
+            "control" => g.control = Some(data),
+            "background" => g.background = Some(data),
+            _ => {
+                let h = g.history.get_or_insert_with(GroupData::default);
+                for (k, v) in data.0 {
+                    h.0.entry(format!("{k}@{}", w.from.as_second()))
+                        .or_default()
+                        .extend(v);
+                }
+            }
+        }
+    }
+    let mut judged = Vec::new();
+    for (mi, (_, m)) in metrics.iter().enumerate() {
+        let data = if m.query.is_some() {
+            MetricData::Plain(parts.remove(&(mi, "value")).unwrap_or_default())
+        } else {
+            MetricData::Ratio {
+                numerator: parts.remove(&(mi, "numerator")).unwrap_or_default(),
+                denominator: parts.remove(&(mi, "denominator")).unwrap_or_default(),
+            }
+        };
+        judged.push((Metric::from_spec(m), data));
+    }
+    let params = judge::Params {
+        alpha: 0.01,
+        min_samples: spec.min_samples.unwrap_or(10) as usize,
+        use_control: spec
+            .baselines
+            .as_ref()
+            .and_then(|b| b.control)
+            .unwrap_or(true),
+    };
+    let out = judge::judge(&judged, &params);
+    let mut findings = out.findings;
+    findings.append(&mut extra);
+    Judgement::Verdict {
+        verdict: out.verdict,
+        summary: out.summary,
+        findings,
+    }
+}
+
+fn workload_pods_regex(kind: TargetKind, target: &str) -> String {
+    match kind {
+        TargetKind::Deployment => format!("{}\\\\-[a-z0-9]+\\\\-[a-z0-9]+", escape_literal(target)),
+        TargetKind::StatefulSet => format!("{}\\\\-[0-9]+", escape_literal(target)),
+    }
+}
+
+/// The groups and windows of one judgement.
+pub fn plan_for(req: &JudgeRequest<'_>) -> QueryPlan {
+    let spec = req.analysis;
+    let interval = spec
+        .interval
+        .unwrap_or(crate::controller::state::DEFAULT_INTERVAL);
+    let names =
+        |pods: &[crate::rollout::GroupPod]| pods.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    let mut windows = vec![GroupWindow {
+        group: "change",
+        pods: pods_regex(&names(&req.groups.change)),
+        from: req.window.from,
+        to: req.window.to,
+    }];
+    if !req.groups.control.is_empty() {
+        windows.push(GroupWindow {
+            group: "control",
+            pods: pods_regex(&names(&req.groups.control)),
+            from: req.window.from,
+            to: req.window.to,
+        });
+    }
+    let workload = workload_pods_regex(req.cr.spec.target.kind, &req.cr.spec.target.name);
+    let background = spec
+        .baselines
+        .as_ref()
+        .and_then(|b| b.background)
+        .unwrap_or(crate::api::Duration::from_secs(3600));
+    if background.std() > Duration::ZERO {
+        let from =
+            req.change_started - jiff::SignedDuration::from_millis(background.as_millis_i64());
+        windows.push(GroupWindow {
+            group: "background",
+            pods: workload.clone(),
+            from,
+            to: req.change_started,
+        });
+    }
+    if spec
+        .baselines
+        .as_ref()
+        .and_then(|b| b.history)
+        .unwrap_or(false)
+    {
+        for days in [1, 7] {
+            let back = jiff::SignedDuration::from_hours(24 * days);
+            windows.push(GroupWindow {
+                group: "history",
+                pods: workload.clone(),
+                from: req.window.from - back,
+                to: req.window.to - back,
+            });
+        }
+    }
+    QueryPlan {
+        namespace: req.cr.namespace().unwrap_or_default(),
+        target: req.cr.spec.target.name.clone(),
+        interval_ms: interval.as_millis_i64(),
+        windows,
+    }
+}
+
+#[async_trait::async_trait]
+impl Analyzer for PrometheusAnalyzer {
+    async fn judge(&self, req: JudgeRequest<'_>) -> Judgement {
+        let ns = req.cr.namespace().unwrap_or_default();
+        let (prom, token, _) = match client(
+            req.analysis.prometheus.as_ref(),
+            self.default_url.as_deref(),
+            self.kube.as_ref(),
+            &ns,
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => return Judgement::Error(e),
+        };
+        if req.groups.change.is_empty() {
+            return Judgement::Verdict {
+                verdict: Verdict::Inconclusive,
+                summary: "no pods in the change group".into(),
+                findings: Vec::new(),
+            };
+        }
+        let plan = plan_for(&req);
+        analyze(req.analysis, &prom, token.as_deref(), &plan).await
+    }
+}
