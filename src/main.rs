@@ -38,6 +38,8 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Print the ChangeRequest CustomResourceDefinition as YAML.
     Crd,
+    /// Run the analysis on recorded series, or against a live Prometheus (exit 0 pass, 1 fail, 2 inconclusive, 3 bad input).
+    Analyze(cli::analyze::AnalyzeArgs),
 }
 
 fn init_logs(level: &str, format: LogFormat) -> Result<(), String> {
@@ -69,6 +71,16 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
+            }
+        },
+        Command::Analyze(args) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => ExitCode::from(rt.block_on(cli::analyze::run(args))),
+            Err(e) => {
+                eprintln!("error: cannot start the runtime: {e}");
+                ExitCode::from(3)
             }
         },
         Command::Run(args) => {

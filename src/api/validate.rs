@@ -84,7 +84,8 @@ pub fn check_spec(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn check_analysis(a: &super::AnalysisSpec) -> Result<(), FieldError> {
+/// Check an analysis section on its own (also used by `graygate analyze`).
+pub fn check_analysis(a: &super::AnalysisSpec) -> Result<(), FieldError> {
     if a.interval == Some(Duration::default()) {
         return Err(FieldError::new(
             "analysis.interval",

@@ -1,3 +1,4 @@
 //! Command-line verbs.
 
+pub mod analyze;
 pub mod run;

@@ -1,0 +1,329 @@
+//! `graygate analyze`: the production analysis on recorded series or against a live
+//! Prometheus (backtesting a past change). Exit 0 pass, 1 fail, 2 inconclusive, 3 bad input.
+
+use crate::analysis::defaults::default_metrics;
+use crate::analysis::judge::{self, Groups, Metric, MetricData};
+use crate::analysis::prometheus::{GroupWindow, QueryPlan, analyze, client};
+use crate::analysis::template::pods_regex;
+use crate::api::{AnalysisSpec, Finding, MetricSpec, Verdict};
+use crate::controller::state::Judgement;
+use std::path::PathBuf;
+
+/// Arguments of `graygate analyze`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AnalyzeArgs {
+    /// The analysis section (YAML): a bare `analysis:` body, or a whole ChangeRequest.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Recorded series (JSON; see docs/analyze.md).
+    #[arg(long, conflicts_with = "prometheus")]
+    pub input: Option<PathBuf>,
+    /// Query this Prometheus instead of reading --input.
+    #[arg(long)]
+    pub prometheus: Option<String>,
+    /// Namespace of the pods (with --prometheus).
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Change-group pod names, comma-separated (with --prometheus).
+    #[arg(long, value_delimiter = ',')]
+    pub change_pods: Vec<String>,
+    /// Control-group pod names, comma-separated (with --prometheus).
+    #[arg(long, value_delimiter = ',')]
+    pub control_pods: Vec<String>,
+    /// Start of the window: RFC 3339 or Unix seconds (with --prometheus).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the window: RFC 3339 or Unix seconds (with --prometheus).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// The workload's name, for the background window's pod pattern (with --prometheus).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Output formats.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A table for people.
+    Table,
+    /// JSON for programs.
+    Json,
+}
+
+/// Bad input, with the field or line named.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+fn read(path: &PathBuf, what: &str) -> Result<String, BadInput> {
+    std::fs::read_to_string(path).map_err(|e| BadInput(format!("{what} {}: {e}", path.display())))
+}
+
+/// Load the analysis section from YAML (bare, `analysis:` wrapped, or a whole ChangeRequest).
+pub fn load_spec(text: &str) -> Result<AnalysisSpec, BadInput> {
+    let v: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| BadInput(format!("spec: {e}")))?;
+    let body = if v.get("kind").and_then(|k| k.as_str()) == Some("ChangeRequest") {
+        v.get("spec")
+            .and_then(|s| s.get("analysis"))
+            .cloned()
+            .ok_or(BadInput(
+                "spec: the ChangeRequest has no spec.analysis".into(),
+            ))?
+    } else if let Some(a) = v.get("analysis") {
+        a.clone()
+    } else {
+        v
+    };
+    let spec: AnalysisSpec =
+        serde_yaml::from_value(body).map_err(|e| BadInput(format!("spec: {e}")))?;
+    crate::api::validate::check_analysis(&spec).map_err(|e| BadInput(e.to_string()))?;
+    Ok(spec)
+}
+
+fn spec_metrics(spec: &AnalysisSpec) -> Vec<MetricSpec> {
+    spec.metrics
+        .clone()
+        .unwrap_or_else(|| default_metrics().into_iter().map(|(m, _)| m).collect())
+}
+
+fn parse_time(s: &str, flag: &str) -> Result<jiff::Timestamp, BadInput> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return jiff::Timestamp::from_millisecond((secs * 1000.0) as i64)
+            .map_err(|e| BadInput(format!("{flag}: {e}")));
+    }
+    s.parse()
+        .map_err(|e| BadInput(format!("{flag} {s:?}: not RFC 3339 or Unix seconds ({e})")))
+}
+
+/// Judge recorded data.
+pub fn judge_input(spec: &AnalysisSpec, input: &str) -> Result<judge::Outcome, BadInput> {
+    let mut data = crate::analysis::input::parse(input).map_err(BadInput)?;
+    let metrics = spec_metrics(spec);
+    for name in data.keys() {
+        if !metrics.iter().any(|m| &m.name == name) {
+            let known: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+            return Err(BadInput(format!(
+                "metrics.{name}: not a metric of the spec (known: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    let mut judged = Vec::new();
+    for m in &metrics {
+        let ratio = m.numerator.is_some();
+        let d = match data.remove(&m.name) {
+            Some(MetricData::Ratio { .. }) if !ratio => {
+                return Err(BadInput(format!(
+                    "metrics.{}: the spec has a query, the input numerator/denominator",
+                    m.name
+                )));
+            }
+            Some(MetricData::Plain(_)) if ratio => {
+                return Err(BadInput(format!(
+                    "metrics.{}: the spec is a ratio metric; give numerator and denominator",
+                    m.name
+                )));
+            }
+            Some(d) => d,
+            None if ratio => MetricData::Ratio {
+                numerator: Groups::default(),
+                denominator: Groups::default(),
+            },
+            None => MetricData::Plain(Groups::default()),
+        };
+        judged.push((Metric::from_spec(m), d));
+    }
+    let params = judge::Params {
+        alpha: 0.01,
+        min_samples: spec.min_samples.unwrap_or(10) as usize,
+        use_control: spec
+            .baselines
+            .as_ref()
+            .and_then(|b| b.control)
+            .unwrap_or(true),
+    };
+    Ok(judge::judge(&judged, &params))
+}
+
+fn print(verdict: Verdict, summary: &str, findings: &[Finding], output: Output) {
+    match output {
+        Output::Json => {
+            let v =
+                serde_json::json!({"verdict": verdict, "summary": summary, "findings": findings});
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Output::Table => {
+            println!("VERDICT: {} — {summary}\n", verdict.as_str());
+            let rows: Vec<[String; 6]> = findings
+                .iter()
+                .map(|f| {
+                    let outcome = match (&f.suppressed_by, f.outcome) {
+                        (Some(rule), _) => format!("Pass ({rule})"),
+                        (None, Some(o)) => o.as_str().to_string(),
+                        _ => "-".into(),
+                    };
+                    let num = |x: Option<f64>| {
+                        x.map(crate::detect::fmt_num).unwrap_or_else(|| "-".into())
+                    };
+                    [
+                        f.metric.clone(),
+                        f.detector.clone(),
+                        f.groups.clone(),
+                        outcome,
+                        num(f.score),
+                        num(f.threshold),
+                    ]
+                })
+                .collect();
+            let headers = [
+                "METRIC",
+                "DETECTOR",
+                "GROUPS",
+                "OUTCOME",
+                "SCORE",
+                "THRESHOLD",
+            ];
+            let widths: Vec<usize> = (0..6)
+                .map(|i| {
+                    rows.iter()
+                        .map(|r| r[i].chars().count())
+                        .chain([headers[i].len()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let line = |cells: &[String]| {
+                cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            };
+            println!("{}", line(&headers.map(String::from)).trim_end());
+            for (r, f) in rows.iter().zip(findings) {
+                println!("{}", line(r).trim_end());
+                println!("    {}", f.explanation);
+            }
+        }
+    }
+}
+
+/// Run the command; returns the process exit code.
+pub async fn run(args: AnalyzeArgs) -> u8 {
+    match run_inner(args).await {
+        Ok(code) => code,
+        Err(BadInput(msg)) => {
+            eprintln!("error: {msg}");
+            3
+        }
+    }
+}
+
+fn code(v: Verdict) -> u8 {
+    match v {
+        Verdict::Pass => 0,
+        Verdict::Fail => 1,
+        Verdict::Inconclusive => 2,
+    }
+}
+
+async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
+    let spec = match &args.spec {
+        Some(p) => load_spec(&read(p, "--spec")?)?,
+        None => AnalysisSpec::default(),
+    };
+    if let Some(path) = &args.input {
+        let out = judge_input(&spec, &read(path, "--input")?)?;
+        print(out.verdict, &out.summary, &out.findings, args.output);
+        return Ok(code(out.verdict));
+    }
+    let Some(url) = &args.prometheus else {
+        return Err(BadInput(
+            "give --input FILE, or --prometheus URL with --change-pods, --from and --to".into(),
+        ));
+    };
+    if args.change_pods.is_empty() {
+        return Err(BadInput("--change-pods: at least one pod is needed".into()));
+    }
+    let from = parse_time(
+        args.from
+            .as_deref()
+            .ok_or(BadInput("--from is required with --prometheus".into()))?,
+        "--from",
+    )?;
+    let to = parse_time(
+        args.to
+            .as_deref()
+            .ok_or(BadInput("--to is required with --prometheus".into()))?,
+        "--to",
+    )?;
+    if to <= from {
+        return Err(BadInput("--to must be after --from".into()));
+    }
+    let mut prom_spec = spec.prometheus.clone().unwrap_or_default();
+    prom_spec.address = Some(url.clone());
+    let (prom, token, _) = client(Some(&prom_spec), None, None, &args.namespace)
+        .await
+        .map_err(BadInput)?;
+    let interval = spec
+        .interval
+        .unwrap_or(crate::controller::state::DEFAULT_INTERVAL);
+    let mut windows = vec![GroupWindow {
+        group: "change",
+        pods: pods_regex(&args.change_pods),
+        from,
+        to,
+    }];
+    if !args.control_pods.is_empty() {
+        windows.push(GroupWindow {
+            group: "control",
+            pods: pods_regex(&args.control_pods),
+            from,
+            to,
+        });
+    }
+    if let Some(target) = &args.target {
+        let background = spec
+            .baselines
+            .as_ref()
+            .and_then(|b| b.background)
+            .unwrap_or(crate::api::Duration::from_secs(3600));
+        if background.as_millis_i64() > 0 {
+            let pods = format!(
+                "{}\\\\-[a-z0-9]+\\\\-[a-z0-9]+",
+                crate::analysis::template::escape_literal(target)
+            );
+            windows.push(GroupWindow {
+                group: "background",
+                pods,
+                from: from - jiff::SignedDuration::from_millis(background.as_millis_i64()),
+                to: from,
+            });
+        }
+    }
+    let plan = QueryPlan {
+        namespace: args.namespace.clone(),
+        target: args.target.clone().unwrap_or_default(),
+        interval_ms: interval.as_millis_i64(),
+        windows,
+    };
+    match analyze(&spec, &prom, token.as_deref(), &plan).await {
+        Judgement::Verdict {
+            verdict,
+            summary,
+            findings,
+        } => {
+            print(verdict, &summary, &findings, args.output);
+            Ok(code(verdict))
+        }
+        Judgement::SpecError(e) => Err(BadInput(e.to_string())),
+        Judgement::Error(e) => {
+            eprintln!("error: the analysis could not run: {e}");
+            Ok(2)
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! `graygate analyze` as a user runs it: exit codes, output formats, and errors that name the field.
+
+use std::process::Command;
+
+fn graygate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_graygate"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+const SPEC: &str = "examples/analyze/analysis.yaml";
+
+#[test]
+fn a_bad_change_fails_with_exit_1_and_names_the_metric() {
+    let (code, out, _) = graygate(&[
+        "analyze",
+        "--spec",
+        SPEC,
+        "--input",
+        "examples/analyze/bad-change.json",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("VERDICT: Fail"), "{out}");
+    assert!(
+        out.contains("error-ratio") && out.contains("proportion"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_good_change_passes_with_exit_0_and_json_output() {
+    let (code, out, _) = graygate(&[
+        "analyze",
+        "--spec",
+        SPEC,
+        "--input",
+        "examples/analyze/good-change.json",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["verdict"], "Pass");
+    assert_eq!(v["findings"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn too_little_data_is_inconclusive_with_exit_2() {
+    let dir = tempdir();
+    let input = dir.join("few.json");
+    std::fs::write(
+        &input,
+        r#"{"metrics": {"latency-p99": {"change": [[1, 0.1], [2, 0.2]], "control": [[1, 0.1]]}}}"#,
+    )
+    .unwrap();
+    let (code, out, _) = graygate(&[
+        "analyze",
+        "--spec",
+        SPEC,
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("Inconclusive"), "{out}");
+}
+
+#[test]
+fn malformed_input_names_the_line_or_field_and_exits_3() {
+    let dir = tempdir();
+    let broken = dir.join("broken.json");
+    std::fs::write(
+        &broken,
+        "{\n  \"metrics\": {\n    \"latency-p99\": {\"change\": [[1, 0.1],, ]}\n  }\n}",
+    )
+    .unwrap();
+    let (code, _, err) = graygate(&[
+        "analyze",
+        "--spec",
+        SPEC,
+        "--input",
+        broken.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 3);
+    assert!(err.contains("line 3"), "{err}");
+    let wrong = dir.join("wrong.json");
+    std::fs::write(
+        &wrong,
+        r#"{"metrics": {"latency-p99": {"change": [[1, "x"]]}}}"#,
+    )
+    .unwrap();
+    let (code, _, err) = graygate(&[
+        "analyze",
+        "--spec",
+        SPEC,
+        "--input",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 3);
+    assert!(err.contains("metrics.latency-p99.change[0][1]"), "{err}");
+    let unknown = dir.join("unknown.json");
+    std::fs::write(&unknown, r#"{"metrics": {"latncy": {"change": []}}}"#).unwrap();
+    let (code, _, err) = graygate(&[
+        "analyze",
+        "--spec",
+        SPEC,
+        "--input",
+        unknown.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("metrics.latncy: not a metric of the spec"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_spec_names_the_field_and_exits_3() {
+    let dir = tempdir();
+    let spec = dir.join("spec.yaml");
+    std::fs::write(
+        &spec,
+        "metrics:\n- name: x\n  query: 'up{pod=~\"{{podz}}\"}'\n",
+    )
+    .unwrap();
+    let (code, _, err) = graygate(&[
+        "analyze",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--input",
+        "examples/analyze/good-change.json",
+    ]);
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("spec.analysis.metrics[0].query") && err.contains("{{podz}}"),
+        "{err}"
+    );
+    let (code, _, err) = graygate(&[
+        "analyze",
+        "--prometheus",
+        "http://127.0.0.1:9",
+        "--from",
+        "yesterday",
+        "--to",
+        "1",
+        "--change-pods",
+        "a",
+    ]);
+    assert_eq!(code, 3);
+    assert!(err.contains("--from"), "{err}");
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "graygate-cli-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
