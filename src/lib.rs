@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod detect;
+pub mod eval;
 pub mod rollout;
 pub mod server;
 pub mod util;

@@ -174,60 +174,92 @@ pub fn hodges_lehmann_sorted(xs: &[f64], ys: &[f64]) -> f64 {
     } else {
         (total / 2 - 1, total / 2)
     };
-    // Invariant: count_le(lo) <= k1 and count_le(hi) >= k2 + 1.
+    // Bracket (lo, hi] with count_le(lo) <= k1 and count_le(hi) >= k2 + 1, narrowed until it
+    // holds about n + m differences; the answer is then picked from those exactly.
     let mut lo = xs[0] - ys[m - 1];
-    let mut hi = xs[n - 1] - ys[0];
-    if count_le(xs, ys, lo) > k1 {
-        // The smallest difference is already the answer's lower element.
+    let mut c_lo = count_le(xs, ys, lo);
+    if c_lo > k1 {
         lo = f64::NEG_INFINITY;
+        c_lo = 0;
     }
+    let mut hi = xs[n - 1] - ys[0];
+    let mut c_hi = total;
     let window = n + m;
-    for _ in 0..200 {
-        if !lo.is_finite() {
+    let mut guess = Some(median_of_sorted(xs) - median_of_sorted(ys));
+    for round in 0..200 {
+        if c_hi - c_lo <= window || !lo.is_finite() {
             break;
         }
-        let mid = lo + (hi - lo) / 2.0;
+        // Start from the difference of medians, then alternate interpolation and bisection:
+        // interpolation converges fast on smooth data, bisection guarantees progress.
+        let mid = match guess.take() {
+            Some(g) if g > lo && g < hi => g,
+            _ if round % 2 == 1 => {
+                lo + (hi - lo) * ((k1 - c_lo) as f64 + 0.5) / (c_hi - c_lo) as f64
+            }
+            _ => lo + (hi - lo) / 2.0,
+        };
         if mid <= lo || mid >= hi {
+            if round % 2 == 1 {
+                continue;
+            }
             break;
         }
         let c = count_le(xs, ys, mid);
         if c <= k1 {
             lo = mid;
+            c_lo = c;
         } else if c > k2 {
             hi = mid;
+            c_hi = c;
         } else {
-            break;
-        }
-        let span = count_le(xs, ys, hi)
-            - if lo.is_finite() {
-                count_le(xs, ys, lo)
-            } else {
-                0
-            };
-        if span <= window {
-            break;
+            // mid splits exactly between the two middle differences: narrow from both sides.
+            let below = candidates_in(xs, ys, lo, mid);
+            let above = candidates_in(xs, ys, mid, hi);
+            let a = below.last().copied().unwrap_or(f64::NAN);
+            let b = above.first().copied().unwrap_or(f64::NAN);
+            return (a + b) / 2.0;
         }
     }
-    let below = if lo.is_finite() {
-        count_le(xs, ys, lo)
-    } else {
-        0
-    };
-    let mut candidates: Vec<f64> = Vec::new();
-    for &xv in xs {
-        for &yv in ys {
-            let d = xv - yv;
-            if d > lo && d <= hi {
-                candidates.push(d);
-            }
-        }
-        if candidates.len() > total {
-            break;
-        }
-    }
-    candidates.sort_unstable_by(f64::total_cmp);
-    let pick = |k: usize| candidates.get(k - below).copied().unwrap_or(f64::NAN);
+    let candidates = candidates_in(xs, ys, lo, hi);
+    let pick = |k: usize| candidates.get(k - c_lo).copied().unwrap_or(f64::NAN);
     (pick(k1) + pick(k2)) / 2.0
+}
+
+fn median_of_sorted(v: &[f64]) -> f64 {
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The differences x − y in (lo, hi], sorted. For each x they form one run of y (x − y falls
+/// as y grows), found with two pointers, so only the candidates are visited.
+fn candidates_in(xs: &[f64], ys: &[f64], lo: f64, hi: f64) -> Vec<f64> {
+    let m = ys.len();
+    let mut out = Vec::new();
+    let (mut start, mut end) = (0usize, 0usize);
+    for &xv in xs {
+        while start < m && xv - ys[start] > hi {
+            start += 1;
+        }
+        if end < start {
+            end = start;
+        }
+        while end < m && (lo == f64::NEG_INFINITY || xv - ys[end] > lo) {
+            end += 1;
+        }
+        out.extend(
+            ys[start..end]
+                .iter()
+                .map(|yv| xv - yv)
+                .filter(|d| *d > lo && *d <= hi),
+        );
+    }
+    out.sort_unstable_by(f64::total_cmp);
+    out
 }
 
 /// Settings of the detector.
