@@ -75,6 +75,9 @@ impl Rng {
     }
 }
 
+/// Samples of one pod: `(seconds, value)`.
+type Series = Vec<(f64, f64)>;
+
 const STEP: f64 = 10.0;
 const SAMPLES: usize = 30;
 
@@ -113,7 +116,7 @@ fn counts(
     error: f64,
     n: usize,
     shared: &[f64],
-) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+) -> (Series, Series) {
     let mut num = Vec::with_capacity(n);
     let mut den = Vec::with_capacity(n);
     for (i, s) in shared.iter().enumerate().take(n) {
@@ -180,22 +183,10 @@ fn case(rng: &mut Rng, kind: &'static str, bad: bool) -> Case {
         let x = i as f64 / SAMPLES as f64;
         match kind {
             "level-shift" => 1.3 + 0.4 * severity,
-            "spike" => {
-                if (0.4..0.75).contains(&x) {
-                    2.5 + severity
-                } else {
-                    1.0
-                }
-            }
+            "spike" if (0.4..0.75).contains(&x) => 2.5 + severity,
             "slow-drift" => 1.0 + (0.6 + 0.6 * severity) * x * 2.0,
             "variance-only" => (1.0 + (1.0 + severity) * 0.6 * r.normal()).max(0.05),
-            "latency-tail" => {
-                if r.uniform() < 0.25 {
-                    2.0 + severity
-                } else {
-                    1.0
-                }
-            }
+            "latency-tail" if r.uniform() < 0.25 => 2.0 + severity,
             _ => 1.0,
         }
     };
