@@ -110,13 +110,7 @@ fn latency_series(
         .collect()
 }
 
-fn counts(
-    rng: &mut Rng,
-    rps: f64,
-    error: f64,
-    n: usize,
-    shared: &[f64],
-) -> (Series, Series) {
+fn counts(rng: &mut Rng, rps: f64, error: f64, n: usize, shared: &[f64]) -> (Series, Series) {
     let mut num = Vec::with_capacity(n);
     let mut den = Vec::with_capacity(n);
     for (i, s) in shared.iter().enumerate().take(n) {

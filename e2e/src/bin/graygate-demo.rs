@@ -88,7 +88,11 @@ async fn run() -> anyhow::Result<bool> {
         )
         .await?;
     }
-    println!("{} catalog and checkout run 4 healthy pods each", t());
+    println!(
+        "{} catalog and checkout run 4 healthy pods each; letting them serve traffic for 20s so Prometheus has a background",
+        t()
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
     for f in &changes {
         w.apply(&std::fs::read_to_string(f)?).await?;
         println!(
@@ -193,7 +197,7 @@ async fn run() -> anyhow::Result<bool> {
     println!();
     if as_expected {
         println!(
-            "The good change reached every pod; the bad one was stopped in its first batch and rolled back."
+            "The good change reached every pod; the bad one was stopped in its first batch, on one pod of four, and rolled back."
         );
     } else {
         println!("Unexpected outcome; graygate's log:\n{}", w.graygate_logs());
