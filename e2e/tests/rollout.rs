@@ -13,7 +13,10 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_deployment_change_completes_all_batches() {
-    let w = world(WorldOptions::default()).await;
+    let w = graygate_e2e::world::World::start(WorldOptions::default())
+        .await
+        .unwrap();
+    let port = w.start_graygate(&[]).unwrap();
     w.apply(&deployment_yaml("s1", "web", 4)).await.unwrap();
     wait_deployment_ready(&w, "s1", "web", 4).await;
     w.apply(&change_yaml(
@@ -59,6 +62,22 @@ batches:
             "missing Event {r}: {reasons:?}"
         );
     }
+    // The operator's own endpoints tell the same story.
+    assert_eq!(graygate_http(port, "/healthz").await.0, 200);
+    assert_eq!(graygate_http(port, "/readyz").await.0, 200);
+    let (code, metrics) = graygate_http(port, "/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "graygate_changerequests{phase=\"Succeeded\"} 1",
+        "graygate_batches_total{verdict=\"Pass\"} 3",
+        "graygate_leader 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("graygate_reconcile_duration_seconds_bucket"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

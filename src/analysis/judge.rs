@@ -326,7 +326,14 @@ fn run_detector(
                         min_samples: p.min_samples,
                     },
                 ),
-                "variance" => detect::variance::detect(&change, &r, p.alpha, 2.0, p.min_samples),
+                "variance" => detect::variance::detect(
+                    &change,
+                    &r,
+                    p.alpha,
+                    2.0,
+                    m.min_delta / 2.0,
+                    p.min_samples,
+                ),
                 _ => detect::kde::detect(&change, &r, m.direction, 2.0, p.min_samples),
             };
             (d, groups.to_string())

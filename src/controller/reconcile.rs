@@ -333,8 +333,19 @@ pub async fn run_controller(
         .graceful_shutdown_on(shutdown);
     let store = controller.store();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            let _ = synced.send(true);
+        // kube's readiness signal wakes only its most recent waiter (a oneshot receiver shared
+        // through a mutex), and the controller's own runner waits on it too; polling again
+        // after a timeout re-registers this task, and sees the state once the runner set it.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    tracing::info!("watches synced; ready");
+                    let _ = synced.send(true);
+                    break;
+                }
+                Ok(Err(_)) => break,
+                Err(_) => continue,
+            }
         }
     });
     controller

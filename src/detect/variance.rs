@@ -44,12 +44,15 @@ pub fn brown_forsythe(groups: &[&[f64]]) -> (f64, f64) {
 }
 
 /// Fail when the change group's spread is significantly larger than the reference's, by at
-/// least `min_ratio` (mean absolute deviation from the median).
+/// least `min_ratio` (mean absolute deviation from the median), and by at least
+/// `min_level_share` of the reference's level: a spread that doubles from 0.4 ms to 0.8 ms on a
+/// 100 ms latency is significant, and irrelevant.
 pub fn detect(
     change: &[f64],
     reference: &[f64],
     alpha: f64,
     min_ratio: f64,
+    min_level_share: f64,
     min_samples: usize,
 ) -> Detection {
     let x = finite(change);
@@ -86,15 +89,32 @@ pub fn detect(
         fmt_num(p)
     );
     let significant = p.is_finite() && p < alpha && sx > sy;
-    let (outcome, suppressed_by, explanation) = match (significant, ratio >= min_ratio) {
-        (true, true) => (Verdict::Fail, None, describe),
-        (true, false) => (
-            Verdict::Pass,
-            Some("minimum effect"),
-            format!("{describe}; below the minimum ratio {}", fmt_num(min_ratio)),
-        ),
-        _ => (Verdict::Pass, None, describe),
+    let level = median(&y).abs();
+    let share = if level > 0.0 {
+        (sx - sy) / level
+    } else {
+        f64::INFINITY
     };
+    let (outcome, suppressed_by, explanation) =
+        match (significant, ratio >= min_ratio, share >= min_level_share) {
+            (true, true, true) => (Verdict::Fail, None, describe),
+            (true, false, _) => (
+                Verdict::Pass,
+                Some("minimum effect"),
+                format!("{describe}; below the minimum ratio {}", fmt_num(min_ratio)),
+            ),
+            (true, true, false) => (
+                Verdict::Pass,
+                Some("minimum effect"),
+                format!(
+                    "{describe}; the added spread is {:.1}% of the level {}, below {:.1}%",
+                    share * 100.0,
+                    fmt_num(level),
+                    min_level_share * 100.0
+                ),
+            ),
+            _ => (Verdict::Pass, None, describe),
+        };
     Detection {
         detector: "variance",
         score: if p.is_finite() { p } else { 1.0 },
@@ -116,12 +136,20 @@ mod tests {
             .collect();
         let erratic: Vec<f64> = control.iter().map(|v| 100.0 + (v - 100.0) * 4.0).collect();
         assert_eq!(
-            detect(&erratic, &control, 0.01, 1.5, 10).outcome,
+            detect(&erratic, &control, 0.01, 1.5, 0.01, 10).outcome,
             Verdict::Fail
         );
         assert_eq!(
-            detect(&control, &control, 0.01, 1.5, 10).outcome,
+            detect(&control, &control, 0.01, 1.5, 0.01, 10).outcome,
             Verdict::Pass
+        );
+        // The same doubling of spread on a level a hundred times higher does not matter.
+        let high: Vec<f64> = control.iter().map(|v| v + 10_000.0).collect();
+        let high_erratic: Vec<f64> = erratic.iter().map(|v| v + 10_000.0).collect();
+        let d = detect(&high_erratic, &high, 0.01, 1.5, 0.01, 10);
+        assert_eq!(
+            (d.outcome, d.suppressed_by),
+            (Verdict::Pass, Some("minimum effect"))
         );
     }
 }

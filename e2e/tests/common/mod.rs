@@ -18,6 +18,14 @@ pub async fn world(opts: WorldOptions) -> World {
     w
 }
 
+/// GET a path on graygate's HTTP port.
+pub async fn graygate_http(port: u16, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .expect("graygate answers");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
 /// A namespace with a Deployment `web` of `replicas` pods on `shop/web:healthy`.
 pub fn deployment_yaml(ns: &str, name: &str, replicas: i32) -> String {
     format!(
