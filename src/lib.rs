@@ -7,6 +7,7 @@ pub mod cli;
 pub mod controller;
 pub mod detect;
 pub mod eval;
+pub mod logs;
 pub mod rollout;
 pub mod server;
 pub mod util;

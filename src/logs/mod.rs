@@ -1,0 +1,3 @@
+//! Log analysis: template mining and the log detectors.
+
+pub mod drain;
