@@ -38,6 +38,9 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Print the ChangeRequest CustomResourceDefinition as YAML.
     Crd,
+    /// Log template tools.
+    #[command(subcommand)]
+    Logs(cli::logs::LogsCommand),
     /// Run the analysis on recorded series, or against a live Prometheus (exit 0 pass, 1 fail, 2 inconclusive, 3 bad input).
     Analyze(cli::analyze::AnalyzeArgs),
 }
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Logs(cmd) => ExitCode::from(cli::logs::run(cmd)),
         Command::Analyze(args) => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

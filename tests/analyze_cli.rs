@@ -172,3 +172,20 @@ fn rand_suffix() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+#[test]
+fn logs_templates_prints_one_template_per_line_in_order() {
+    let dir = tempdir();
+    let f = dir.join("app.log");
+    std::fs::write(&f, "GET /api/orders/1 status=200 duration_ms=4\nWARN slow call to inventory-svc took 900ms\nGET /api/orders/22 status=500 duration_ms=17\n").unwrap();
+    let (code, out, _) = graygate(&["logs", "templates", f.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let rows: Vec<(&str, &str)> = out.lines().map(|l| l.split_once('\t').unwrap()).collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].0, rows[2].0, "the two requests share a template");
+    assert_ne!(rows[0].0, rows[1].0);
+    assert_eq!(rows[0].1, "GET <*> status <*> duration_ms <*>");
+    let (code, _, err) = graygate(&["logs", "templates", "/nonexistent/file.log"]);
+    assert_eq!(code, 3);
+    assert!(err.contains("/nonexistent/file.log"), "{err}");
+}

@@ -1,4 +1,5 @@
 //! Command-line verbs.
 
 pub mod analyze;
+pub mod logs;
 pub mod run;
