@@ -189,3 +189,59 @@ fn logs_templates_prints_one_template_per_line_in_order() {
     assert_eq!(code, 3);
     assert!(err.contains("/nonexistent/file.log"), "{err}");
 }
+
+#[test]
+fn log_files_are_judged_the_same_way() {
+    let dir = tempdir();
+    let req = |pod: &str, n: usize| {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "INFO GET /api/orders/{i} status=200 duration_ms={} pod={pod}\n",
+                    i % 40
+                )
+            })
+            .collect::<String>()
+    };
+    let control = dir.join("control.log");
+    std::fs::write(&control, req("k1", 300)).unwrap();
+    let good = dir.join("good.log");
+    std::fs::write(&good, req("c1", 300)).unwrap();
+    let bad = dir.join("bad.log");
+    std::fs::write(&bad, format!("{}ERROR request failed token=abc123\njava.lang.IllegalStateException: reservation missing for order 17\n", req("c1", 300))).unwrap();
+    let (code, out, _) = graygate(&[
+        "analyze",
+        "--logs",
+        good.to_str().unwrap(),
+        "--control-logs",
+        control.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = graygate(&[
+        "analyze",
+        "--logs",
+        bad.to_str().unwrap(),
+        "--control-logs",
+        control.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let findings = v["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().any(|f| f["detector"] == "new-template"
+            && f["metric"]
+                .as_str()
+                .unwrap()
+                .contains("IllegalStateException")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("abc123"),
+        "the token is masked in examples: {out}"
+    );
+    let (code, _, err) = graygate(&["analyze", "--logs", bad.to_str().unwrap()]);
+    assert_eq!(code, 3);
+    assert!(err.contains("--control-logs"), "{err}");
+}

@@ -181,3 +181,92 @@ async fn prometheus_outage_holds_the_change_until_it_is_back() {
             .all(|b| b.verdict == Some(Verdict::Pass))
     );
 }
+
+fn log_change(ns: &str, name: &str, image: &str, first_bake: &str) -> String {
+    change_yaml(
+        ns,
+        name,
+        &format!(
+            r#"
+target: {{kind: Deployment, name: web}}
+images: {{app: "{image}"}}
+analysis: {{interval: 5s, failureLimit: 2, logs: {{}}}}
+batches:
+- {{replicas: 1, bake: {first_bake}}}
+- {{percent: 100, bake: 10s}}
+"#
+        ),
+    )
+}
+
+async fn log_anomaly_is_caught_in_the_first_batch(
+    ns: &str,
+    image: &str,
+    detector: &str,
+    template_part: &str,
+) {
+    let w = world(with_prometheus()).await;
+    w.apply(&deployment_yaml(ns, "web", 4)).await.unwrap();
+    wait_deployment_ready(&w, ns, "web", 4).await;
+    let_it_run().await;
+    w.apply(&log_change(ns, "bad", image, "60s")).await.unwrap();
+    let cr = w
+        .wait_phase(ns, "bad", Phase::RolledBack, LONG)
+        .await
+        .unwrap();
+    let st = cr.status.unwrap();
+    assert_eq!(st.current_batch, 1, "caught in the first batch");
+    let b = &st.batches[0];
+    assert_eq!(b.verdict, Some(Verdict::Fail));
+    assert!(
+        b.findings.iter().any(|f| f.detector == detector
+            && f.metric.contains(template_part)
+            && f.outcome == Some(Verdict::Fail)),
+        "expected a failing {detector} finding on a template with {template_part:?}, got {:#?}",
+        b.findings
+    );
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert_eq!(image_of(&d), "shop/web:healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_exception_in_the_logs_is_caught_in_the_first_batch() {
+    log_anomaly_is_caught_in_the_first_batch(
+        "l1",
+        "shop/web:new-exception",
+        "new-template",
+        "IllegalStateException",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_surge_is_caught_in_the_first_batch() {
+    log_anomaly_is_caught_in_the_first_batch("l2", "shop/web:log-surge", "surge", "slow call to")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_change_with_varied_ids_has_no_log_finding() {
+    let w = world(with_prometheus()).await;
+    w.apply(&deployment_yaml("l3", "web", 4)).await.unwrap();
+    wait_deployment_ready(&w, "l3", "web", 4).await;
+    let_it_run().await;
+    w.apply(&log_change("l3", "good", "shop/web:healthy-v2", "25s"))
+        .await
+        .unwrap();
+    let cr = w
+        .wait_phase("l3", "good", Phase::Succeeded, Duration::from_secs(180))
+        .await
+        .unwrap();
+    for b in cr.status.unwrap().batches {
+        assert!(
+            !b.findings
+                .iter()
+                .any(|f| f.detector == "new-template" || f.detector == "surge"),
+            "batch {} has log findings: {:#?}",
+            b.index,
+            b.findings
+        );
+    }
+}

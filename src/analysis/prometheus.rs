@@ -436,21 +436,61 @@ pub fn plan_for(req: &JudgeRequest<'_>) -> QueryPlan {
     }
 }
 
+/// Merge the log findings into a metric judgement: any log failure fails the judgement.
+pub fn merge_logs(metrics: Option<Judgement>, logs: Vec<Finding>) -> Judgement {
+    let failing: Vec<&Finding> = logs
+        .iter()
+        .filter(|f| f.outcome == Some(Verdict::Fail))
+        .collect();
+    let log_summary = failing.first().map(|f| {
+        format!(
+            "log template {:?} ({}): {}",
+            crate::util::trim_to(&f.metric, 80),
+            f.detector,
+            crate::util::trim_to(&f.explanation, 160)
+        )
+    });
+    match metrics {
+        Some(Judgement::Verdict {
+            verdict,
+            summary,
+            findings,
+        }) => {
+            let mut all = logs.clone();
+            all.extend(findings);
+            match log_summary {
+                Some(s) => Judgement::Verdict {
+                    verdict: Verdict::Fail,
+                    summary: s,
+                    findings: all,
+                },
+                None => Judgement::Verdict {
+                    verdict,
+                    summary,
+                    findings: all,
+                },
+            }
+        }
+        Some(other) => other,
+        None => match log_summary {
+            Some(s) => Judgement::Verdict {
+                verdict: Verdict::Fail,
+                summary: s,
+                findings: logs,
+            },
+            None => Judgement::Verdict {
+                verdict: Verdict::Pass,
+                summary: "log templates of the change group look like the control group's".into(),
+                findings: logs,
+            },
+        },
+    }
+}
+
 #[async_trait::async_trait]
 impl Analyzer for PrometheusAnalyzer {
     async fn judge(&self, req: JudgeRequest<'_>) -> Judgement {
         let ns = req.cr.namespace().unwrap_or_default();
-        let (prom, token, _) = match client(
-            req.analysis.prometheus.as_ref(),
-            self.default_url.as_deref(),
-            self.kube.as_ref(),
-            &ns,
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(e) => return Judgement::Error(e),
-        };
         if req.groups.change.is_empty() {
             return Judgement::Verdict {
                 verdict: Verdict::Inconclusive,
@@ -458,7 +498,49 @@ impl Analyzer for PrometheusAnalyzer {
                 findings: Vec::new(),
             };
         }
-        let plan = plan_for(&req);
-        analyze(req.analysis, &prom, token.as_deref(), &plan).await
+        // `metrics: []` asks for no metric analysis (logs only): Prometheus is not needed then.
+        let metrics_wanted = req.analysis.metrics.as_ref().is_none_or(|m| !m.is_empty());
+        let metrics = if metrics_wanted {
+            let (prom, token, _) = match client(
+                req.analysis.prometheus.as_ref(),
+                self.default_url.as_deref(),
+                self.kube.as_ref(),
+                &ns,
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => return Judgement::Error(e),
+            };
+            let plan = plan_for(&req);
+            Some(analyze(req.analysis, &prom, token.as_deref(), &plan).await)
+        } else {
+            None
+        };
+        let logs = match (&req.analysis.logs, &self.kube) {
+            (Some(spec), Some(kube)) if !req.groups.control.is_empty() => {
+                match crate::logs::fetch::fetch(
+                    kube,
+                    &ns,
+                    &req.groups,
+                    spec,
+                    req.window.from,
+                    req.change_started,
+                )
+                .await
+                {
+                    Ok(g) => crate::logs::detect::detect(
+                        &g.change,
+                        &g.control,
+                        &g.before,
+                        &crate::logs::detect::Params::from_spec(spec),
+                    ),
+                    Err(e) => return Judgement::Error(e),
+                }
+            }
+            // After promotion no control pods are left to compare logs with; earlier batches did.
+            _ => Vec::new(),
+        };
+        merge_logs(metrics, logs)
     }
 }

@@ -39,6 +39,15 @@ pub struct AnalyzeArgs {
     /// The workload's name, for the background window's pod pattern (with --prometheus).
     #[arg(long)]
     pub target: Option<String>,
+    /// Log files of change-group pods (one file per pod; repeat the flag).
+    #[arg(long = "logs")]
+    pub logs: Vec<PathBuf>,
+    /// Log files of control-group pods over the same window (one per pod).
+    #[arg(long = "control-logs")]
+    pub control_logs: Vec<PathBuf>,
+    /// Log files of control-group pods from before the change (one per pod).
+    #[arg(long = "before-logs")]
+    pub before_logs: Vec<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -236,10 +245,61 @@ async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
         Some(p) => load_spec(&read(p, "--spec")?)?,
         None => AnalysisSpec::default(),
     };
+    let log_findings = if args.logs.is_empty() {
+        if !args.control_logs.is_empty() || !args.before_logs.is_empty() {
+            return Err(BadInput(
+                "--control-logs and --before-logs need --logs (the change group's files)".into(),
+            ));
+        }
+        None
+    } else {
+        if args.control_logs.is_empty() {
+            return Err(BadInput(
+                "--logs needs --control-logs to compare with".into(),
+            ));
+        }
+        let group =
+            |files: &[PathBuf], flag: &str| -> Result<crate::logs::detect::LogGroup, BadInput> {
+                let mut g = crate::logs::detect::LogGroup::default();
+                for (i, f) in files.iter().enumerate() {
+                    let text = read(f, flag)?;
+                    g.pods.insert(
+                        format!("{}#{i}", f.display()),
+                        text.lines().map(String::from).collect(),
+                    );
+                }
+                Ok(g)
+            };
+        let params = crate::logs::detect::Params::from_spec(&spec.logs.clone().unwrap_or_default());
+        Some(crate::logs::detect::detect(
+            &group(&args.logs, "--logs")?,
+            &group(&args.control_logs, "--control-logs")?,
+            &group(&args.before_logs, "--before-logs")?,
+            &params,
+        ))
+    };
+    if args.input.is_none() && args.prometheus.is_none() {
+        if let Some(logs) = log_findings {
+            return finish(
+                crate::analysis::prometheus::merge_logs(None, logs),
+                args.output,
+            );
+        }
+    }
     if let Some(path) = &args.input {
         let out = judge_input(&spec, &read(path, "--input")?)?;
-        print(out.verdict, &out.summary, &out.findings, args.output);
-        return Ok(code(out.verdict));
+        let metrics = Judgement::Verdict {
+            verdict: out.verdict,
+            summary: out.summary,
+            findings: out.findings,
+        };
+        return finish(
+            crate::analysis::prometheus::merge_logs(
+                Some(metrics),
+                log_findings.unwrap_or_default(),
+            ),
+            args.output,
+        );
     }
     let Some(url) = &args.prometheus else {
         return Err(BadInput(
@@ -311,13 +371,21 @@ async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
         interval_ms: interval.as_millis_i64(),
         windows,
     };
-    match analyze(&spec, &prom, token.as_deref(), &plan).await {
+    let judged = analyze(&spec, &prom, token.as_deref(), &plan).await;
+    finish(
+        crate::analysis::prometheus::merge_logs(Some(judged), log_findings.unwrap_or_default()),
+        args.output,
+    )
+}
+
+fn finish(j: Judgement, output: Output) -> Result<u8, BadInput> {
+    match j {
         Judgement::Verdict {
             verdict,
             summary,
             findings,
         } => {
-            print(verdict, &summary, &findings, args.output);
+            print(verdict, &summary, &findings, output);
             Ok(code(verdict))
         }
         Judgement::SpecError(e) => Err(BadInput(e.to_string())),

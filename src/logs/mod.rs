@@ -1,3 +1,5 @@
-//! Log analysis: template mining and the log detectors.
+//! Log analysis: template mining, the log detectors, and reading pod logs.
 
+pub mod detect;
 pub mod drain;
+pub mod fetch;
