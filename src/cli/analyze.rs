@@ -278,13 +278,14 @@ async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
             &params,
         ))
     };
-    if args.input.is_none() && args.prometheus.is_none() {
-        if let Some(logs) = log_findings {
-            return finish(
-                crate::analysis::prometheus::merge_logs(None, logs),
-                args.output,
-            );
-        }
+    if args.input.is_none()
+        && args.prometheus.is_none()
+        && let Some(logs) = log_findings
+    {
+        return finish(
+            crate::analysis::prometheus::merge_logs(None, logs),
+            args.output,
+        );
     }
     if let Some(path) = &args.input {
         let out = judge_input(&spec, &read(path, "--input")?)?;
