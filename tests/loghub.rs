@@ -5,16 +5,9 @@
 use graygate::logs::drain::{Config, Miner, grouping_accuracy};
 use std::path::PathBuf;
 
-pub const SYSTEMS: [&str; 8] = [
-    "Apache",
-    "BGL",
-    "HDFS",
-    "Hadoop",
-    "Linux",
-    "OpenSSH",
-    "Spark",
-    "Zookeeper",
-];
+#[path = "support/loghub.rs"]
+mod support;
+use support::{SYSTEMS, load};
 
 fn data_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/loghub");
@@ -31,46 +24,6 @@ fn data_dir() -> Option<PathBuf> {
         dir.display()
     );
     None
-}
-
-/// Parse one CSV record (RFC 4180 quoting).
-fn csv_fields(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            (c, _) => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
-}
-
-/// (Content, EventId) of every line of a system.
-pub fn load(dir: &std::path::Path, system: &str) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(
-        dir.join(system)
-            .join(format!("{system}_2k.log_structured.csv")),
-    )
-    .unwrap();
-    let mut lines = text.lines();
-    let header = csv_fields(lines.next().unwrap());
-    let content = header.iter().position(|h| h == "Content").unwrap();
-    let event = header.iter().position(|h| h == "EventId").unwrap();
-    lines
-        .map(|l| {
-            let f = csv_fields(l);
-            (f[content].clone(), f[event].clone())
-        })
-        .collect()
 }
 
 #[test]

@@ -161,6 +161,21 @@ pub struct Params {
     pub use_control: bool,
 }
 
+impl Params {
+    /// The parameters an analysis section asks for (significance is fixed at 0.01).
+    pub fn from_spec(spec: &crate::api::AnalysisSpec) -> Params {
+        Params {
+            alpha: 0.01,
+            min_samples: spec.min_samples.unwrap_or(10) as usize,
+            use_control: spec
+                .baselines
+                .as_ref()
+                .and_then(|b| b.control)
+                .unwrap_or(true),
+        }
+    }
+}
+
 impl Default for Params {
     fn default() -> Self {
         Params {

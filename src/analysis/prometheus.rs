@@ -348,15 +348,7 @@ pub async fn analyze(
         };
         judged.push((Metric::from_spec(m), data));
     }
-    let params = judge::Params {
-        alpha: 0.01,
-        min_samples: spec.min_samples.unwrap_or(10) as usize,
-        use_control: spec
-            .baselines
-            .as_ref()
-            .and_then(|b| b.control)
-            .unwrap_or(true),
-    };
+    let params = judge::Params::from_spec(spec);
     let out = judge::judge(&judged, &params);
     let mut findings = out.findings;
     findings.append(&mut extra);
@@ -367,7 +359,9 @@ pub async fn analyze(
     }
 }
 
-fn workload_pods_regex(kind: TargetKind, target: &str) -> String {
+/// A `{{pods}}` pattern matching the workload's pods by name (for background and history,
+/// whose pods may be gone).
+pub fn workload_pods_regex(kind: TargetKind, target: &str) -> String {
     match kind {
         TargetKind::Deployment => format!("{}\\\\-[a-z0-9]+\\\\-[a-z0-9]+", escape_literal(target)),
         TargetKind::StatefulSet => format!("{}\\\\-[0-9]+", escape_literal(target)),

@@ -145,15 +145,7 @@ pub fn judge_input(spec: &AnalysisSpec, input: &str) -> Result<judge::Outcome, B
         };
         judged.push((Metric::from_spec(m), d));
     }
-    let params = judge::Params {
-        alpha: 0.01,
-        min_samples: spec.min_samples.unwrap_or(10) as usize,
-        use_control: spec
-            .baselines
-            .as_ref()
-            .and_then(|b| b.control)
-            .unwrap_or(true),
-    };
+    let params = judge::Params::from_spec(spec);
     Ok(judge::judge(&judged, &params))
 }
 
@@ -354,9 +346,9 @@ async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
             .and_then(|b| b.background)
             .unwrap_or(crate::api::Duration::from_secs(3600));
         if background.as_millis_i64() > 0 {
-            let pods = format!(
-                "{}\\\\-[a-z0-9]+\\\\-[a-z0-9]+",
-                crate::analysis::template::escape_literal(target)
+            let pods = crate::analysis::prometheus::workload_pods_regex(
+                crate::api::TargetKind::Deployment,
+                target,
             );
             windows.push(GroupWindow {
                 group: "background",

@@ -385,6 +385,28 @@ impl Store {
             .is_some_and(|o| o.contains_key(&(String::new(), ns.to_string())))
     }
 
+    /// The store key and current object of `name`, or a 404.
+    fn stored(
+        g: &Inner,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+    ) -> Result<((String, String), Value), ApiError> {
+        let ns_key = if rt.namespaced {
+            ns.to_string()
+        } else {
+            String::new()
+        };
+        let key = (ns_key, name.to_string());
+        let old = g
+            .objects
+            .get(&rt.key())
+            .and_then(|o| o.get(&key))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(rt, name))?;
+        Ok((key, old))
+    }
+
     /// Create an object. Fills in uid, resourceVersion, generation and creationTimestamp.
     pub fn create(&self, rt: &ResourceType, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
         let mut g = self.lock();
@@ -493,18 +515,7 @@ impl Store {
         part: Part,
     ) -> Result<Value, ApiError> {
         let mut g = self.lock();
-        let ns_key = if rt.namespaced {
-            ns.to_string()
-        } else {
-            String::new()
-        };
-        let key = (ns_key, name.to_string());
-        let old = g
-            .objects
-            .get(&rt.key())
-            .and_then(|o| o.get(&key))
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(rt, name))?;
+        let (key, old) = Self::stored(&g, rt, ns, name)?;
         if let Some(want) = meta(&new, "resourceVersion")
             && !want.is_empty()
             && Some(want) != meta(&old, "resourceVersion")
@@ -622,18 +633,7 @@ impl Store {
         f: impl FnOnce(&mut Value),
     ) -> Result<Value, ApiError> {
         let mut g = self.lock();
-        let ns_key = if rt.namespaced {
-            ns.to_string()
-        } else {
-            String::new()
-        };
-        let key = (ns_key, name.to_string());
-        let old = g
-            .objects
-            .get(&rt.key())
-            .and_then(|o| o.get(&key))
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(rt, name))?;
+        let (key, old) = Self::stored(&g, rt, ns, name)?;
         let mut next = old.clone();
         f(&mut next);
         if next == old {
@@ -666,18 +666,7 @@ impl Store {
         precondition_rv: Option<&str>,
     ) -> Result<Value, ApiError> {
         let mut g = self.lock();
-        let ns_key = if rt.namespaced {
-            ns.to_string()
-        } else {
-            String::new()
-        };
-        let key = (ns_key, name.to_string());
-        let old = g
-            .objects
-            .get(&rt.key())
-            .and_then(|o| o.get(&key))
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(rt, name))?;
+        let (key, old) = Self::stored(&g, rt, ns, name)?;
         if let Some(want) = precondition_rv
             && Some(want.to_string()) != meta(&old, "resourceVersion")
         {
