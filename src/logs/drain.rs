@@ -89,7 +89,10 @@ pub struct Miner {
 /// token with a digit in it (ids, sizes, timestamps), or a path.
 pub fn is_variable(token: &str) -> bool {
     let b = token.as_bytes();
-    b.iter().any(u8::is_ascii_digit) || (b.len() > 1 && b[0] == b'/' && b[1..].contains(&b'/'))
+    b.iter().any(u8::is_ascii_digit)
+        || (b.len() > 1 && b[0] == b'/' && b[1..].contains(&b'/'))
+        // Hex ids that happen to have no decimal digit (`deadbeefcafe`); short words like `face` stay.
+        || (b.len() >= 12 && b.iter().all(u8::is_ascii_hexdigit))
 }
 
 /// Split a line into tokens: whitespace, and the punctuation that glues values to words
@@ -261,6 +264,24 @@ mod tests {
         let d = m.add("WARN slow call to payments-svc took 1200ms");
         assert_eq!(c, d);
         assert_eq!(m.template(c), "WARN slow call to <*> took <*>");
+    }
+
+    #[test]
+    fn variables_by_shape() {
+        for v in [
+            "42",
+            "10.0.0.1:80",
+            "7f3c2a9e-0001",
+            "12ms",
+            "/var/log/app.log",
+            "deadbeefcafe",
+            "blk_-69522958",
+        ] {
+            assert!(is_variable(v), "{v}");
+        }
+        for w in ["GET", "status", "inventory-svc", "face", "/"] {
+            assert!(!is_variable(w), "{w}");
+        }
     }
 
     #[test]
