@@ -270,3 +270,80 @@ async fn a_healthy_change_with_varied_ids_has_no_log_finding() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_backtests_a_window_against_the_live_prometheus() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::{Api, ResourceExt};
+    let w = world(with_prometheus()).await;
+    // Three healthy pods and, beside them, one pod answering 10% errors: a past change to replay.
+    let bad = deployment_yaml("b1", "bad", 1).replace("shop/web:healthy", "shop/web:errors");
+    let (_, bad_only) = bad.split_once("---").unwrap();
+    w.apply(&format!("{}---{bad_only}", deployment_yaml("b1", "web", 3)))
+        .await
+        .unwrap();
+    wait_deployment_ready(&w, "b1", "web", 3).await;
+    wait_deployment_ready(&w, "b1", "bad", 1).await;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let to = jiff::Timestamp::now();
+    let from = to - jiff::SignedDuration::from_secs(20);
+    let pods: Vec<Pod> = Api::<Pod>::namespaced(w.client.clone(), "b1")
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    let names = |prefix: &str| {
+        pods.iter()
+            .map(|p| p.name_any())
+            .filter(|n| n.starts_with(prefix))
+            .collect::<Vec<_>>()
+    };
+    let (web, bad) = (names("web-"), names("bad-"));
+    let spec = w.dir.path().join("analysis.yaml");
+    std::fs::write(&spec, "interval: 5s\nminSamples: 5\n").unwrap();
+    let url = w.prometheus_url().unwrap();
+    let analyze = |change: &str, control: &str| {
+        std::process::Command::new(graygate_e2e::world::graygate_bin().unwrap())
+            .args([
+                "analyze",
+                "--prometheus",
+                &url,
+                "--namespace",
+                "b1",
+                "--change-pods",
+                change,
+                "--control-pods",
+                control,
+            ])
+            .args([
+                "--from",
+                &from.to_string(),
+                "--to",
+                &to.to_string(),
+                "--spec",
+                spec.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = analyze(&bad.join(","), &web.join(","));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("error-ratio") && text.contains("Fail"),
+        "{text}"
+    );
+    let out = analyze(&web[0], &web[1..].join(","));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
