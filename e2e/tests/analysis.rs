@@ -21,6 +21,15 @@ async fn let_it_run() {
     tokio::time::sleep(Duration::from_secs(20)).await;
 }
 
+/// A world with Prometheus, a 4-pod Deployment `web` in `ns`, run long enough to have a background.
+async fn settled_world(ns: &str) -> graygate_e2e::world::World {
+    let w = world(with_prometheus()).await;
+    w.apply(&deployment_yaml(ns, "web", 4)).await.unwrap();
+    wait_deployment_ready(&w, ns, "web", 4).await;
+    let_it_run().await;
+    w
+}
+
 fn analysed_change(ns: &str, name: &str, image: &str, first_bake: &str) -> String {
     change_yaml(
         ns,
@@ -39,10 +48,7 @@ batches:
 }
 
 async fn bad_change_is_caught_in_the_first_batch(ns: &str, image: &str, metric: &str) {
-    let w = world(with_prometheus()).await;
-    w.apply(&deployment_yaml(ns, "web", 4)).await.unwrap();
-    wait_deployment_ready(&w, ns, "web", 4).await;
-    let_it_run().await;
+    let w = settled_world(ns).await;
     w.apply(&analysed_change(ns, "bad", image, "60s"))
         .await
         .unwrap();
@@ -88,10 +94,7 @@ async fn latency_is_caught_in_the_first_batch_and_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noisy_but_healthy_change_passes() {
-    let w = world(with_prometheus()).await;
-    w.apply(&deployment_yaml("a3", "web", 4)).await.unwrap();
-    wait_deployment_ready(&w, "a3", "web", 4).await;
-    let_it_run().await;
+    let w = settled_world("a3").await;
     w.apply(&analysed_change(
         "a3",
         "noisy",
@@ -119,25 +122,11 @@ async fn a_noisy_but_healthy_change_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_outage_holds_the_change_until_it_is_back() {
-    let w = world(with_prometheus()).await;
-    w.apply(&deployment_yaml("a4", "web", 4)).await.unwrap();
-    wait_deployment_ready(&w, "a4", "web", 4).await;
-    let_it_run().await;
+    let w = settled_world("a4").await;
     w.apply(&analysed_change("a4", "v2", "shop/web:healthy-v2", "40s"))
         .await
         .unwrap();
-    w.wait_for("a first judgement", LONG, || async {
-        let cr = w.change_request("a4", "v2").await?;
-        Ok(cr
-            .filter(|c| {
-                c.status
-                    .as_ref()
-                    .is_some_and(|s| s.batches.first().is_some_and(|b| b.judgements >= 1))
-            })
-            .map(|_| ()))
-    })
-    .await
-    .unwrap();
+    wait_batch(&w, "a4", "v2", 1, "judged once", |b| b.judgements >= 1).await;
     let sim = w.sim().unwrap();
     sim.prometheus.lock().unwrap().as_mut().unwrap().stop();
     let paused = w.wait_phase("a4", "v2", Phase::Paused, LONG).await.unwrap();
@@ -205,10 +194,7 @@ async fn log_anomaly_is_caught_in_the_first_batch(
     detector: &str,
     template_part: &str,
 ) {
-    let w = world(with_prometheus()).await;
-    w.apply(&deployment_yaml(ns, "web", 4)).await.unwrap();
-    wait_deployment_ready(&w, ns, "web", 4).await;
-    let_it_run().await;
+    let w = settled_world(ns).await;
     w.apply(&log_change(ns, "bad", image, "60s")).await.unwrap();
     let cr = w
         .wait_phase(ns, "bad", Phase::RolledBack, LONG)
@@ -248,10 +234,7 @@ async fn a_log_surge_is_caught_in_the_first_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_change_with_varied_ids_has_no_log_finding() {
-    let w = world(with_prometheus()).await;
-    w.apply(&deployment_yaml("l3", "web", 4)).await.unwrap();
-    wait_deployment_ready(&w, "l3", "web", 4).await;
-    let_it_run().await;
+    let w = settled_world("l3").await;
     w.apply(&log_change("l3", "good", "shop/web:healthy-v2", "25s"))
         .await
         .unwrap();

@@ -193,18 +193,7 @@ batches: [{replicas: 1, bake: 8s}, {percent: 50, bake: 2s}, {percent: 100, bake:
     .await
     .unwrap();
     // Batch 1 is baking.
-    w.wait_for("batch 1 to bake", LONG, || async {
-        let cr = w.change_request("s4", "v2").await?;
-        Ok(cr
-            .filter(|c| {
-                c.status
-                    .as_ref()
-                    .is_some_and(|s| s.batches.first().is_some_and(|b| b.ready_at.is_some()))
-            })
-            .map(|_| ()))
-    })
-    .await
-    .unwrap();
+    wait_batch(&w, "s4", "v2", 1, "to bake", |b| b.ready_at.is_some()).await;
     w.kill_graygate();
     let before = w
         .change_request("s4", "v2")
@@ -609,18 +598,7 @@ batches: [{replicas: 2, bake: 60s}, {percent: 100}]
     ))
     .await
     .unwrap();
-    w.wait_for("batch 1 to bake", LONG, || async {
-        let cr = w.change_request("s9", "v2").await?;
-        Ok(cr
-            .filter(|c| {
-                c.status
-                    .as_ref()
-                    .is_some_and(|s| s.batches.first().is_some_and(|b| b.ready_at.is_some()))
-            })
-            .map(|_| ()))
-    })
-    .await
-    .unwrap();
+    wait_batch(&w, "s9", "v2", 1, "to bake", |b| b.ready_at.is_some()).await;
     assert_eq!(
         deployment(&w, "s9", "web")
             .await

@@ -153,3 +153,30 @@ pub fn image_of(d: &Deployment) -> String {
 pub fn phase(cr: &ChangeRequest) -> Phase {
     cr.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
+
+/// Wait until batch `index` (1-based) of a ChangeRequest satisfies `done`.
+pub async fn wait_batch(
+    w: &World,
+    ns: &str,
+    name: &str,
+    index: usize,
+    what: &str,
+    done: impl Fn(&graygate::api::BatchStatus) -> bool,
+) {
+    w.wait_for(
+        &format!("{ns}/{name}: batch {index} {what}"),
+        LONG,
+        || async {
+            let cr = w.change_request(ns, name).await?;
+            Ok(cr
+                .filter(|c| {
+                    c.status
+                        .as_ref()
+                        .is_some_and(|s| s.batches.get(index - 1).is_some_and(&done))
+                })
+                .map(|_| ()))
+        },
+    )
+    .await
+    .expect("batch reached");
+}
