@@ -30,7 +30,15 @@ async fn settled_world(ns: &str) -> graygate_e2e::world::World {
     w
 }
 
-fn analysed_change(ns: &str, name: &str, image: &str, first_bake: &str) -> String {
+/// A two-batch change of `web` to `image`, judged every 5 s with `analysis_extra` added to the
+/// analysis section (for example `, logs: {}`).
+fn change_with(
+    ns: &str,
+    name: &str,
+    image: &str,
+    first_bake: &str,
+    analysis_extra: &str,
+) -> String {
     change_yaml(
         ns,
         name,
@@ -38,13 +46,17 @@ fn analysed_change(ns: &str, name: &str, image: &str, first_bake: &str) -> Strin
             r#"
 target: {{kind: Deployment, name: web}}
 images: {{app: "{image}"}}
-analysis: {{interval: 5s, failureLimit: 2}}
+analysis: {{interval: 5s, failureLimit: 2{analysis_extra}}}
 batches:
 - {{replicas: 1, bake: {first_bake}}}
 - {{percent: 100, bake: 10s}}
 "#
         ),
     )
+}
+
+fn analysed_change(ns: &str, name: &str, image: &str, first_bake: &str) -> String {
+    change_with(ns, name, image, first_bake, "")
 }
 
 async fn bad_change_is_caught_in_the_first_batch(ns: &str, image: &str, metric: &str) {
@@ -172,20 +184,7 @@ async fn prometheus_outage_holds_the_change_until_it_is_back() {
 }
 
 fn log_change(ns: &str, name: &str, image: &str, first_bake: &str) -> String {
-    change_yaml(
-        ns,
-        name,
-        &format!(
-            r#"
-target: {{kind: Deployment, name: web}}
-images: {{app: "{image}"}}
-analysis: {{interval: 5s, failureLimit: 2, logs: {{}}}}
-batches:
-- {{replicas: 1, bake: {first_bake}}}
-- {{percent: 100, bake: 10s}}
-"#
-        ),
-    )
+    change_with(ns, name, image, first_bake, ", logs: {}")
 }
 
 async fn log_anomaly_is_caught_in_the_first_batch(
