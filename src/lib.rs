@@ -1,6 +1,7 @@
 //! graygate: gray, batched rollouts of Kubernetes workload changes with analysis between batches.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod analysis;
 pub mod api;
 pub mod cli;

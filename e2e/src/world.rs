@@ -465,6 +465,31 @@ impl World {
         Ok(events.into_iter().filter_map(|e| e.reason).collect())
     }
 
+    /// Requests graygate sent that the operator's RBAC table (`graygate::access`) does not allow,
+    /// as "VERB path" lines; discovery and non-resource paths are not RBAC-checked by resource.
+    pub fn calls_outside_rbac(&self) -> Vec<String> {
+        let Some(sim) = &self.sim else {
+            return Vec::new();
+        };
+        let entries = sim.audit.lock().map(|a| a.clone()).unwrap_or_default();
+        let mut out: Vec<String> = entries
+            .iter()
+            .filter_map(|e| {
+                let req = graygate::access::classify(&e.method, &e.path, &e.query)?;
+                match graygate::access::allowed(&req) {
+                    Some(_) => None,
+                    None => Some(format!(
+                        "{} {} ({} {})",
+                        e.method, e.path, req.verb, req.resource
+                    )),
+                }
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Successful writes graygate made to objects whose path contains `path_part`.
     pub fn writes_to(&self, path_part: &str) -> Vec<AuditEntry> {
         let Some(sim) = &self.sim else {

@@ -212,6 +212,7 @@ async fn log_anomaly_is_caught_in_the_first_batch(
     );
     let d = deployment(&w, ns, "web").await.unwrap();
     assert_eq!(image_of(&d), "shop/web:healthy");
+    assert_within_rbac(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,7 @@ batches:
         );
     }
     assert!(metrics.contains("graygate_reconcile_duration_seconds_bucket"));
+    assert_within_rbac(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,6 +529,7 @@ batches: [{replicas: 1, bake: 2s}, {percent: 100}]
             .partition,
         Some(0)
     );
+    assert_within_rbac(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -620,4 +622,5 @@ batches: [{replicas: 2, bake: 60s}, {percent: 100}]
     assert_eq!(image_of(&d), "shop/web:healthy");
     assert!(deployment(&w, "s9", "web-canary-v2").await.is_none());
     wait_deployment_ready(&w, "s9", "web", 4).await;
+    assert_within_rbac(&w);
 }

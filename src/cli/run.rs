@@ -12,9 +12,9 @@ use tokio::sync::watch;
 /// Settings of `graygate run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Only watch ChangeRequests in this namespace (default: all namespaces).
-    #[arg(long, env = "GRAYGATE_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Only watch ChangeRequests in these namespaces, comma-separated or repeated (default: all namespaces).
+    #[arg(long = "namespace", env = "GRAYGATE_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "GRAYGATE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: String,
@@ -161,7 +161,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut ctl_stop = ctl_stop_rx.clone();
     let controller = tokio::spawn(run_controller(
         ctx,
-        args.namespace.clone(),
+        args.namespaces.clone(),
         ready_tx,
         async move {
             let _ = ctl_stop.wait_for(|s| *s).await;

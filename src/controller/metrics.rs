@@ -38,6 +38,17 @@ pub struct VerdictLabel {
     pub verdict: String,
 }
 
+/// Label set naming one ChangeRequest and its phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabel {
+    /// The ChangeRequest's namespace.
+    pub namespace: String,
+    /// The ChangeRequest's name.
+    pub name: String,
+    /// Its phase.
+    pub phase: String,
+}
+
 /// Every metric graygate exports.
 pub struct Metrics {
     /// The registry they are in.
@@ -58,6 +69,10 @@ pub struct Metrics {
     pub analysis_duration: Histogram,
     /// 1 while this replica holds the Lease.
     pub leader: Gauge,
+    /// Phase changes, by the phase entered.
+    pub transitions: Family<PhaseLabel, Counter>,
+    /// 1 for each ChangeRequest, labelled with its current phase.
+    pub change_phase: Family<ChangeLabel, Gauge>,
     phases: Mutex<HashMap<String, Phase>>,
 }
 
@@ -75,6 +90,8 @@ impl Default for Metrics {
         let analysis_duration =
             Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let leader = Gauge::default();
+        let transitions = Family::<PhaseLabel, Counter>::default();
+        let change_phase = Family::<ChangeLabel, Gauge>::default();
         registry.register(
             "reconcile",
             "Reconciles of ChangeRequests by result",
@@ -111,7 +128,20 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "phase_transitions",
+            "ChangeRequest phase changes, by the phase entered",
+            transitions.clone(),
+        );
+        registry.register(
+            "changerequest_phase",
+            "1 for every ChangeRequest, labelled with its namespace, name and current phase",
+            change_phase.clone(),
+        );
         for p in Phase::ALL {
+            let _ = transitions.get_or_create(&PhaseLabel {
+                phase: p.as_str().into(),
+            });
             by_phase
                 .get_or_create(&PhaseLabel {
                     phase: p.as_str().into(),
@@ -133,21 +163,37 @@ impl Default for Metrics {
             analysis_errors,
             analysis_duration,
             leader,
+            transitions,
+            change_phase,
             phases: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl Metrics {
-    /// Record the phase of one ChangeRequest (None when it is gone) and refresh the gauge.
-    pub fn set_phase(&self, key: &str, phase: Option<Phase>) {
+    /// Record the phase of one ChangeRequest (None when it is gone) and refresh the gauges.
+    pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<Phase>) {
         let Ok(mut phases) = self.phases.lock() else {
             return;
         };
-        match phase {
-            Some(p) => phases.insert(key.to_string(), p),
-            None => phases.remove(key),
+        let key = format!("{namespace}/{name}");
+        let label = |p: Phase| ChangeLabel {
+            namespace: namespace.into(),
+            name: name.into(),
+            phase: p.as_str().into(),
         };
+        let before = match phase {
+            Some(p) => phases.insert(key, p),
+            None => phases.remove(&key),
+        };
+        if let Some(b) = before
+            && Some(b) != phase
+        {
+            self.change_phase.remove(&label(b));
+        }
+        if let Some(p) = phase {
+            self.change_phase.get_or_create(&label(p)).set(1);
+        }
         for p in Phase::ALL {
             let n = phases.values().filter(|x| **x == p).count();
             self.by_phase
@@ -158,6 +204,15 @@ impl Metrics {
         }
     }
 
+    /// Count a phase change.
+    pub fn transition(&self, to: Phase) {
+        self.transitions
+            .get_or_create(&PhaseLabel {
+                phase: to.as_str().into(),
+            })
+            .inc();
+    }
+
     /// The metrics in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -165,5 +220,29 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_has_one_phase_series_that_follows_it_and_goes_with_it() {
+        let m = Metrics::default();
+        m.set_phase("shop", "v2", Some(Phase::Progressing));
+        m.set_phase("shop", "v2", Some(Phase::Paused));
+        m.transition(Phase::Paused);
+        let text = m.encode();
+        assert!(text.contains(
+            "graygate_changerequest_phase{namespace=\"shop\",name=\"v2\",phase=\"Paused\"} 1"
+        ));
+        assert!(!text.contains("phase=\"Progressing\"} 1"), "{text}");
+        assert!(text.contains("graygate_changerequests{phase=\"Paused\"} 1"));
+        assert!(text.contains("graygate_phase_transitions_total{phase=\"Paused\"} 1"));
+        m.set_phase("shop", "v2", None);
+        let text = m.encode();
+        assert!(!text.contains("name=\"v2\""), "{text}");
+        assert!(text.contains("graygate_changerequests{phase=\"Paused\"} 0"));
     }
 }

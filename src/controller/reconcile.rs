@@ -234,6 +234,9 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
     // Record first: a crash after this point resumes from the recorded step, and every action is idempotent.
     if d.status != status {
         write_status(&api, &name, &d.status).await?;
+        if d.status.phase != status.phase {
+            ctx.metrics.transition(d.status.phase);
+        }
         for (before, after) in status
             .batches
             .iter()
@@ -276,12 +279,12 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
             Action::RemoveFinalizer => {
                 let fresh = api.get(&name).await?;
                 set_finalizer(&api, &fresh, false).await?;
-                ctx.metrics.set_phase(&key(cr), None);
+                ctx.metrics.set_phase(&ns, &name, None);
                 return Ok(Requeue::await_change());
             }
         }
     }
-    ctx.metrics.set_phase(&key(cr), Some(d.status.phase));
+    ctx.metrics.set_phase(&ns, &name, Some(d.status.phase));
     Ok(match d.requeue {
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
@@ -310,52 +313,76 @@ pub fn error_policy(cr: Arc<ChangeRequest>, err: &Error, ctx: Arc<Context>) -> R
     Requeue::requeue(delay)
 }
 
-/// Run the controller until `shutdown` resolves. `synced` is set once the watches have listed.
+/// Run the controller until `shutdown` resolves: over all namespaces when `namespaces` is empty,
+/// else one controller per listed namespace (so namespaced RBAC suffices). `synced` is set once
+/// every watch has listed.
 pub async fn run_controller(
     ctx: Arc<Context>,
-    namespace: Option<String>,
+    namespaces: Vec<String>,
     synced: tokio::sync::watch::Sender<bool>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let client = ctx.client.clone();
-    let (crs, deployments): (Api<ChangeRequest>, Api<Deployment>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let scopes: Vec<(Api<ChangeRequest>, Api<Deployment>)> = if namespaces.is_empty() {
+        vec![(Api::all(client.clone()), Api::all(client.clone()))]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| {
+                (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                )
+            })
+            .collect()
     };
-    let controller = Controller::new(crs, watcher::Config::default())
-        .owns(
-            deployments,
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=graygate"),
-        )
-        .graceful_shutdown_on(shutdown);
-    let store = controller.store();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stores = Vec::new();
+    let mut runs = Vec::new();
+    for (crs, deployments) in scopes {
+        let mut stop = stop_rx.clone();
+        let controller = Controller::new(crs, watcher::Config::default())
+            .owns(
+                deployments,
+                watcher::Config::default().labels("app.kubernetes.io/managed-by=graygate"),
+            )
+            .graceful_shutdown_on(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+        stores.push(controller.store());
+        runs.push(
+            controller
+                .run(reconcile, error_policy, ctx.clone())
+                .for_each(|res| async move {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "controller event");
+                    }
+                }),
+        );
+    }
     tokio::spawn(async move {
         // kube's readiness signal wakes only its most recent waiter (a oneshot receiver shared
         // through a mutex), and the controller's own runner waits on it too; polling again
         // after a timeout re-registers this task, and sees the state once the runner set it.
-        loop {
-            match tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready()).await {
-                Ok(Ok(())) => {
-                    tracing::info!("watches synced; ready");
-                    let _ = synced.send(true);
-                    break;
+        for store in stores {
+            loop {
+                match tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready())
+                    .await
+                {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => return,
+                    Err(_) => continue,
                 }
-                Ok(Err(_)) => break,
-                Err(_) => continue,
             }
         }
+        tracing::info!("watches synced; ready");
+        let _ = synced.send(true);
     });
-    controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
-            }
-        })
-        .await;
+    futures::future::join_all(runs).await;
 }
 
 #[cfg(test)]

@@ -180,3 +180,13 @@ pub async fn wait_batch(
     .await
     .expect("batch reached");
 }
+
+/// Every request graygate sent in this world is one its RBAC table allows.
+pub fn assert_within_rbac(w: &World) {
+    let outside = w.calls_outside_rbac();
+    assert!(
+        outside.is_empty(),
+        "graygate made API calls that src/access.rs (and so the Helm chart's RBAC) does not allow:\n{}",
+        outside.join("\n")
+    );
+}

@@ -1,0 +1,265 @@
+//! Every Kubernetes API call the operator makes, in one table.
+//!
+//! The Helm chart's RBAC rules are written from this table, `docs/operations.md` lists it, a
+//! test checks the rendered chart grants exactly these verbs, and the end-to-end scenarios check
+//! that every request `graygate run` sent to the simulated API server is covered by it. A new
+//! call in the code without a row here fails those scenarios.
+
+/// Where a permission is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// In every namespace graygate watches (cluster-wide, or each of `watchNamespaces`).
+    Watched,
+    /// Only in the operator's own namespace (the leader-election Lease).
+    Operator,
+}
+
+/// One resource and the verbs graygate uses on it.
+#[derive(Clone, Copy, Debug)]
+pub struct Access {
+    /// API group ("" for the core group).
+    pub group: &'static str,
+    /// Resource, with `/subresource` when it is one.
+    pub resource: &'static str,
+    /// RBAC verbs.
+    pub verbs: &'static [&'static str],
+    /// Where.
+    pub scope: Scope,
+    /// Why graygate needs it.
+    pub why: &'static str,
+}
+
+/// The operator's API calls.
+pub const OPERATOR_ACCESS: &[Access] = &[
+    Access {
+        group: "graygate.io",
+        resource: "changerequests",
+        verbs: &["get", "list", "watch", "patch"],
+        scope: Scope::Watched,
+        why: "watch ChangeRequests; add and remove the rollback finalizer",
+    },
+    Access {
+        group: "graygate.io",
+        resource: "changerequests/status",
+        verbs: &["patch"],
+        scope: Scope::Watched,
+        why: "record progress (server-side apply of the status)",
+    },
+    Access {
+        group: "apps",
+        resource: "deployments",
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+        scope: Scope::Watched,
+        why: "read the target; create, update and remove the canary Deployment",
+    },
+    Access {
+        group: "apps",
+        resource: "deployments/scale",
+        verbs: &["patch"],
+        scope: Scope::Watched,
+        why: "shrink and restore the target while the canary grows",
+    },
+    Access {
+        group: "apps",
+        resource: "statefulsets",
+        verbs: &["get", "patch"],
+        scope: Scope::Watched,
+        why: "read the target; set the template and the partition",
+    },
+    Access {
+        group: "",
+        resource: "pods",
+        verbs: &["list", "delete"],
+        scope: Scope::Watched,
+        why: "find the change and control pods; delete never-ready pods of a bad StatefulSet revision",
+    },
+    Access {
+        group: "",
+        resource: "pods/log",
+        verbs: &["get"],
+        scope: Scope::Watched,
+        why: "log analysis of change and control pods",
+    },
+    Access {
+        group: "",
+        resource: "secrets",
+        verbs: &["get"],
+        scope: Scope::Watched,
+        why: "the Prometheus bearer token named by analysis.prometheus.bearerTokenSecret",
+    },
+    Access {
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+        scope: Scope::Watched,
+        why: "an Event for every transition",
+    },
+    Access {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "create", "update"],
+        scope: Scope::Operator,
+        why: "leader election between replicas",
+    },
+];
+
+/// What an HTTP request to the API server asks for, in RBAC terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// API group ("" for the core group).
+    pub group: String,
+    /// Resource, with `/subresource`.
+    pub resource: String,
+    /// RBAC verb.
+    pub verb: String,
+    /// Namespace, when the request is namespaced.
+    pub namespace: Option<String>,
+}
+
+/// The RBAC attributes of a resource request (`None` for discovery and non-resource paths),
+/// following the API server's request-info rules.
+pub fn classify(method: &str, path: &str, query: &str) -> Option<Request> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        _ => (None, rest),
+    };
+    let (resource, has_name) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => return None,
+    };
+    let watching = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match (method, has_name) {
+        ("GET", _) if watching => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return None,
+    };
+    Some(Request {
+        group: group.to_string(),
+        resource,
+        verb: verb.to_string(),
+        namespace,
+    })
+}
+
+/// The row of `OPERATOR_ACCESS` that allows a request, if any.
+pub fn allowed(req: &Request) -> Option<&'static Access> {
+    OPERATOR_ACCESS.iter().find(|a| {
+        a.group == req.group && a.resource == req.resource && a.verbs.contains(&req.verb.as_str())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(method: &str, path: &str, query: &str) -> (String, String, String, Option<String>) {
+        let r = classify(method, path, query).expect("a resource request");
+        (r.group, r.resource, r.verb, r.namespace)
+    }
+
+    #[test]
+    fn requests_map_to_rbac_attributes() {
+        assert_eq!(
+            c(
+                "GET",
+                "/apis/graygate.io/v1alpha1/changerequests",
+                "watch=true&timeoutSeconds=290"
+            ),
+            (
+                "graygate.io".into(),
+                "changerequests".into(),
+                "watch".into(),
+                None
+            )
+        );
+        assert_eq!(
+            c(
+                "PATCH",
+                "/apis/apps/v1/namespaces/shop/deployments/web/scale",
+                ""
+            ),
+            (
+                "apps".into(),
+                "deployments/scale".into(),
+                "patch".into(),
+                Some("shop".into())
+            )
+        );
+        assert_eq!(
+            c(
+                "GET",
+                "/api/v1/namespaces/shop/pods/web-1/log",
+                "sinceTime=x"
+            ),
+            (
+                "".into(),
+                "pods/log".into(),
+                "get".into(),
+                Some("shop".into())
+            )
+        );
+        assert_eq!(
+            c(
+                "GET",
+                "/api/v1/namespaces/shop/pods",
+                "labelSelector=app%3Dweb"
+            ),
+            ("".into(), "pods".into(), "list".into(), Some("shop".into()))
+        );
+        assert_eq!(
+            c("DELETE", "/api/v1/namespaces/shop/pods", ""),
+            (
+                "".into(),
+                "pods".into(),
+                "deletecollection".into(),
+                Some("shop".into())
+            )
+        );
+        // A Namespace object itself is cluster-scoped.
+        assert_eq!(
+            c("GET", "/api/v1/namespaces/shop", ""),
+            ("".into(), "namespaces".into(), "get".into(), None)
+        );
+        assert_eq!(classify("GET", "/apis", ""), None);
+        assert_eq!(classify("GET", "/version", ""), None);
+    }
+
+    #[test]
+    fn the_table_allows_what_graygate_does_and_nothing_else() {
+        let ok = classify(
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/gg/leases/l",
+            "",
+        )
+        .unwrap();
+        assert!(allowed(&ok).is_some());
+        let no = classify(
+            "DELETE",
+            "/apis/apps/v1/namespaces/shop/statefulsets/db",
+            "",
+        )
+        .unwrap();
+        assert!(allowed(&no).is_none());
+        let no = classify("GET", "/api/v1/namespaces/shop/secrets", "").unwrap();
+        assert!(
+            allowed(&no).is_none(),
+            "secrets are read by name, never listed"
+        );
+    }
+}
