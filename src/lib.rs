@@ -13,6 +13,14 @@ pub mod rollout;
 pub mod server;
 pub mod util;
 
+/// Version and git revision, as `--version` prints them.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("GRAYGATE_GIT_REV"),
+    ")"
+);
+
 /// Make ring the process-wide TLS crypto provider (kube and the Prometheus client share it).
 /// Safe to call more than once.
 pub fn install_crypto_provider() {

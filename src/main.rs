@@ -6,12 +6,7 @@ use graygate::cli;
 use kube::CustomResourceExt;
 use std::process::ExitCode;
 
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (git ",
-    env!("GRAYGATE_GIT_REV"),
-    ")"
-);
+use graygate::VERSION;
 
 #[derive(Parser)]
 #[command(name = "graygate", version = VERSION, about = "Gray, batched rollouts of Kubernetes workload changes, checked between batches")]
@@ -41,6 +36,8 @@ enum Command {
     /// Log template tools.
     #[command(subcommand)]
     Logs(cli::logs::LogsCommand),
+    /// The kubectl plugin's verbs (also run as `kubectl graygate` when installed as `kubectl-graygate`).
+    Kubectl(cli::plugin::PluginArgs),
     /// Run the analysis on recorded series, or against a live Prometheus (exit 0 pass, 1 fail, 2 inconclusive, 3 bad input).
     Analyze(cli::analyze::AnalyzeArgs),
 }
@@ -58,7 +55,33 @@ fn init_logs(level: &str, format: LogFormat) -> Result<(), String> {
     Ok(())
 }
 
+/// True when this binary runs as the kubectl plugin (`kubectl-graygate`, found by kubectl on PATH).
+fn invoked_as_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .is_some_and(|f| f.starts_with("kubectl-graygate"))
+}
+
+fn run_plugin(args: cli::plugin::PluginArgs) -> ExitCode {
+    graygate::install_crypto_provider();
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => ExitCode::from(rt.block_on(cli::plugin::run(args))),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if invoked_as_plugin() {
+        return run_plugin(cli::plugin::PluginCli::parse().args);
+    }
     let cli = Cli::parse();
     if let Err(e) = init_logs(&cli.log_level, cli.log_format) {
         eprintln!("error: {e}");
@@ -77,6 +100,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Logs(cmd) => ExitCode::from(cli::logs::run(cmd)),
+        Command::Kubectl(args) => run_plugin(args),
         Command::Analyze(args) => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -92,6 +92,28 @@ async fn bad_change_is_caught_in_the_first_batch(ns: &str, image: &str, metric: 
     assert_eq!(image_of(&d), "shop/web:healthy");
     assert_eq!(d.spec.unwrap().replicas, Some(4));
     assert!(deployment(&w, ns, "web-canary-bad").await.is_none());
+
+    // The evidence reads the same through `kubectl graygate status`.
+    let out = std::process::Command::new(graygate_e2e::world::graygate_bin().unwrap())
+        .args(["kubectl", "status", "bad", "-n", ns])
+        .env("KUBECONFIG", &w.kubeconfig)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("Phase:     RolledBack (AnalysisFailed)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Evidence (batch 1, last judgement Fail):"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with(metric) && l.contains(" Fail ")),
+        "no failing {metric} row in\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

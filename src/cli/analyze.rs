@@ -158,57 +158,7 @@ fn print(verdict: Verdict, summary: &str, findings: &[Finding], output: Output) 
         }
         Output::Table => {
             println!("VERDICT: {} — {summary}\n", verdict.as_str());
-            let rows: Vec<[String; 6]> = findings
-                .iter()
-                .map(|f| {
-                    let outcome = match (&f.suppressed_by, f.outcome) {
-                        (Some(rule), _) => format!("Pass ({rule})"),
-                        (None, Some(o)) => o.as_str().to_string(),
-                        _ => "-".into(),
-                    };
-                    let num = |x: Option<f64>| {
-                        x.map(crate::detect::fmt_num).unwrap_or_else(|| "-".into())
-                    };
-                    [
-                        f.metric.clone(),
-                        f.detector.clone(),
-                        f.groups.clone(),
-                        outcome,
-                        num(f.score),
-                        num(f.threshold),
-                    ]
-                })
-                .collect();
-            let headers = [
-                "METRIC",
-                "DETECTOR",
-                "GROUPS",
-                "OUTCOME",
-                "SCORE",
-                "THRESHOLD",
-            ];
-            let widths: Vec<usize> = (0..6)
-                .map(|i| {
-                    rows.iter()
-                        .map(|r| r[i].chars().count())
-                        .chain([headers[i].len()])
-                        .max()
-                        .unwrap_or(0)
-                })
-                .collect();
-            let line = |cells: &[String]| {
-                cells
-                    .iter()
-                    .zip(&widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            };
-            println!("{}", line(&headers.map(String::from)).trim_end());
-            for (r, f) in rows.iter().zip(findings) {
-                println!("{}", line(r).trim_end());
-                println!("    {}", f.explanation);
-            }
+            println!("{}", super::table::findings(findings));
         }
     }
 }

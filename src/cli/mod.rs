@@ -2,4 +2,6 @@
 
 pub mod analyze;
 pub mod logs;
+pub mod plugin;
 pub mod run;
+pub mod table;
