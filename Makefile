@@ -1,17 +1,24 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-.PHONY: demo test deps crds
+.PHONY: demo test deps crds chart
 
 deps:
 	@bash scripts/install-deps.sh
 
-# Format, lint, check generated files, then every test (unit, fixtures, end to end).
+# Format, lint, check the Helm chart, then every test (unit, fixtures, chart RBAC, end to end).
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	python3 scripts/chart/check.py
 	cargo nextest run --workspace --no-fail-fast
 
+# Lint and render the Helm chart with every values file, validate the objects, test the alerts.
+chart: deps
+	python3 scripts/chart/check.py
+
+# Regenerate the CRD from the code, for kubectl users (crds/) and for the Helm chart.
 crds:
 	cargo run --quiet -- crd > crds/graygate.io_changerequests.yaml
+	cp crds/graygate.io_changerequests.yaml charts/graygate/crds/
 
 # Build, start the simulated cluster, Prometheus and graygate, apply examples/demo, print a live timeline.
 demo: deps

@@ -297,6 +297,9 @@ pub struct ChangeRequestStatus {
     /// Where the change is.
     #[serde(default)]
     pub phase: Phase,
+    /// When the change entered its current phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<Time>,
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

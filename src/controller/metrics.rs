@@ -71,7 +71,7 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Phase changes, by the phase entered.
     pub transitions: Family<PhaseLabel, Counter>,
-    /// 1 for each ChangeRequest, labelled with its current phase.
+    /// For each ChangeRequest, labelled with its current phase: when it entered that phase (Unix seconds).
     pub change_phase: Family<ChangeLabel, Gauge>,
     phases: Mutex<HashMap<String, Phase>>,
 }
@@ -134,8 +134,8 @@ impl Default for Metrics {
             transitions.clone(),
         );
         registry.register(
-            "changerequest_phase",
-            "1 for every ChangeRequest, labelled with its namespace, name and current phase",
+            "changerequest_phase_timestamp_seconds",
+            "When each ChangeRequest entered its current phase (Unix time), labelled with namespace, name and phase",
             change_phase.clone(),
         );
         for p in Phase::ALL {
@@ -171,8 +171,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Record the phase of one ChangeRequest (None when it is gone) and refresh the gauges.
-    pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<Phase>) {
+    /// Record the phase of one ChangeRequest and when it entered it (None when it is gone), and
+    /// refresh the gauges.
+    pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<(Phase, i64)>) {
+        let (phase, since) = match phase {
+            Some((p, t)) => (Some(p), t),
+            None => (None, 0),
+        };
         let Ok(mut phases) = self.phases.lock() else {
             return;
         };
@@ -192,7 +197,7 @@ impl Metrics {
             self.change_phase.remove(&label(b));
         }
         if let Some(p) = phase {
-            self.change_phase.get_or_create(&label(p)).set(1);
+            self.change_phase.get_or_create(&label(p)).set(since);
         }
         for p in Phase::ALL {
             let n = phases.values().filter(|x| **x == p).count();
@@ -230,14 +235,17 @@ mod tests {
     #[test]
     fn a_change_has_one_phase_series_that_follows_it_and_goes_with_it() {
         let m = Metrics::default();
-        m.set_phase("shop", "v2", Some(Phase::Progressing));
-        m.set_phase("shop", "v2", Some(Phase::Paused));
+        m.set_phase("shop", "v2", Some((Phase::Progressing, 1_700_000_000)));
+        m.set_phase("shop", "v2", Some((Phase::Paused, 1_700_000_060)));
         m.transition(Phase::Paused);
         let text = m.encode();
         assert!(text.contains(
-            "graygate_changerequest_phase{namespace=\"shop\",name=\"v2\",phase=\"Paused\"} 1"
+            "graygate_changerequest_phase_timestamp_seconds{namespace=\"shop\",name=\"v2\",phase=\"Paused\"} 1700000060"
         ));
-        assert!(!text.contains("phase=\"Progressing\"} 1"), "{text}");
+        assert!(
+            !text.contains("phase=\"Progressing\"} 1700000000"),
+            "{text}"
+        );
         assert!(text.contains("graygate_changerequests{phase=\"Paused\"} 1"));
         assert!(text.contains("graygate_phase_transitions_total{phase=\"Paused\"} 1"));
         m.set_phase("shop", "v2", None);

@@ -284,7 +284,14 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
             }
         }
     }
-    ctx.metrics.set_phase(&ns, &name, Some(d.status.phase));
+    let since = d
+        .status
+        .phase_since
+        .as_ref()
+        .or(d.status.started_at.as_ref())
+        .map_or_else(|| now.as_second(), |t| t.0.as_second());
+    ctx.metrics
+        .set_phase(&ns, &name, Some((d.status.phase, since)));
     Ok(match d.requeue {
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),

@@ -286,6 +286,9 @@ impl Machine<'_> {
     }
 
     fn set_phase(&mut self, phase: Phase, reason: Option<&str>, message: impl Into<String>) {
+        if self.st.phase != phase || self.st.phase_since.is_none() {
+            self.st.phase_since = Some(Time(self.obs.now));
+        }
         self.st.phase = phase;
         self.st.reason = reason.map(String::from);
         self.st.message = Some(trim_to(&message.into(), 500));

@@ -356,10 +356,19 @@ fn pause_annotation_holds_and_removal_continues() {
         "False",
         "a manual pause is not degradation"
     );
-    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase_since, Some(Time(t(5))));
+    let mut later = o.clone();
+    later.now = t(8);
+    let d = decide("chg", &s, &d.status, &later);
     assert_eq!(d.status.phase, Phase::Paused);
+    assert_eq!(
+        d.status.phase_since,
+        Some(Time(t(5))),
+        "staying paused keeps the time it paused"
+    );
     let d = decide("chg", &s, &d.status, &obs(10));
     assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.phase_since, Some(Time(t(10))));
     assert_eq!(reasons(&d), vec!["Resumed"]);
 }
 

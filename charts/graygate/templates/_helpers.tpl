@@ -1,0 +1,88 @@
+{{/* Chart name. */}}
+{{- define "graygate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: release-based prefix for every object. */}}
+{{- define "graygate.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Selector labels. */}}
+{{- define "graygate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "graygate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Common labels. */}}
+{{- define "graygate.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "graygate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* The ServiceAccount the operator runs as. */}}
+{{- define "graygate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "graygate.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The operator's rules in the namespaces it watches. Keep equal to OPERATOR_ACCESS (scope Watched) in
+src/access.rs; tests/chart.rs fails when they differ.
+*/}}
+{{- define "graygate.watchedRules" -}}
+- apiGroups: [graygate.io]
+  resources: [changerequests]
+  verbs: [get, list, watch, patch]
+- apiGroups: [graygate.io]
+  resources: [changerequests/status]
+  verbs: [patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments/scale]
+  verbs: [patch]
+- apiGroups: [apps]
+  resources: [statefulsets]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, delete]
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
+
+{{/* The operator's rules in its own namespace (OPERATOR_ACCESS, scope Operator). */}}
+{{- define "graygate.operatorRules" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
+{{- end -}}
+
+{{/* PromQL label matchers selecting the operator's own series. */}}
+{{- define "graygate.operatorSeries" -}}
+job="{{ include "graygate.fullname" . }}-metrics",namespace="{{ .Release.Namespace }}"
+{{- end -}}
