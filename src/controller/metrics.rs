@@ -148,6 +148,11 @@ impl Default for Metrics {
                 })
                 .set(0);
         }
+        for result in ["ok", "error"] {
+            let _ = reconciles.get_or_create(&ResultLabel {
+                result: result.into(),
+            });
+        }
         for v in Verdict::ALL {
             let _ = batches.get_or_create(&VerdictLabel {
                 verdict: v.as_str().into(),
