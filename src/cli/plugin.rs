@@ -157,7 +157,7 @@ fn api_error(e: kube::Error, server: &str, what: &str, ns: &str) -> PluginError 
             PluginError(format!("{what} not found in namespace {ns:?}"))
         }
         kube::Error::Api(s) if s.code == 403 => PluginError(format!(
-            "forbidden: {} (ask for the graygate-edit or graygate-view ClusterRole)",
+            "forbidden: {} (the graygate chart's -view and -edit ClusterRoles, aggregated into the view and edit roles, grant access to ChangeRequests)",
             s.message
         )),
         kube::Error::Api(s) => PluginError(format!("{what}: {} ({})", s.message, s.code)),
