@@ -101,19 +101,14 @@ fn annotation(cr: &graygate::api::ChangeRequest, key: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_status_and_approve_through_kubectl() {
     let w = world_watching("p1,p1-other").await;
-    w.apply(&deployment_yaml("p1", "web", 3)).await.unwrap();
-    wait_deployment_ready(&w, "p1", "web", 3).await;
-    w.apply(&change_yaml(
+    web_change(
+        &w,
         "p1",
+        3,
         "v2",
-        r#"
-target: {kind: Deployment, name: web}
-images: {app: "shop/web:healthy-v2"}
-batches: [{replicas: 1, bake: 1s}, {percent: 100, bake: 1s, approval: manual}]
-"#,
-    ))
-    .await
-    .unwrap();
+        "[{replicas: 1, bake: 1s}, {percent: 100, bake: 1s, approval: manual}]",
+    )
+    .await;
     w.wait_phase("p1", "v2", Phase::AwaitingApproval, LONG)
         .await
         .unwrap();
@@ -192,29 +187,15 @@ batches: [{replicas: 1, bake: 1s}, {percent: 100, bake: 1s, approval: manual}]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_resume_abort_and_retry_through_kubectl() {
     let w = world_watching("p2").await;
-    w.apply(&deployment_yaml("p2", "web", 4)).await.unwrap();
-    wait_deployment_ready(&w, "p2", "web", 4).await;
-    w.apply(&change_yaml(
+    web_change(
+        &w,
         "p2",
+        4,
         "v3",
-        r#"
-target: {kind: Deployment, name: web}
-images: {app: "shop/web:healthy-v2"}
-batches: [{replicas: 1, bake: 10m}, {percent: 100, bake: 1s}]
-"#,
-    ))
-    .await
-    .unwrap();
-    w.wait_for("batch 1 to bake", LONG, || async {
-        let cr = w.change_request("p2", "v3").await?;
-        Ok(cr
-            .and_then(|c| c.status)
-            .and_then(|s| s.batches.first().cloned())
-            .and_then(|b| b.ready_at)
-            .map(|_| ()))
-    })
-    .await
-    .unwrap();
+        "[{replicas: 1, bake: 10m}, {percent: 100, bake: 1s}]",
+    )
+    .await;
+    wait_batch(&w, "p2", "v3", 1, "baking", |b| b.ready_at.is_some()).await;
     let kc = &w.kubeconfig;
     let ns = ["-n", "p2"];
     let run = |verb: &str| {

@@ -119,19 +119,14 @@ batches: [{replicas: 1, bake: 2s}, {percent: 100}]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_approval_gate_waits_for_the_annotation() {
     let w = world(WorldOptions::default()).await;
-    w.apply(&deployment_yaml("s3", "web", 2)).await.unwrap();
-    wait_deployment_ready(&w, "s3", "web", 2).await;
-    w.apply(&change_yaml(
+    web_change(
+        &w,
         "s3",
+        2,
         "gated",
-        r#"
-target: {kind: Deployment, name: web}
-images: {app: "shop/web:healthy-v2"}
-batches: [{replicas: 1, bake: 1s}, {percent: 100, bake: 1s, approval: manual}]
-"#,
-    ))
-    .await
-    .unwrap();
+        "[{replicas: 1, bake: 1s}, {percent: 100, bake: 1s, approval: manual}]",
+    )
+    .await;
     let cr = w
         .wait_phase("s3", "gated", Phase::AwaitingApproval, LONG)
         .await
@@ -180,19 +175,14 @@ fn write_counts(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_in_the_middle_of_a_bake_resumes_without_repeating_or_skipping() {
     let w = world(WorldOptions::default()).await;
-    w.apply(&deployment_yaml("s4", "web", 4)).await.unwrap();
-    wait_deployment_ready(&w, "s4", "web", 4).await;
-    w.apply(&change_yaml(
+    web_change(
+        &w,
         "s4",
+        4,
         "v2",
-        r#"
-target: {kind: Deployment, name: web}
-images: {app: "shop/web:healthy-v2"}
-batches: [{replicas: 1, bake: 8s}, {percent: 50, bake: 2s}, {percent: 100, bake: 1s}]
-"#,
-    ))
-    .await
-    .unwrap();
+        "[{replicas: 1, bake: 8s}, {percent: 50, bake: 2s}, {percent: 100, bake: 1s}]",
+    )
+    .await;
     // Batch 1 is baking.
     wait_batch(&w, "s4", "v2", 1, "to bake", |b| b.ready_at.is_some()).await;
     w.kill_graygate();
@@ -275,19 +265,14 @@ batches: [{replicas: 1, bake: 8s}, {percent: 50, bake: 2s}, {percent: 100, bake:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_change_on_the_same_target_waits_until_the_first_ends() {
     let w = world(WorldOptions::default()).await;
-    w.apply(&deployment_yaml("s5", "web", 2)).await.unwrap();
-    wait_deployment_ready(&w, "s5", "web", 2).await;
-    w.apply(&change_yaml(
+    web_change(
+        &w,
         "s5",
+        2,
         "first",
-        r#"
-target: {kind: Deployment, name: web}
-images: {app: "shop/web:healthy-v2"}
-batches: [{replicas: 1, bake: 5s}, {percent: 100, bake: 1s}]
-"#,
-    ))
-    .await
-    .unwrap();
+        "[{replicas: 1, bake: 5s}, {percent: 100, bake: 1s}]",
+    )
+    .await;
     w.wait_phase("s5", "first", Phase::Progressing, LONG)
         .await
         .unwrap();
@@ -587,19 +572,14 @@ batches: [{replicas: 1, bake: 2s}, {percent: 50, bake: 2s}, {percent: 100, bake:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_active_change_rolls_the_workload_back() {
     let w = world(WorldOptions::default()).await;
-    w.apply(&deployment_yaml("s9", "web", 4)).await.unwrap();
-    wait_deployment_ready(&w, "s9", "web", 4).await;
-    w.apply(&change_yaml(
+    web_change(
+        &w,
         "s9",
+        4,
         "v2",
-        r#"
-target: {kind: Deployment, name: web}
-images: {app: "shop/web:healthy-v2"}
-batches: [{replicas: 2, bake: 60s}, {percent: 100}]
-"#,
-    ))
-    .await
-    .unwrap();
+        "[{replicas: 2, bake: 60s}, {percent: 100}]",
+    )
+    .await;
     wait_batch(&w, "s9", "v2", 1, "to bake", |b| b.ready_at.is_some()).await;
     assert_eq!(
         deployment(&w, "s9", "web")

@@ -190,3 +190,21 @@ pub fn assert_within_rbac(w: &World) {
         outside.join("\n")
     );
 }
+
+/// Deploy `web` with `replicas` pods of `shop/web:healthy` in `ns`, wait until they are ready, then
+/// apply ChangeRequest `name` moving it to `shop/web:healthy-v2` in `batches` (a YAML flow list).
+pub async fn web_change(w: &World, ns: &str, replicas: i32, name: &str, batches: &str) {
+    w.apply(&deployment_yaml(ns, "web", replicas))
+        .await
+        .unwrap();
+    wait_deployment_ready(w, ns, "web", replicas).await;
+    w.apply(&change_yaml(
+        ns,
+        name,
+        &format!(
+            "target: {{kind: Deployment, name: web}}\nimages: {{app: \"shop/web:healthy-v2\"}}\nbatches: {batches}"
+        ),
+    ))
+    .await
+    .unwrap();
+}
