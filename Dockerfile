@@ -13,7 +13,8 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 ARG GRAYGATE_GIT_REV=unknown
-ENV GRAYGATE_GIT_REV=${GRAYGATE_GIT_REV}
+ENV GRAYGATE_GIT_REV=${GRAYGATE_GIT_REV} \
+    CARGO_PROFILE_RELEASE_STRIP=symbols
 # Cache mounts keep the crates.io registry and build artefacts between builds (BuildKit).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
