@@ -168,18 +168,58 @@ fn api_error(e: kube::Error, server: &str, what: &str, ns: &str) -> PluginError 
     }
 }
 
+/// Where the verbs act: the namespace's ChangeRequests, and how to name failures.
+struct Scope {
+    api: Api<ChangeRequest>,
+    server: String,
+    ns: String,
+}
+
+impl Scope {
+    fn error(&self, e: kube::Error, what: &str) -> PluginError {
+        api_error(e, &self.server, what, &self.ns)
+    }
+
+    async fn get(&self, name: &str) -> Result<ChangeRequest> {
+        self.api
+            .get(name)
+            .await
+            .map_err(|e| self.error(e, &format!("changerequest {name:?}")))
+    }
+
+    async fn annotate(&self, name: &str, annotations: serde_json::Value) -> Result<()> {
+        self.api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": annotations } })),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(e, &format!("changerequest {name:?}")))
+    }
+
+    /// Read the change, refuse when `allowed` says the verb does not apply, else write the annotations.
+    async fn steer(
+        &self,
+        name: &str,
+        allowed: impl Fn(Phase) -> Result<()>,
+        annotations: serde_json::Value,
+        done: &str,
+    ) -> Result<()> {
+        allowed(phase(&self.get(name).await?))?;
+        self.annotate(name, annotations).await?;
+        println!("changerequest.graygate.io/{name} {done}");
+        Ok(())
+    }
+}
+
 async fn run_inner(args: PluginArgs) -> Result<()> {
     let (client, ns, server) = connect(&args).await?;
-    let api: Api<ChangeRequest> = Api::namespaced(client.clone(), &ns);
-    let get = |name: String| {
-        let api = api.clone();
-        let server = server.clone();
-        let ns = ns.clone();
-        async move {
-            api.get(&name)
-                .await
-                .map_err(|e| api_error(e, &server, &format!("changerequest {name:?}"), &ns))
-        }
+    let scope = Scope {
+        api: Api::namespaced(client.clone(), &ns),
+        server,
+        ns,
     };
     let now = jiff::Timestamp::now();
     match args.verb {
@@ -187,18 +227,18 @@ async fn run_inner(args: PluginArgs) -> Result<()> {
             let list_api: Api<ChangeRequest> = if all_namespaces {
                 Api::all(client)
             } else {
-                api.clone()
+                scope.api.clone()
             };
             let items = list_api
                 .list(&ListParams::default())
                 .await
-                .map_err(|e| api_error(e, &server, "listing changerequests", &ns))?
+                .map_err(|e| scope.error(e, "listing changerequests"))?
                 .items;
             if items.is_empty() {
                 if all_namespaces {
                     eprintln!("No ChangeRequests found.");
                 } else {
-                    eprintln!("No ChangeRequests found in namespace {ns:?}.");
+                    eprintln!("No ChangeRequests found in namespace {:?}.", scope.ns);
                 }
                 return Ok(());
             }
@@ -206,15 +246,15 @@ async fn run_inner(args: PluginArgs) -> Result<()> {
             Ok(())
         }
         Verb::Status { name, watch } => {
-            let cr = get(name.clone()).await?;
+            let cr = scope.get(&name).await?;
             print!("{}", status(&cr, now));
             if watch && !phase(&cr).is_terminal() {
-                watch_status(&api, &name, cr, &server).await?;
+                watch_status(&scope.api, &name, cr, &scope.server).await?;
             }
             Ok(())
         }
         Verb::Approve { name, batch } => {
-            let cr = get(name.clone()).await?;
+            let cr = scope.get(&name).await?;
             let st = cr.status.clone().unwrap_or_default();
             let n = match batch {
                 Some(0) => return Err(PluginError("--batch: batches are numbered from 1".into())),
@@ -233,62 +273,52 @@ async fn run_inner(args: PluginArgs) -> Result<()> {
                     "--batch {n}: changerequest {name:?} has {total} batches"
                 )));
             }
-            annotate(
-                &api,
-                &name,
-                json!({ ANN_APPROVE: n.to_string() }),
-                &server,
-                &ns,
-            )
-            .await?;
+            scope
+                .annotate(&name, json!({ ANN_APPROVE: n.to_string() }))
+                .await?;
             println!("changerequest.graygate.io/{name} approved up to batch {n}");
             Ok(())
         }
         Verb::Pause { name } => {
-            let cr = get(name.clone()).await?;
-            if phase(&cr).is_terminal() {
-                return Err(finished(&name, phase(&cr), "pause"));
-            }
-            annotate(&api, &name, json!({ ANN_PAUSE: "true" }), &server, &ns).await?;
-            println!("changerequest.graygate.io/{name} paused");
-            Ok(())
+            let allowed = |p: Phase| not_finished(&name, p, "pause", p.is_terminal());
+            scope
+                .steer(&name, allowed, json!({ ANN_PAUSE: "true" }), "paused")
+                .await
         }
         Verb::Resume { name } => {
-            let cr = get(name.clone()).await?;
-            if phase(&cr).is_terminal() {
-                return Err(finished(&name, phase(&cr), "resume"));
-            }
-            annotate(
-                &api,
-                &name,
-                json!({ ANN_PAUSE: null, ANN_RESUME: token(now) }),
-                &server,
-                &ns,
-            )
-            .await?;
-            println!("changerequest.graygate.io/{name} resumed");
-            Ok(())
+            let allowed = |p: Phase| not_finished(&name, p, "resume", p.is_terminal());
+            let annotations = json!({ ANN_PAUSE: null, ANN_RESUME: token(now) });
+            scope.steer(&name, allowed, annotations, "resumed").await
         }
         Verb::Abort { name } => {
-            let cr = get(name.clone()).await?;
-            if phase(&cr).is_terminal() || phase(&cr) == Phase::RollingBack {
-                return Err(finished(&name, phase(&cr), "abort"));
-            }
-            annotate(&api, &name, json!({ ANN_ABORT: token(now) }), &server, &ns).await?;
-            println!("changerequest.graygate.io/{name} aborted; rolling back");
-            Ok(())
+            let allowed = |p: Phase| {
+                not_finished(
+                    &name,
+                    p,
+                    "abort",
+                    p.is_terminal() || p == Phase::RollingBack,
+                )
+            };
+            let annotations = json!({ ANN_ABORT: token(now) });
+            scope
+                .steer(&name, allowed, annotations, "aborted; rolling back")
+                .await
         }
         Verb::Retry { name } => {
-            let cr = get(name.clone()).await?;
-            if !matches!(phase(&cr), Phase::Failed | Phase::RolledBack) {
-                return Err(PluginError(format!(
-                    "changerequest {name:?} is {}; only a Failed or RolledBack change can be retried",
-                    phase(&cr).as_str()
-                )));
-            }
-            annotate(&api, &name, json!({ ANN_RETRY: token(now) }), &server, &ns).await?;
-            println!("changerequest.graygate.io/{name} will start again from batch 1");
-            Ok(())
+            let allowed = |p: Phase| {
+                if matches!(p, Phase::Failed | Phase::RolledBack) {
+                    Ok(())
+                } else {
+                    Err(PluginError(format!(
+                        "changerequest {name:?} is {}; only a Failed or RolledBack change can be retried",
+                        p.as_str()
+                    )))
+                }
+            };
+            let annotations = json!({ ANN_RETRY: token(now) });
+            scope
+                .steer(&name, allowed, annotations, "will start again from batch 1")
+                .await
         }
     }
 }
@@ -297,33 +327,20 @@ fn phase(cr: &ChangeRequest) -> Phase {
     cr.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
-fn finished(name: &str, phase: Phase, verb: &str) -> PluginError {
-    PluginError(format!(
-        "changerequest {name:?} is {}; there is nothing to {verb}",
-        phase.as_str()
-    ))
+/// Refuse `verb` when `done` (the change is past the point where it applies).
+fn not_finished(name: &str, phase: Phase, verb: &str, done: bool) -> Result<()> {
+    if done {
+        return Err(PluginError(format!(
+            "changerequest {name:?} is {}; there is nothing to {verb}",
+            phase.as_str()
+        )));
+    }
+    Ok(())
 }
 
 /// A fresh signal value: unique per use, and readable in the audit trail.
 fn token(now: jiff::Timestamp) -> String {
     format!("kubectl-{}", now.strftime("%Y%m%dT%H%M%S%.3fZ"))
-}
-
-async fn annotate(
-    api: &Api<ChangeRequest>,
-    name: &str,
-    annotations: serde_json::Value,
-    server: &str,
-    ns: &str,
-) -> Result<()> {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "metadata": { "annotations": annotations } })),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| api_error(e, server, &format!("changerequest {name:?}"), ns))
 }
 
 async fn watch_status(
