@@ -17,6 +17,13 @@ fn graygate(args: &[&str]) -> (i32, String, String) {
 
 const SPEC: &str = "examples/analyze/analysis.yaml";
 
+/// `graygate analyze --spec SPEC --input <file holding `input`>`.
+fn analyze_input(input: &str) -> (i32, String, String) {
+    let path = tempdir().join("input.json");
+    std::fs::write(&path, input).unwrap();
+    graygate(&["analyze", "--spec", SPEC, "--input", path.to_str().unwrap()])
+}
+
 #[test]
 fn a_bad_change_fails_with_exit_1_and_names_the_metric() {
     let (code, out, _) = graygate(&[
@@ -53,66 +60,24 @@ fn a_good_change_passes_with_exit_0_and_json_output() {
 
 #[test]
 fn too_little_data_is_inconclusive_with_exit_2() {
-    let dir = tempdir();
-    let input = dir.join("few.json");
-    std::fs::write(
-        &input,
+    let (code, out, _) = analyze_input(
         r#"{"metrics": {"latency-p99": {"change": [[1, 0.1], [2, 0.2]], "control": [[1, 0.1]]}}}"#,
-    )
-    .unwrap();
-    let (code, out, _) = graygate(&[
-        "analyze",
-        "--spec",
-        SPEC,
-        "--input",
-        input.to_str().unwrap(),
-    ]);
+    );
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("Inconclusive"), "{out}");
 }
 
 #[test]
 fn malformed_input_names_the_line_or_field_and_exits_3() {
-    let dir = tempdir();
-    let broken = dir.join("broken.json");
-    std::fs::write(
-        &broken,
+    let (code, _, err) = analyze_input(
         "{\n  \"metrics\": {\n    \"latency-p99\": {\"change\": [[1, 0.1],, ]}\n  }\n}",
-    )
-    .unwrap();
-    let (code, _, err) = graygate(&[
-        "analyze",
-        "--spec",
-        SPEC,
-        "--input",
-        broken.to_str().unwrap(),
-    ]);
+    );
     assert_eq!(code, 3);
     assert!(err.contains("line 3"), "{err}");
-    let wrong = dir.join("wrong.json");
-    std::fs::write(
-        &wrong,
-        r#"{"metrics": {"latency-p99": {"change": [[1, "x"]]}}}"#,
-    )
-    .unwrap();
-    let (code, _, err) = graygate(&[
-        "analyze",
-        "--spec",
-        SPEC,
-        "--input",
-        wrong.to_str().unwrap(),
-    ]);
+    let (code, _, err) = analyze_input(r#"{"metrics": {"latency-p99": {"change": [[1, "x"]]}}}"#);
     assert_eq!(code, 3);
     assert!(err.contains("metrics.latency-p99.change[0][1]"), "{err}");
-    let unknown = dir.join("unknown.json");
-    std::fs::write(&unknown, r#"{"metrics": {"latncy": {"change": []}}}"#).unwrap();
-    let (code, _, err) = graygate(&[
-        "analyze",
-        "--spec",
-        SPEC,
-        "--input",
-        unknown.to_str().unwrap(),
-    ]);
+    let (code, _, err) = analyze_input(r#"{"metrics": {"latncy": {"change": []}}}"#);
     assert_eq!(code, 3);
     assert!(
         err.contains("metrics.latncy: not a metric of the spec"),
