@@ -654,10 +654,11 @@ mod tests {
     #[test]
     fn ratio_metrics_use_counts_for_the_proportion_test() {
         let rate = |v: f64| series(&vec![v; 30]);
-        let data = MetricData::Ratio {
+        // Errors per second over 20 req/s on the change and 60 req/s on the control.
+        let ratio = |change_errors: f64, control_errors: f64| MetricData::Ratio {
             numerator: Groups {
-                change: rate(2.0),
-                control: Some(rate(0.0)),
+                change: rate(change_errors),
+                control: Some(rate(control_errors)),
                 ..Default::default()
             },
             denominator: Groups {
@@ -666,24 +667,14 @@ mod tests {
                 ..Default::default()
             },
         };
+        let data = ratio(2.0, 0.0);
         let m = Metric {
             min_delta: 0.002,
             ..metric("errors", true, &["proportion"])
         };
         let out = judge(&[(m.clone(), data)], &Params::default());
         assert_eq!(out.verdict, Verdict::Fail, "{:?}", out.findings);
-        let quiet = MetricData::Ratio {
-            numerator: Groups {
-                change: rate(0.0),
-                control: Some(rate(0.0)),
-                ..Default::default()
-            },
-            denominator: Groups {
-                change: rate(20.0),
-                control: Some(rate(60.0)),
-                ..Default::default()
-            },
-        };
+        let quiet = ratio(0.0, 0.0);
         assert_eq!(
             judge(&[(m, quiet)], &Params::default()).verdict,
             Verdict::Pass

@@ -376,43 +376,22 @@ mod tests {
 
     #[test]
     fn a_tiny_shift_is_significant_but_passes_on_minimum_effect() {
+        let params = Params {
+            direction: Direction::Increase,
+            alpha: 0.01,
+            min_delta: 0.05,
+            min_samples: 10,
+        };
         let control: Vec<f64> = (0..200).map(|i| 100.0 + (i % 10) as f64 * 0.1).collect();
         let change: Vec<f64> = control.iter().map(|v| v + 0.3).collect();
-        let d = detect(
-            &change,
-            &control,
-            Params {
-                direction: Direction::Increase,
-                alpha: 0.01,
-                min_delta: 0.05,
-                min_samples: 10,
-            },
-        );
+        let d = detect(&change, &control, params);
         assert_eq!(d.outcome, Verdict::Pass);
         assert_eq!(d.suppressed_by, Some("minimum effect"));
         let bigger: Vec<f64> = control.iter().map(|v| v * 1.5).collect();
-        let d = detect(
-            &bigger,
-            &control,
-            Params {
-                direction: Direction::Increase,
-                alpha: 0.01,
-                min_delta: 0.05,
-                min_samples: 10,
-            },
-        );
+        let d = detect(&bigger, &control, params);
         assert_eq!(d.outcome, Verdict::Fail);
         // The same shift in the harmless direction passes.
-        let d = detect(
-            &control,
-            &bigger,
-            Params {
-                direction: Direction::Increase,
-                alpha: 0.01,
-                min_delta: 0.05,
-                min_samples: 10,
-            },
-        );
+        let d = detect(&control, &bigger, params);
         assert_eq!(d.outcome, Verdict::Pass);
     }
 }
