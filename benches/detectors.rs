@@ -38,6 +38,8 @@ fn batch(rng: &mut Rng, detectors: &[&str]) -> Vec<(Metric, MetricData)> {
                 min_delta: 0.1,
                 critical: i % 10 == 0,
                 weight: 1.0,
+                kind: graygate::api::MetricKind::Other,
+                advisory: false,
             };
             let data = MetricData::Plain(Groups {
                 change: group(rng, 2, 300, 100.0),

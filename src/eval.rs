@@ -4,7 +4,7 @@
 //! error ratio and a p99 latency, plus a Kayenta-style Mann-Whitney judge as the baseline.
 
 use crate::analysis::judge::{self, GroupData, Groups, Metric, MetricData};
-use crate::api::{Direction, Verdict};
+use crate::api::Verdict;
 use crate::detect::mann_whitney::{self, Alternative, Method};
 use std::collections::BTreeMap;
 
@@ -127,6 +127,15 @@ fn counts(rng: &mut Rng, rps: f64, error: f64, n: usize, shared: &[f64]) -> (Ser
     (num, den)
 }
 
+/// A metric of the built-in set, with the defaults production fills in.
+fn default_metric(name: &str) -> Metric {
+    crate::analysis::defaults::default_metrics()
+        .into_iter()
+        .find(|(m, _)| m.name == name)
+        .map(|(m, _)| Metric::from_spec(&m))
+        .unwrap_or_else(|| panic!("{name} is not a built-in metric"))
+}
+
 /// Generate `per_kind` cases of every type.
 pub fn generate(seed: u64, per_kind: usize) -> Vec<Case> {
     let mut rng = Rng::new(seed);
@@ -212,15 +221,7 @@ fn case(rng: &mut Rng, kind: &'static str, bad: bool) -> Case {
     }
     let metrics = vec![
         (
-            Metric {
-                name: "error-ratio".into(),
-                direction: Direction::Increase,
-                detectors: vec!["proportion".into()],
-                threshold: None,
-                min_delta: 0.002,
-                critical: true,
-                weight: 1.0,
-            },
+            default_metric("error-ratio"),
             MetricData::Ratio {
                 numerator: Groups {
                     change: GroupData(num_change),
@@ -235,15 +236,7 @@ fn case(rng: &mut Rng, kind: &'static str, bad: bool) -> Case {
             },
         ),
         (
-            Metric {
-                name: "latency-p99".into(),
-                direction: Direction::Increase,
-                detectors: vec!["mann-whitney".into(), "variance".into()],
-                threshold: None,
-                min_delta: 0.25,
-                critical: true,
-                weight: 1.0,
-            },
+            default_metric("latency-p99"),
             MetricData::Plain(Groups {
                 change: GroupData(lat_change),
                 control: Some(GroupData(lat_control)),
@@ -328,7 +321,10 @@ pub fn evaluate(cases: &[Case]) -> Vec<Row> {
             failed_baseline: 0,
         })
         .collect();
-    let params = judge::Params::default();
+    let params = judge::Params {
+        slot_secs: STEP,
+        ..judge::Params::default()
+    };
     for c in cases {
         let Some(row) = rows.iter_mut().find(|r| r.kind == c.kind) else {
             continue;

@@ -24,8 +24,6 @@ pub fn default_metrics() -> Vec<(MetricSpec, &'static str)> {
                 name: "latency-p99".into(),
                 query: Some(r#"histogram_quantile(0.99, sum by (pod, le) (rate(http_request_duration_seconds_bucket{namespace="{{namespace}}",pod=~"{{pods}}"}[{{interval}}])))"#.into()),
                 direction: Direction::Increase,
-                detectors: vec!["mann-whitney".into(), "variance".into()],
-                min_delta: Some(0.25),
                 critical: true,
                 ..Default::default()
             },
@@ -36,11 +34,9 @@ pub fn default_metrics() -> Vec<(MetricSpec, &'static str)> {
                 name: "cpu".into(),
                 query: Some(r#"sum by (pod) (rate(container_cpu_usage_seconds_total{namespace="{{namespace}}",pod=~"{{pods}}"}[{{interval}}]))"#.into()),
                 direction: Direction::Increase,
-                detectors: vec!["mann-whitney".into()],
-                // Young pods use more CPU while they warm up; only a large difference counts.
-                min_delta: Some(0.5),
+                // Young pods use more CPU while they warm up, and a new version may need more:
+                // the cpu kind's default minimum effect is a doubling.
                 critical: false,
-                weight: Some(0.5),
                 ..Default::default()
             },
             "container_cpu_usage_seconds_total",

@@ -12,10 +12,47 @@ use super::judge::{GroupData, Groups, MetricData};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// Recorded data of one judgement: the metrics and, when given, the judged window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recorded {
+    /// Per metric, the groups' series.
+    pub metrics: BTreeMap<String, MetricData>,
+    /// `window: [from, to]` in Unix seconds: when the change group's pods became ready, and the end.
+    pub window: Option<(f64, f64)>,
+}
+
 /// Parse the input text; errors name the field (and, for syntax errors, the line).
 pub fn parse(text: &str) -> Result<BTreeMap<String, MetricData>, String> {
+    parse_recorded(text).map(|r| r.metrics)
+}
+
+/// Parse the input text with its window.
+pub fn parse_recorded(text: &str) -> Result<Recorded, String> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| format!("line {} column {}: {e}", e.line(), e.column()))?;
+    recorded(&v)
+}
+
+/// Read one parsed input object.
+pub fn recorded(v: &Value) -> Result<Recorded, String> {
+    let window = match v.get("window") {
+        None | Some(Value::Null) => None,
+        Some(w) => {
+            let pair = w
+                .as_array()
+                .filter(|a| a.len() == 2)
+                .and_then(|a| Some((a[0].as_f64()?, a[1].as_f64()?)))
+                .ok_or("window: expected [from_unix_seconds, to_unix_seconds]")?;
+            Some(pair)
+        }
+    };
+    Ok(Recorded {
+        metrics: metrics(v)?,
+        window,
+    })
+}
+
+fn metrics(v: &Value) -> Result<BTreeMap<String, MetricData>, String> {
     let metrics = v
         .get("metrics")
         .and_then(Value::as_object)
@@ -52,8 +89,12 @@ fn groups(v: &Value, field: &str) -> Result<Groups, String> {
     let obj = v.as_object().ok_or(format!(
         "{field}: expected an object with change, control, background, history"
     ))?;
+    // `direction` is allowed beside the groups (recorded datasets carry it); the spec decides.
     for k in obj.keys() {
-        if !matches!(k.as_str(), "change" | "control" | "background" | "history") {
+        if !matches!(
+            k.as_str(),
+            "change" | "control" | "background" | "history" | "direction"
+        ) {
             return Err(format!(
                 "{field}.{k}: unknown group (use change, control, background, history)"
             ));

@@ -1,8 +1,8 @@
 //! The judgement itself, pure: per-metric group data in, findings and a batch verdict out.
 //! Production (Prometheus) and `graygate analyze` (recorded data) both end here.
 
-use crate::api::{Direction, Finding, MetricSpec, Verdict};
-use crate::detect::{self, Detection, dtw, fmt_num};
+use crate::api::{Direction, Finding, MetricKind, MetricSpec, Verdict};
+use crate::detect::{self, Detection, dtw, fmt_num, peers};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -119,33 +119,86 @@ pub struct Metric {
     pub threshold: Option<f64>,
     /// Minimum effect (relative for values, absolute for proportions).
     pub min_delta: f64,
-    /// Fails the batch on its own.
+    /// Not enough data makes the judgement inconclusive.
     pub critical: bool,
     /// Weight in the batch score.
     pub weight: f64,
+    /// What it measures.
+    pub kind: MetricKind,
+    /// Reported, but never fails a batch.
+    pub advisory: bool,
+}
+
+/// What a metric measures, from its declared kind or, failing that, its name and query.
+pub fn infer_kind(m: &MetricSpec) -> MetricKind {
+    if let Some(k) = m.kind {
+        return k;
+    }
+    let text = format!(
+        "{} {} {}",
+        m.name,
+        m.query.as_deref().unwrap_or_default(),
+        m.numerator.as_deref().unwrap_or_default()
+    )
+    .to_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+    if has(&["memory", "heap", "rss", "working_set", "resident"]) {
+        MetricKind::Memory
+    } else if has(&["cpu"]) {
+        MetricKind::Cpu
+    } else if m.numerator.is_some() || has(&["error", "5..", "5xx", "fail", "success", "availab"]) {
+        MetricKind::Errors
+    } else if has(&[
+        "latency",
+        "duration",
+        "histogram_quantile",
+        "response_time",
+        "rtt",
+    ]) {
+        MetricKind::Latency
+    } else {
+        MetricKind::Other
+    }
+}
+
+/// The default minimum effect of a value metric of this kind (relative to the reference level).
+pub fn default_min_delta(kind: MetricKind) -> f64 {
+    match kind {
+        MetricKind::Errors => 0.01,
+        MetricKind::Latency | MetricKind::Other => peers::DEFAULT_MIN_DELTA,
+        MetricKind::Cpu | MetricKind::Memory => 1.0,
+    }
 }
 
 impl Metric {
     /// Fill in defaults for a spec'd metric.
     pub fn from_spec(m: &MetricSpec) -> Metric {
         let ratio = m.numerator.is_some();
+        let kind = infer_kind(m);
         let detectors = if m.detectors.is_empty() {
             if ratio {
                 vec!["proportion".to_string()]
             } else {
-                vec!["mann-whitney".to_string(), "variance".to_string()]
+                vec!["peers".to_string()]
             }
         } else {
             m.detectors.clone()
         };
+        let weight = m.weight.unwrap_or(1.0);
         Metric {
             name: m.name.clone(),
             direction: m.direction,
             detectors,
             threshold: m.threshold,
-            min_delta: m.min_delta.unwrap_or(if ratio { 0.002 } else { 0.1 }),
+            min_delta: m.min_delta.unwrap_or(if ratio {
+                0.002
+            } else {
+                default_min_delta(kind)
+            }),
             critical: m.critical,
-            weight: m.weight.unwrap_or(1.0),
+            weight,
+            kind,
+            advisory: weight == 0.0 || (kind == MetricKind::Memory && !m.critical),
         }
     }
 }
@@ -159,19 +212,35 @@ pub struct Params {
     pub min_samples: usize,
     /// Compare with the control group.
     pub use_control: bool,
+    /// Width of a time slot in seconds: samples are averaged into non-overlapping windows this
+    /// wide (the analysis interval), so overlapping `rate()` points count once.
+    pub slot_secs: f64,
+    /// Change-group samples before this Unix time are skipped (pod warm-up).
+    pub skip_change_before: Option<f64>,
+    /// How far and how long the `peers` detector needs a departure to be.
+    pub far: f64,
+    /// Far slots the `peers` detector needs.
+    pub far_samples: usize,
+    /// Slots in a row the `peers` detector needs.
+    pub long: usize,
 }
 
 impl Params {
     /// The parameters an analysis section asks for (significance is fixed at 0.01).
     pub fn from_spec(spec: &crate::api::AnalysisSpec) -> Params {
         Params {
-            alpha: 0.01,
             min_samples: spec.min_samples.unwrap_or(10) as usize,
             use_control: spec
                 .baselines
                 .as_ref()
                 .and_then(|b| b.control)
                 .unwrap_or(true),
+            slot_secs: spec
+                .interval
+                .unwrap_or(crate::controller::state::DEFAULT_INTERVAL)
+                .as_millis_i64() as f64
+                / 1000.0,
+            ..Params::default()
         }
     }
 }
@@ -182,8 +251,53 @@ impl Default for Params {
             alpha: 0.01,
             min_samples: 10,
             use_control: true,
+            slot_secs: 30.0,
+            skip_change_before: None,
+            far: peers::DEFAULT_FAR,
+            far_samples: peers::DEFAULT_FAR_SAMPLES,
+            long: peers::DEFAULT_LONG,
         }
     }
+}
+
+/// A group's series as peer units: one unit per pod (a single unnamed series with gaps of over
+/// an hour, such as the same hours on earlier days, becomes one unit per stretch), samples
+/// averaged into slots of `slot` seconds counted from `t0` modulo a day, so that control pods
+/// line up by time and earlier days by time of day.
+pub fn peer_units(g: &GroupData, t0: f64, slot: f64, skip_before: Option<f64>) -> Vec<peers::Unit> {
+    let gap = (10.0 * slot).max(3600.0);
+    let mut out = Vec::new();
+    for (pod, series) in &g.0 {
+        let mut stretches: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+        let mut last: Option<f64> = None;
+        for (t, v) in series {
+            if !v.is_finite() || skip_before.is_some_and(|s| *t < s) {
+                continue;
+            }
+            if pod.is_empty() && last.is_some_and(|l| t - l > gap) {
+                stretches.push(Vec::new());
+            }
+            last = Some(*t);
+            if let Some(cur) = stretches.last_mut() {
+                cur.push((*t, *v));
+            }
+        }
+        for s in stretches.into_iter().filter(|s| !s.is_empty()) {
+            let mut sums: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
+            for (t, v) in s {
+                let key = ((t - t0).rem_euclid(86_400.0) / slot).floor() as i64;
+                let e = sums.entry(key).or_insert((0.0, 0));
+                e.0 += v;
+                e.1 += 1;
+            }
+            out.push(
+                sums.into_iter()
+                    .map(|(k, (s, n))| (k, s / n as f64))
+                    .collect(),
+            );
+        }
+    }
+    out
 }
 
 /// The verdict of one judgement with its evidence.
@@ -353,6 +467,45 @@ fn run_detector(
             };
             (d, groups.to_string())
         }
+        "peers" => {
+            let Some((label, reference)) = reference else {
+                return (missing("reference"), "change".to_string());
+            };
+            let t0 = values
+                .change
+                .0
+                .values()
+                .flatten()
+                .map(|(t, _)| *t)
+                .fold(f64::INFINITY, f64::min);
+            if !t0.is_finite() {
+                return (missing("change"), format!("change vs {label}"));
+            }
+            let slot = p.slot_secs.max(
+                values
+                    .change
+                    .0
+                    .values()
+                    .map(|s| spacing(s))
+                    .fold(0.0, f64::max),
+            );
+            let change = peer_units(&values.change, t0, slot, p.skip_change_before);
+            let refs = peer_units(reference, t0, slot, None);
+            (
+                detect::peers::detect(
+                    &change,
+                    &refs,
+                    &peers::Params {
+                        direction: m.direction,
+                        min_delta: m.min_delta,
+                        far: p.far,
+                        far_samples: p.far_samples,
+                        long: p.long,
+                    },
+                ),
+                format!("change vs {label}"),
+            )
+        }
         "three-sigma" => match &values.background {
             Some(bg) if !bg.is_empty() => (
                 detect::three_sigma::detect(
@@ -424,12 +577,12 @@ fn environmental(values: &Groups) -> Option<String> {
     })
 }
 
-/// Judge a batch.
+/// Judge a batch: it fails when any metric that is not advisory fails (each detector already
+/// demands strong evidence), is inconclusive when a critical metric or every metric lacks data,
+/// and passes otherwise.
 pub fn judge(metrics: &[(Metric, MetricData)], p: &Params) -> Outcome {
     let mut findings = Vec::new();
-    let mut failed: Vec<(String, f64, bool)> = Vec::new();
-    let mut decided_weight = 0.0;
-    let mut failed_weight = 0.0;
+    let mut failed: Vec<&Metric> = Vec::new();
     let mut critical_inconclusive = Vec::new();
     let mut decided = 0;
     for (m, data) in metrics {
@@ -461,6 +614,15 @@ pub fn judge(metrics: &[(Metric, MetricData)], p: &Params) -> Outcome {
                 d.suppressed_by = Some("historical similarity");
                 d.explanation = format!("{}; {why}", d.explanation);
             }
+            if d.outcome == Verdict::Fail && m.advisory {
+                d.outcome = Verdict::Pass;
+                d.suppressed_by = Some("advisory metric");
+                d.explanation = format!(
+                    "{}; {} metrics are advisory by default (young pods differ), set critical: true to let it fail",
+                    d.explanation,
+                    kind_name(m.kind)
+                );
+            }
             outcomes.push(d.outcome);
             findings.push(to_finding(&m.name, &groups, &d));
         }
@@ -474,49 +636,31 @@ pub fn judge(metrics: &[(Metric, MetricData)], p: &Params) -> Outcome {
         match outcome {
             Verdict::Fail => {
                 decided += 1;
-                decided_weight += m.weight;
-                failed_weight += m.weight;
-                failed.push((m.name.clone(), m.weight, m.critical));
+                failed.push(m);
             }
-            Verdict::Pass => {
-                decided += 1;
-                decided_weight += m.weight;
-            }
-            Verdict::Inconclusive => {
-                if m.critical {
-                    critical_inconclusive.push(m.name.clone());
-                }
-            }
+            Verdict::Pass => decided += 1,
+            Verdict::Inconclusive if m.critical => critical_inconclusive.push(m.name.clone()),
+            Verdict::Inconclusive => {}
         }
     }
     findings.sort_by_key(severity);
-    let critical_failed: Vec<&str> = failed
-        .iter()
-        .filter(|f| f.2)
-        .map(|f| f.0.as_str())
-        .collect();
-    let names =
-        |v: &[(String, f64, bool)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>().join(", ");
     let first_failure = findings
         .iter()
         .find(|f| f.outcome == Some(Verdict::Fail))
         .map(|f| format!(" — {} [{}]: {}", f.metric, f.detector, f.explanation))
         .unwrap_or_default();
-    let (verdict, summary) = if !critical_failed.is_empty() {
+    let (verdict, summary) = if !failed.is_empty() {
+        let names: Vec<&str> = failed.iter().map(|m| m.name.as_str()).collect();
+        let critical = if failed.iter().any(|m| m.critical) {
+            "critical "
+        } else {
+            ""
+        };
         (
             Verdict::Fail,
             format!(
-                "critical metric {} failed{first_failure}",
-                critical_failed.join(", ")
-            ),
-        )
-    } else if decided_weight > 0.0 && failed_weight / decided_weight >= 0.5 {
-        (
-            Verdict::Fail,
-            format!(
-                "{} of {decided} metrics failed ({}){first_failure}",
-                failed.len(),
-                names(&failed)
+                "{critical}metric {} failed{first_failure}",
+                names.join(", ")
             ),
         )
     } else if !critical_inconclusive.is_empty() {
@@ -532,25 +676,27 @@ pub fn judge(metrics: &[(Metric, MetricData)], p: &Params) -> Outcome {
             Verdict::Inconclusive,
             "not enough data for any metric".to_string(),
         )
-    } else if failed.is_empty() {
-        (
-            Verdict::Pass,
-            format!("{decided} metrics compared, none worse"),
-        )
     } else {
         (
             Verdict::Pass,
-            format!(
-                "{} of {decided} metrics worse ({}), below the failing share",
-                failed.len(),
-                names(&failed)
-            ),
+            format!("{decided} metrics compared, none worse"),
         )
     };
     Outcome {
         verdict,
         summary,
         findings,
+    }
+}
+
+/// The kind's name as a user writes it.
+pub fn kind_name(k: MetricKind) -> &'static str {
+    match k {
+        MetricKind::Errors => "errors",
+        MetricKind::Latency => "latency",
+        MetricKind::Cpu => "cpu",
+        MetricKind::Memory => "memory",
+        MetricKind::Other => "other",
     }
 }
 
@@ -581,6 +727,8 @@ mod tests {
             min_delta: 0.1,
             critical,
             weight: 1.0,
+            kind: MetricKind::Other,
+            advisory: false,
         }
     }
 

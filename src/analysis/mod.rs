@@ -1,5 +1,6 @@
 //! Answering "is it right?": the analysis the engine calls between batches.
 
+pub mod backtest;
 pub mod defaults;
 pub mod input;
 pub mod judge;

@@ -19,11 +19,14 @@ pub struct AnalysisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub failure_limit: Option<u32>,
-    /// Samples each group needs before a metric can pass or fail (default 10).
+    /// Samples each group needs before the `mann-whitney`, `variance`, `kde`, `three-sigma` and
+    /// `threshold` detectors can decide (default 10). The default `peers` detector needs no count:
+    /// it decides as soon as a failure could be shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub min_samples: Option<u32>,
-    /// Time after a pod becomes ready that analysis skips (default 0s): young pods warm caches and JITs.
+    /// Time after a batch's pods become ready that analysis skips: young pods warm caches and
+    /// JITs (default 1m, but at most a third of the batch's bake).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup: Option<Duration>,
     /// Metrics to compare. Omitted: the built-in set (error ratio, p99 latency, CPU, restarts).
@@ -77,6 +80,23 @@ pub enum Direction {
     Either,
 }
 
+/// What a metric measures; it decides the metric's defaults.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum MetricKind {
+    /// Failed requests, error ratios, success rates: the smallest sustained difference counts (1%).
+    Errors,
+    /// Response times: a difference must reach 25% beyond the control pods' own spread.
+    Latency,
+    /// CPU use: a new version may need more; only a doubling counts.
+    Cpu,
+    /// Memory and other resource levels: young pods differ by construction, so by default the
+    /// metric is reported but never fails a batch on its own (set `critical: true` to change that).
+    Memory,
+    /// Anything else: judged like latency.
+    Other,
+}
+
 /// One metric to compare between groups.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
@@ -95,7 +115,12 @@ pub struct MetricSpec {
     /// Which way is worse (default increase).
     #[serde(default)]
     pub direction: Direction,
-    /// Detectors to run; empty means the defaults for the metric's kind.
+    /// What the metric measures (errors, latency, cpu, memory, other); inferred from the name
+    /// and query when omitted. It sets the default minimum effect and whether the metric can
+    /// fail a batch on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<MetricKind>,
+    /// Detectors to run; empty means the defaults (`peers` for values, `proportion` for ratios).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub detectors: Vec<String>,
     /// Absolute bound for the `threshold` detector.
@@ -104,10 +129,12 @@ pub struct MetricSpec {
     /// Smallest relative change that matters (0.1 = 10%); smaller significant differences pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_delta: Option<f64>,
-    /// A failing critical metric fails the batch on its own.
+    /// Not enough data for a critical metric makes the judgement inconclusive; a critical
+    /// memory metric can fail a batch.
     #[serde(default)]
     pub critical: bool,
-    /// Weight in the batch score (default 1).
+    /// 0 makes the metric advisory (reported, never failing a batch); any other value is kept
+    /// for compatibility and has no effect (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
 }

@@ -24,7 +24,8 @@ impl FieldError {
 }
 
 /// Detector names a metric may ask for.
-pub const DETECTORS: [&str; 7] = [
+pub const DETECTORS: [&str; 8] = [
+    "peers",
     "threshold",
     "mann-whitney",
     "proportion",

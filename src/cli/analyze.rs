@@ -18,6 +18,10 @@ pub struct AnalyzeArgs {
     /// Recorded series (JSON; see docs/analyze.md).
     #[arg(long, conflicts_with = "prometheus")]
     pub input: Option<PathBuf>,
+    /// Backtest: labelled past changes, one `--input` object per line plus `"label": "bad"|"good"`
+    /// (and optional `"id"`, `"fault"`); prints the confusion table.
+    #[arg(long, conflicts_with_all = ["prometheus", "input", "logs"])]
+    pub cases: Option<PathBuf>,
     /// Query this Prometheus instead of reading --input.
     #[arg(long)]
     pub prometheus: Option<String>,
@@ -109,7 +113,29 @@ fn parse_time(s: &str, flag: &str) -> Result<jiff::Timestamp, BadInput> {
 
 /// Judge recorded data.
 pub fn judge_input(spec: &AnalysisSpec, input: &str) -> Result<judge::Outcome, BadInput> {
-    let mut data = crate::analysis::input::parse(input).map_err(BadInput)?;
+    let recorded = crate::analysis::input::parse_recorded(input).map_err(BadInput)?;
+    judge_recorded(spec, recorded, &Tuning::default())
+}
+
+/// Settings a backtest may vary instead of the defaults (for cross-validation).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Tuning {
+    /// Minimum effect of latency and other value metrics that do not set `minDelta`.
+    pub value_min_delta: Option<f64>,
+    /// `peers` far factor, far slots and run length.
+    pub peers: Option<(f64, usize, usize)>,
+}
+
+/// The warm-up `analyze` skips after the window's start when the spec sets none.
+pub const DEFAULT_WARMUP_SECS: f64 = 60.0;
+
+/// Judge recorded data: the change group's samples in the warm-up after `window[0]` are skipped.
+pub fn judge_recorded(
+    spec: &AnalysisSpec,
+    recorded: crate::analysis::input::Recorded,
+    tuning: &Tuning,
+) -> Result<judge::Outcome, BadInput> {
+    let mut data = recorded.metrics;
     let metrics = spec_metrics(spec);
     for name in data.keys() {
         if !metrics.iter().any(|m| &m.name == name) {
@@ -143,9 +169,30 @@ pub fn judge_input(spec: &AnalysisSpec, input: &str) -> Result<judge::Outcome, B
             },
             None => MetricData::Plain(Groups::default()),
         };
-        judged.push((Metric::from_spec(m), d));
+        let mut metric = Metric::from_spec(m);
+        if let Some(delta) = tuning.value_min_delta
+            && m.min_delta.is_none()
+            && !ratio
+            && matches!(
+                metric.kind,
+                crate::api::MetricKind::Latency | crate::api::MetricKind::Other
+            )
+        {
+            metric.min_delta = delta;
+        }
+        judged.push((metric, d));
     }
-    let params = judge::Params::from_spec(spec);
+    let mut params = judge::Params::from_spec(spec);
+    if let Some((far, far_samples, long)) = tuning.peers {
+        params.far = far;
+        params.far_samples = far_samples;
+        params.long = long;
+    }
+    let warmup = spec
+        .warmup
+        .map(|w| w.as_millis_i64() as f64 / 1000.0)
+        .unwrap_or(DEFAULT_WARMUP_SECS);
+    params.skip_change_before = recorded.window.map(|(from, _)| from + warmup);
     Ok(judge::judge(&judged, &params))
 }
 
@@ -187,6 +234,21 @@ async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
         Some(p) => load_spec(&read(p, "--spec")?)?,
         None => AnalysisSpec::default(),
     };
+    if let Some(path) = &args.cases {
+        use crate::analysis::backtest;
+        let cases = backtest::parse_cases(&read(path, "--cases")?)
+            .map_err(|e| BadInput(format!("--cases {}: {e}", path.display())))?;
+        let results = backtest::run(&spec, &cases, &Tuning::default())
+            .map_err(|e| BadInput(format!("--cases {}: {e}", path.display())))?;
+        match args.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&backtest::json(&results)).unwrap_or_default()
+            ),
+            Output::Table => print!("{}", backtest::table(&results)),
+        }
+        return Ok(0);
+    }
     let log_findings = if args.logs.is_empty() {
         if !args.control_logs.is_empty() || !args.before_logs.is_empty() {
             return Err(BadInput(

@@ -4,6 +4,7 @@
 pub mod dtw;
 pub mod kde;
 pub mod mann_whitney;
+pub mod peers;
 pub mod proportion;
 pub mod three_sigma;
 pub mod threshold;

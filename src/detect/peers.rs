@@ -1,0 +1,389 @@
+//! `peers`: does the change group depart from its references by more than the references depart
+//! from each other?
+//!
+//! The unit of evidence is a reference *unit* (a control pod, or one earlier day of the same
+//! hours) and a *slot* (one non-overlapping time window). Samples inside one pod are not
+//! independent and pods are not interchangeable, so no p-value over pooled points is computed.
+//! Instead:
+//!
+//! 1. At each slot the references' typical value is their median.
+//! 2. The references' own spread is the largest leave-one-out departure: how far any one
+//!    reference unit ever strayed from the median of the others at the same slot. A change that
+//!    stays inside that band looks like just another unchanged pod (or an ordinary day).
+//! 3. The band is widened to the minimum effect (`min_delta` × the references' level), so a
+//!    difference too small to matter never counts, even when the references agree perfectly.
+//! 4. The change (the median of its pods at each slot) departs at a slot when it is beyond the
+//!    band in the bad direction; `excess` = departure ÷ band.
+//! 5. It fails when the departure is *long* (`long` slots in a row beyond the band) or *far*
+//!    (`far_samples` slots beyond `far` × the band). One extreme slot alone never fails: one slow
+//!    request is not a regression.
+//!
+//! When no reference slot lines up with the change's slots (a background window from before the
+//! change), the references are pooled: the typical value is their median and the band is the
+//! largest departure of any reference sample from it.
+
+use super::{Detection, fmt_num, median};
+use crate::api::{Direction, Verdict};
+use std::collections::BTreeMap;
+
+/// One unit's samples keyed by slot.
+pub type Unit = BTreeMap<i64, f64>;
+
+/// Settings of the peer comparison.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Params {
+    /// Which way is worse.
+    pub direction: Direction,
+    /// Smallest relative change that matters, against the references' level.
+    pub min_delta: f64,
+    /// A slot this many bands beyond the typical value is a far departure.
+    pub far: f64,
+    /// Far departures needed to fail.
+    pub far_samples: usize,
+    /// Consecutive departing slots needed to fail.
+    pub long: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            direction: Direction::Increase,
+            min_delta: DEFAULT_MIN_DELTA,
+            far: DEFAULT_FAR,
+            far_samples: DEFAULT_FAR_SAMPLES,
+            long: DEFAULT_LONG,
+        }
+    }
+}
+
+/// Default minimum effect for latency and other value metrics (cross-validated, docs/performance.md).
+pub const DEFAULT_MIN_DELTA: f64 = 0.25;
+/// Default far factor (cross-validated).
+pub const DEFAULT_FAR: f64 = 2.0;
+/// Default number of far slots (cross-validated).
+pub const DEFAULT_FAR_SAMPLES: usize = 2;
+/// Default run length (cross-validated).
+pub const DEFAULT_LONG: usize = 5;
+
+/// The numbers behind a peer comparison (also what the reference fixtures check).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Departure {
+    /// Slots where both the change and the references have data.
+    pub slots: usize,
+    /// The references' own spread: the largest leave-one-out departure (0 with one unit).
+    pub spread: f64,
+    /// The references' level: the median of all their samples.
+    pub level: f64,
+    /// The band: max(spread, min_delta × |level|).
+    pub band: f64,
+    /// Per compared slot, the departure in the bad direction ÷ band.
+    pub excess: Vec<f64>,
+    /// Slots beyond the band.
+    pub beyond: usize,
+    /// Longest run of slots beyond the band.
+    pub longest: usize,
+    /// Slots beyond `far` × band.
+    pub far: usize,
+    /// Whether the references were pooled (no slot lined up).
+    pub pooled: bool,
+    /// The slot of the largest excess: change value and typical reference value there.
+    pub worst: Option<(f64, f64)>,
+}
+
+fn bad_part(direction: Direction, diff: f64) -> f64 {
+    match direction {
+        Direction::Increase => diff,
+        Direction::Decrease => -diff,
+        Direction::Either => diff.abs(),
+    }
+}
+
+/// Measure how far the change departs from the references, slot by slot.
+pub fn departure(change: &[Unit], reference: &[Unit], p: &Params) -> Departure {
+    let mut change_at: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+    for u in change {
+        for (s, v) in u {
+            if v.is_finite() {
+                change_at.entry(*s).or_default().push(*v);
+            }
+        }
+    }
+    let mut ref_at: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+    let mut all_ref = Vec::new();
+    for u in reference {
+        for (s, v) in u {
+            if v.is_finite() {
+                ref_at.entry(*s).or_default().push(*v);
+                all_ref.push(*v);
+            }
+        }
+    }
+    let level = median(&all_ref);
+    let pooled = !change_at.keys().any(|s| ref_at.contains_key(s));
+    let spread = if pooled {
+        all_ref
+            .iter()
+            .map(|v| (v - level).abs())
+            .fold(0.0, f64::max)
+    } else {
+        let mut widest = 0.0_f64;
+        for (i, u) in reference.iter().enumerate() {
+            for (s, v) in u {
+                if !v.is_finite() {
+                    continue;
+                }
+                let others: Vec<f64> = reference
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .filter_map(|(_, o)| o.get(s).copied().filter(|x| x.is_finite()))
+                    .collect();
+                if !others.is_empty() {
+                    widest = widest.max((v - median(&others)).abs());
+                }
+            }
+        }
+        widest
+    };
+    let floor = if level.is_finite() {
+        p.min_delta * level.abs()
+    } else {
+        0.0
+    };
+    let band = spread.max(floor);
+    let mut excess = Vec::new();
+    let mut worst: Option<(f64, f64, f64)> = None;
+    for (s, values) in &change_at {
+        let typical = if pooled {
+            level
+        } else {
+            match ref_at.get(s) {
+                Some(r) => median(r),
+                None => continue,
+            }
+        };
+        if !typical.is_finite() {
+            continue;
+        }
+        let value = median(values);
+        let dep = bad_part(p.direction, value - typical);
+        let e = if band > 0.0 {
+            dep / band
+        } else if dep > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        };
+        if worst.is_none_or(|w| e > w.0) {
+            worst = Some((e, value, typical));
+        }
+        excess.push(e);
+    }
+    let (mut longest, mut run) = (0, 0);
+    for e in &excess {
+        run = if *e > 1.0 { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    Departure {
+        slots: excess.len(),
+        spread,
+        level,
+        band,
+        beyond: excess.iter().filter(|e| **e > 1.0).count(),
+        longest,
+        far: excess.iter().filter(|e| **e > p.far).count(),
+        excess,
+        pooled,
+        worst: worst.map(|w| (w.1, w.2)),
+    }
+}
+
+/// Judge the change against its references.
+pub fn detect(change: &[Unit], reference: &[Unit], p: &Params) -> Detection {
+    let d = departure(change, reference, p);
+    let needed = p.far_samples.min(p.long).max(1);
+    if d.slots < needed {
+        return Detection::inconclusive(
+            "peers",
+            format!(
+                "{} time slot(s) of the change line up with the reference; {needed} needed before a failure could be shown",
+                d.slots
+            ),
+        );
+    }
+    let fail = d.far >= p.far_samples || d.longest >= p.long;
+    let score = d.excess.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let units = if d.pooled {
+        "the reference's range".to_string()
+    } else {
+        format!(
+            "the widest gap between {} reference unit(s) ({})",
+            reference.len(),
+            fmt_num(d.spread)
+        )
+    };
+    let band_from = if d.band > d.spread {
+        format!(
+            "the minimum effect {}% of {}",
+            fmt_num(p.min_delta * 100.0),
+            fmt_num(d.level)
+        )
+    } else {
+        units
+    };
+    let worst = d
+        .worst
+        .map(|(v, t)| format!("; worst slot {} vs {}", fmt_num(v), fmt_num(t)))
+        .unwrap_or_default();
+    let verdict_why = if fail {
+        if d.far >= p.far_samples {
+            format!(
+                "{} slot(s) beyond {}× the band (needs {})",
+                d.far,
+                fmt_num(p.far),
+                p.far_samples
+            )
+        } else {
+            format!("{} slots in a row beyond it (needs {})", d.longest, p.long)
+        }
+    } else {
+        format!(
+            "not enough to fail: {} beyond {}× (needs {}), longest run {} (needs {})",
+            d.far,
+            fmt_num(p.far),
+            p.far_samples,
+            d.longest,
+            p.long
+        )
+    };
+    Detection {
+        detector: "peers",
+        score,
+        threshold: p.far,
+        outcome: if fail { Verdict::Fail } else { Verdict::Pass },
+        explanation: format!(
+            "{} of {} slots beyond ±{} ({band_from}){worst}; {verdict_why}",
+            d.beyond,
+            d.slots,
+            fmt_num(d.band)
+        ),
+        suppressed_by: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(values: &[f64]) -> Unit {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as i64, *v))
+            .collect()
+    }
+
+    fn p(direction: Direction) -> Params {
+        Params {
+            direction,
+            ..Params::default()
+        }
+    }
+
+    #[test]
+    fn a_canary_inside_the_spread_of_its_peers_passes() {
+        let controls = [
+            unit(&[1.0, 1.1, 0.9, 1.0, 1.0, 1.1]),
+            unit(&[1.5, 1.4, 1.6, 1.5, 1.5, 1.4]),
+        ];
+        let canary = [unit(&[1.3, 1.4, 1.2, 1.3, 1.4, 1.3])];
+        let d = detect(&canary, &controls, &p(Direction::Increase));
+        assert_eq!(d.outcome, Verdict::Pass, "{}", d.explanation);
+    }
+
+    #[test]
+    fn a_sustained_departure_fails_and_says_how_long() {
+        let controls = [unit(&[1.0; 8]), unit(&[1.1; 8]), unit(&[0.9; 8])];
+        let canary = [unit(&[1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0])];
+        let d = departure(&canary, &controls, &p(Direction::Increase));
+        assert_eq!(d.longest, 6);
+        let det = detect(&canary, &controls, &p(Direction::Increase));
+        assert_eq!(det.outcome, Verdict::Fail);
+        assert!(
+            det.explanation.contains("6 of 8 slots"),
+            "{}",
+            det.explanation
+        );
+    }
+
+    #[test]
+    fn one_extreme_sample_is_not_enough_but_two_are() {
+        let controls = [unit(&[0.1; 10]), unit(&[0.12; 10])];
+        let mut one = vec![0.11; 10];
+        one[3] = 5.0;
+        assert_eq!(
+            detect(&[unit(&one)], &controls, &p(Direction::Increase)).outcome,
+            Verdict::Pass
+        );
+        one[7] = 5.0;
+        assert_eq!(
+            detect(&[unit(&one)], &controls, &p(Direction::Increase)).outcome,
+            Verdict::Fail
+        );
+    }
+
+    #[test]
+    fn errors_against_an_all_zero_control_fail() {
+        let controls = [unit(&[0.0; 6]), unit(&[0.0; 6])];
+        let canary = [unit(&[0.0, 0.02, 0.03, 0.0, 0.01, 0.02])];
+        assert_eq!(
+            detect(&canary, &controls, &p(Direction::Increase)).outcome,
+            Verdict::Fail
+        );
+    }
+
+    #[test]
+    fn the_good_direction_never_fails() {
+        let controls = [unit(&[100.0; 6]), unit(&[99.0; 6])];
+        let canary = [unit(&[200.0; 6])];
+        assert_eq!(
+            detect(&canary, &controls, &p(Direction::Decrease)).outcome,
+            Verdict::Pass
+        );
+        assert_eq!(
+            detect(&canary, &controls, &p(Direction::Either)).outcome,
+            Verdict::Fail
+        );
+    }
+
+    #[test]
+    fn a_difference_below_the_minimum_effect_passes_even_when_peers_agree() {
+        let controls = [unit(&[100.0; 6]), unit(&[100.0; 6])];
+        let canary = [unit(&[110.0; 6])];
+        assert_eq!(
+            detect(&canary, &controls, &p(Direction::Increase)).outcome,
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn unaligned_references_are_pooled() {
+        let background = [(100..110)
+            .map(|s| (s, 1.0 + (s % 3) as f64 * 0.1))
+            .collect()];
+        let canary = [unit(&[3.0; 6])];
+        let d = departure(&canary, &background, &p(Direction::Increase));
+        assert!(d.pooled);
+        assert_eq!(d.beyond, 6);
+    }
+
+    #[test]
+    fn too_few_slots_is_inconclusive() {
+        let controls = [unit(&[1.0; 6])];
+        let canary = [unit(&[9.0])];
+        assert_eq!(
+            detect(&canary, &controls, &p(Direction::Increase)).outcome,
+            Verdict::Inconclusive
+        );
+    }
+}
