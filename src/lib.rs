@@ -9,6 +9,7 @@ pub mod controller;
 pub mod detect;
 pub mod eval;
 pub mod logs;
+pub mod real_eval;
 pub mod rollout;
 pub mod server;
 pub mod util;

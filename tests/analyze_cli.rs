@@ -210,3 +210,78 @@ fn log_files_are_judged_the_same_way() {
     assert_eq!(code, 3);
     assert!(err.contains("--control-logs"), "{err}");
 }
+
+/// Two labelled changes of one metric: a canary whose error rate sits far above its control
+/// pods for the whole window (bad), and one that looks like its peers (good).
+fn labelled_cases() -> String {
+    let series = |f: &dyn Fn(usize) -> f64| -> serde_json::Value {
+        (0..10)
+            .map(|i| serde_json::json!([1_700_000_000 + 60 * i as i64, f(i)]))
+            .collect()
+    };
+    let case = |id: &str, label: &str, canary: f64| {
+        serde_json::json!({
+            "id": id, "label": label, "fault": if label == "bad" { "exception" } else { "" },
+            "metrics": {"errors": {
+                "change": {"web-v2-a": series(&|_| canary)},
+                "control": {"web-v1-a": series(&|i| 0.01 + 0.001 * (i % 3) as f64),
+                            "web-v1-b": series(&|i| 0.012 - 0.001 * (i % 2) as f64)}
+            }}
+        })
+        .to_string()
+    };
+    format!(
+        "{}\n{}\n{}\n",
+        case("bad-1", "bad", 0.2),
+        case("good-1", "good", 0.011),
+        case("good-2", "good", 0.5)
+    )
+}
+
+#[test]
+fn cases_print_the_confusion_table_and_what_went_wrong() {
+    let dir = tempdir();
+    let spec = dir.join("spec.yaml");
+    std::fs::write(
+        &spec,
+        "metrics:\n- name: errors\n  query: x\n  direction: increase\n",
+    )
+    .unwrap();
+    let cases = dir.join("cases.jsonl");
+    std::fs::write(&cases, labelled_cases()).unwrap();
+    let args = [
+        "analyze",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--cases",
+        cases.to_str().unwrap(),
+    ];
+    let (code, out, err) = graygate(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("CASES: 3 (1 bad, 2 good)"), "{out}");
+    assert!(out.contains("bad changes      1/1 = 100.0%"), "{out}");
+    assert!(out.contains("good changes     1/2 = 50.0%"), "{out}");
+    assert!(out.contains("exception        1/1 = 100.0%"), "{out}");
+    assert!(
+        out.contains("good-2") && out.contains("good, failed"),
+        "{out}"
+    );
+    assert!(!out.contains("good-1"), "{out}");
+    let (code, out, _) = graygate(&[&args[..], &["--output", "json"]].concat());
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["good"]["failed"], 1);
+    assert_eq!(v["results"][0]["verdict"], "Fail");
+}
+
+#[test]
+fn a_bad_case_line_exits_3_naming_the_line() {
+    let dir = tempdir();
+    let cases = dir.join("bad.jsonl");
+    let mut text = labelled_cases();
+    text.push_str("{\"label\": \"bad\", \"metrics\": {\"errors\": {\"change\": [[1, 2, 3]]}}}\n");
+    std::fs::write(&cases, text).unwrap();
+    let (code, _, err) = graygate(&["analyze", "--cases", cases.to_str().unwrap()]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("line 4: metrics.errors.change[0]"), "{err}");
+}

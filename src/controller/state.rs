@@ -189,6 +189,31 @@ fn until(now: Timestamp, then: Timestamp) -> StdDuration {
     since(then, now)
 }
 
+/// The warm-up skipped after a batch's pods are ready: the spec's `warmup`, or by default one
+/// minute (young pods warm caches and JITs) but at most a third of the batch's bake, so that
+/// short bakes are still judged.
+pub fn effective_warmup(
+    spec: &ChangeRequestSpec,
+    status: &ChangeRequestStatus,
+    batch: u32,
+) -> Duration {
+    if let Some(w) = spec.analysis.as_ref().and_then(|a| a.warmup) {
+        return w;
+    }
+    let bake_ms = status
+        .original_replicas
+        .and_then(|total| plan(&spec.batches, total).ok())
+        .and_then(|p| {
+            p.get((batch as usize).checked_sub(1)?)
+                .map(|b| b.bake.as_millis_i64())
+        })
+        .unwrap_or(0);
+    Duration::from_millis((bake_ms / 3).clamp(0, DEFAULT_WARMUP_MS) as u64)
+}
+
+/// The default warm-up ceiling, in milliseconds.
+pub const DEFAULT_WARMUP_MS: i64 = 60_000;
+
 /// Whether an analysis run is due now, and over which window.
 pub fn judgement_due(
     spec: &ChangeRequestSpec,
@@ -208,7 +233,7 @@ pub fn judgement_due(
     }
     let ready = ts(&b.ready_at)?;
     let interval = analysis.interval.unwrap_or(DEFAULT_INTERVAL);
-    let from = add(ready, analysis.warmup.unwrap_or_default());
+    let from = add(ready, effective_warmup(spec, status, b.index));
     let next = match ts(&b.last_judged_at) {
         Some(last) => add(last, interval),
         None => add(from, interval),

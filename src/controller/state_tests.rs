@@ -468,20 +468,39 @@ fn verdict(v: Verdict) -> Option<Judgement> {
 fn judgement_is_due_every_interval_after_ready() {
     let s = analysis_spec("");
     let st = ready_status(&s);
-    assert_eq!(judgement_due(&s, &st, t(5)), None);
-    let w = judgement_due(&s, &st, t(11)).unwrap();
-    assert_eq!((w.batch, w.from, w.to), (1, t(1), t(11)));
-    let mut o = obs(11);
+    // Ready at 1s; the default warm-up is a third of the 30s bake (at most a minute): 10s.
+    assert_eq!(judgement_due(&s, &st, t(15)), None);
+    let w = judgement_due(&s, &st, t(21)).unwrap();
+    assert_eq!((w.batch, w.from, w.to), (1, t(11), t(21)));
+    let mut o = obs(21);
     o.workload = Some(workload(true, 1));
     o.judgement = verdict(Verdict::Pass);
     let st = decide("chg", &s, &st, &o).status;
-    assert_eq!(judgement_due(&s, &st, t(15)), None);
-    assert!(judgement_due(&s, &st, t(21)).is_some());
+    assert_eq!(judgement_due(&s, &st, t(25)), None);
+    assert!(judgement_due(&s, &st, t(31)).is_some());
     assert_eq!(
         judgement_due(&spec(BASIC), &st, t(100)),
         None,
         "no analysis, no judgement"
     );
+}
+
+#[test]
+fn an_explicit_warmup_replaces_the_default() {
+    let s = spec(&format!("{BASIC}analysis: {{interval: 10s, warmup: 0s}}\n"));
+    let st = ready_status(&s);
+    let w = judgement_due(&s, &st, t(11)).unwrap();
+    assert_eq!(w.from, t(1));
+    let long = spec(
+        "target: {kind: Deployment, name: web}\nimages: {app: \"web:2\"}\nbatches: [{percent: 25, bake: 10m}, {percent: 100, bake: 10m}]\nanalysis: {interval: 10s}\n",
+    );
+    let st = ready_status(&long);
+    assert_eq!(
+        judgement_due(&long, &st, t(65)),
+        None,
+        "a minute of warm-up at most"
+    );
+    assert_eq!(judgement_due(&long, &st, t(71)).unwrap().from, t(61));
 }
 
 #[test]

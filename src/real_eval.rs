@@ -1,0 +1,410 @@
+//! Verdict quality on real labelled changes (`../shared/data`): graygate's production judge beside
+//! the reference judges the datasets' READMEs describe, with every tunable default
+//! cross-validated across halves of the data (tuned on one half, measured on the other).
+
+use crate::analysis::backtest::{Case, Confusion, parse_cases, ratio, run};
+use crate::analysis::judge::{GroupData, MetricData};
+use crate::api::{AnalysisSpec, Verdict};
+use crate::cli::analyze::{Tuning, load_spec};
+use crate::detect::mann_whitney::{self, Alternative, Method};
+use crate::detect::{is_worse, mean, median, peers};
+use std::path::Path;
+
+/// A reference judge: labelled case in, verdict out.
+pub type ReferenceJudge = fn(&Case, &AnalysisSpec) -> Verdict;
+
+/// One dataset of the evaluation.
+pub struct Dataset {
+    /// Short name.
+    pub name: &'static str,
+    /// The spec a user would write for it.
+    pub spec: AnalysisSpec,
+    /// The cases.
+    pub cases: Vec<Case>,
+    /// Fold (0 or 1) of each case.
+    pub folds: Vec<usize>,
+    /// How the folds were made.
+    pub folds_by: &'static str,
+    /// Reference judges with their names.
+    pub references: Vec<(&'static str, ReferenceJudge)>,
+    /// Targets: at least this share of bad failed, at most this share of good failed.
+    pub target: (f64, f64),
+}
+
+/// Load the two datasets from `data` (the shared data folder) and the specs in `examples/backtest`.
+pub fn datasets(data: &Path, examples: &Path) -> Result<Vec<Dataset>, String> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let spec = |n: &str| load_spec(&read(&examples.join(n))?).map_err(|e| format!("{n}: {}", e.0));
+    let changerca = parse_cases(&read(&data.join("changerca/cases-first-batch.jsonl"))?)?;
+    let kontrast = parse_cases(&read(&data.join("kontrast/cases-dev.jsonl"))?)?;
+    let day_folds = changerca
+        .iter()
+        .map(|c| usize::from(!c.id.starts_with("2023-09-22")))
+        .collect();
+    // The Kontrast cases come in pairs (a bad and a good case of one KPI) on consecutive lines.
+    let pair_folds = (0..kontrast.len()).map(|i| (i / 2) % 2).collect();
+    Ok(vec![
+        Dataset {
+            name: "changerca",
+            spec: spec("changerca.yaml")?,
+            cases: changerca,
+            folds: day_folds,
+            folds_by: "day: 2023-09-22 vs 2023-09-23",
+            references: vec![
+                ("success-rate rule (mean ≥ 99% passes)", success_rate_rule),
+                (
+                    "Kayenta-style (MW 98%, HL 25%, score < 75 fails)",
+                    kayenta_style,
+                ),
+            ],
+            target: (0.50, 0.02),
+        },
+        Dataset {
+            name: "kontrast",
+            spec: spec("kontrast.yaml")?,
+            cases: kontrast,
+            folds: pair_folds,
+            folds_by: "even vs odd pairs",
+            references: vec![
+                ("three-sigma on the median (MAD)", three_sigma_median),
+                ("Kolmogorov-Smirnov p < 0.01", kolmogorov_smirnov),
+            ],
+            target: (0.80, 0.05),
+        },
+    ])
+}
+
+fn plain<'a>(c: &'a Case, metric: &str) -> Option<&'a crate::analysis::judge::Groups> {
+    match c.recorded.metrics.get(metric)? {
+        MetricData::Plain(g) => Some(g),
+        MetricData::Ratio { .. } => None,
+    }
+}
+
+fn values(g: Option<&GroupData>) -> Vec<f64> {
+    g.map(GroupData::values).unwrap_or_default()
+}
+
+/// Flagger's built-in check: the change group's mean success rate must be at least 99%.
+pub fn success_rate_rule(c: &Case, _: &AnalysisSpec) -> Verdict {
+    let v = plain(c, "SuccessRate")
+        .map(|g| g.change.values())
+        .unwrap_or_default();
+    if v.is_empty() {
+        Verdict::Inconclusive
+    } else if mean(&v) >= 99.0 {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    }
+}
+
+/// Kayenta-style: per metric a two-sided Mann-Whitney test of pooled change vs control samples at
+/// 98% confidence; a metric fails when the difference is significant and its Hodges-Lehmann
+/// shift goes beyond 25% of the control median in the bad direction. The score is the share of
+/// metrics with data that pass; below 75 fails. No data at all is inconclusive.
+pub fn kayenta_style(c: &Case, spec: &AnalysisSpec) -> Verdict {
+    let (mut with_data, mut passed) = (0, 0);
+    for m in spec.metrics.iter().flatten() {
+        let Some(g) = plain(c, &m.name) else { continue };
+        let x = g.change.values();
+        let y = values(g.control.as_ref());
+        if x.is_empty() || y.is_empty() {
+            continue;
+        }
+        with_data += 1;
+        let p = mann_whitney::mann_whitney_u(&x, &y, Alternative::TwoSided, Method::Auto).p_value;
+        let shift = mann_whitney::hodges_lehmann(&x, &y);
+        let base = median(&y).abs();
+        let big = if base > 0.0 {
+            shift.abs() / base > 0.25
+        } else {
+            shift != 0.0
+        };
+        if !(p < 0.02 && big && is_worse(m.direction, shift, 0.0)) {
+            passed += 1;
+        }
+    }
+    if with_data == 0 {
+        Verdict::Inconclusive
+    } else if (passed as f64) / (with_data as f64) < 0.75 {
+        Verdict::Fail
+    } else {
+        Verdict::Pass
+    }
+}
+
+fn kpi(c: &Case) -> (Vec<f64>, Vec<f64>) {
+    let g = plain(c, "kpi");
+    (
+        g.map(|g| g.change.values()).unwrap_or_default(),
+        values(g.and_then(|g| g.background.as_ref())),
+    )
+}
+
+/// The change median outside the reference median ± 3 × 1.4826 MAD fails.
+pub fn three_sigma_median(c: &Case, _: &AnalysisSpec) -> Verdict {
+    let (x, r) = kpi(c);
+    if x.is_empty() || r.is_empty() {
+        return Verdict::Inconclusive;
+    }
+    let (centre, scale) = crate::detect::three_sigma::centre_scale(&r, true);
+    if (median(&x) - centre).abs() > 3.0 * scale {
+        Verdict::Fail
+    } else {
+        Verdict::Pass
+    }
+}
+
+/// Two-sample Kolmogorov-Smirnov statistic and its asymptotic two-sided p-value.
+pub fn ks_two_sample(x: &[f64], y: &[f64]) -> (f64, f64) {
+    let mut a = x.to_vec();
+    let mut b = y.to_vec();
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    let (n, m) = (a.len() as f64, b.len() as f64);
+    let (mut i, mut j, mut d) = (0, 0, 0.0_f64);
+    while i < a.len() && j < b.len() {
+        let v = a[i].min(b[j]);
+        while i < a.len() && a[i] <= v {
+            i += 1;
+        }
+        while j < b.len() && b[j] <= v {
+            j += 1;
+        }
+        d = d.max((i as f64 / n - j as f64 / m).abs());
+    }
+    let lambda = d * (n * m / (n + m)).sqrt();
+    // Kolmogorov's limiting distribution: Q(λ) = 2 Σ (−1)^(k−1) exp(−2 k² λ²).
+    let mut p = 0.0;
+    for k in 1..=100 {
+        let k = k as f64;
+        let term = 2.0 * (-2.0 * k * k * lambda * lambda).exp();
+        p += if k as u32 % 2 == 1 { term } else { -term };
+        if term < 1e-12 {
+            break;
+        }
+    }
+    (d, if lambda < 0.2 { 1.0 } else { p.clamp(0.0, 1.0) })
+}
+
+/// Any distribution difference at p < 0.01 fails.
+pub fn kolmogorov_smirnov(c: &Case, _: &AnalysisSpec) -> Verdict {
+    let (x, r) = kpi(c);
+    if x.is_empty() || r.is_empty() {
+        return Verdict::Inconclusive;
+    }
+    if ks_two_sample(&x, &r).1 < 0.01 {
+        Verdict::Fail
+    } else {
+        Verdict::Pass
+    }
+}
+
+/// The grid cross-validation chooses from: the minimum effect of latency/other metrics, and the
+/// `peers` far factor, far slots and run length.
+pub fn grid() -> Vec<Tuning> {
+    let mut out = Vec::new();
+    for delta in [0.1, 0.25, 0.5, 1.0] {
+        for far in [1.5, 2.0, 3.0] {
+            for far_samples in [1, 2, 3] {
+                for long in [3, 5, 10] {
+                    out.push(Tuning {
+                        value_min_delta: Some(delta),
+                        peers: Some((far, far_samples, long)),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The defaults as a tuning.
+pub fn defaults() -> Tuning {
+    Tuning {
+        value_min_delta: Some(peers::DEFAULT_MIN_DELTA),
+        peers: Some((
+            peers::DEFAULT_FAR,
+            peers::DEFAULT_FAR_SAMPLES,
+            peers::DEFAULT_LONG,
+        )),
+    }
+}
+
+/// Verdicts of every case of every dataset under one tuning.
+fn verdicts(sets: &[Dataset], t: &Tuning) -> Result<Vec<Vec<Verdict>>, String> {
+    sets.iter()
+        .map(|d| {
+            Ok(run(&d.spec, &d.cases, t)?
+                .into_iter()
+                .map(|r| r.verdict)
+                .collect())
+        })
+        .collect()
+}
+
+fn confusion(d: &Dataset, verdicts: &[Verdict], fold: Option<usize>) -> Confusion {
+    Confusion::of(
+        d.cases
+            .iter()
+            .zip(verdicts)
+            .zip(&d.folds)
+            .filter(|(_, f)| fold.is_none_or(|k| **f == k))
+            .map(|((c, v), _)| (c.bad, c.fault.as_deref(), *v)),
+    )
+}
+
+/// How one tuning ranks on a fold: feasible first (every dataset's good-failed share within its
+/// target), then the mean share of bad failed, then the fewest good failed.
+fn rank(sets: &[Dataset], v: &[Vec<Verdict>], fold: usize) -> (bool, f64, f64) {
+    let cs: Vec<Confusion> = sets
+        .iter()
+        .zip(v)
+        .map(|(d, v)| confusion(d, v, Some(fold)))
+        .collect();
+    let feasible = sets
+        .iter()
+        .zip(&cs)
+        .all(|(d, c)| c.good_rate() <= d.target.1);
+    let bad = cs.iter().map(Confusion::bad_rate).sum::<f64>() / cs.len() as f64;
+    let good = cs.iter().map(Confusion::good_rate).sum::<f64>();
+    (feasible, bad, good)
+}
+
+/// The outcome of the evaluation.
+pub struct Report {
+    /// Per dataset: graygate with the defaults on every case.
+    pub defaults: Vec<Confusion>,
+    /// Per dataset: cross-validated (each half judged with the tuning chosen on the other).
+    pub cross_validated: Vec<Confusion>,
+    /// Per fold: the tuning chosen on it.
+    pub chosen: Vec<Tuning>,
+    /// Per dataset, per reference judge: its confusion.
+    pub references: Vec<Vec<(&'static str, Confusion)>>,
+    /// The text for docs/performance.md.
+    pub text: String,
+}
+
+fn describe(t: &Tuning) -> String {
+    let (far, k, long) = t.peers.unwrap_or_default();
+    format!(
+        "minDelta {}, far {far}× in {k} slot(s), {long} slots in a row",
+        t.value_min_delta.unwrap_or(f64::NAN)
+    )
+}
+
+/// Run the whole evaluation.
+pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
+    let grid = grid();
+    let all: Vec<Vec<Vec<Verdict>>> = grid
+        .iter()
+        .map(|t| verdicts(sets, t))
+        .collect::<Result<_, _>>()?;
+    let mut cross_validated: Vec<Confusion> = sets.iter().map(|_| Confusion::default()).collect();
+    let mut chosen = Vec::new();
+    for tune_on in [0, 1] {
+        let best = (0..grid.len())
+            .max_by(|a, b| {
+                let (fa, ba, ga) = rank(sets, &all[*a], tune_on);
+                let (fb, bb, gb) = rank(sets, &all[*b], tune_on);
+                fa.cmp(&fb)
+                    .then(ba.total_cmp(&bb))
+                    .then(gb.total_cmp(&ga))
+                    // Ties keep the earlier (smaller, more conservative) grid point.
+                    .then(b.cmp(a))
+            })
+            .ok_or("empty grid")?;
+        chosen.push(grid[best]);
+        for (i, d) in sets.iter().enumerate() {
+            cross_validated[i].add(&confusion(d, &all[best][i], Some(1 - tune_on)));
+        }
+    }
+    let default_verdicts = verdicts(sets, &defaults())?;
+    let defaults: Vec<Confusion> = sets
+        .iter()
+        .zip(&default_verdicts)
+        .map(|(d, v)| confusion(d, v, None))
+        .collect();
+    let references: Vec<Vec<(&'static str, Confusion)>> = sets
+        .iter()
+        .map(|d| {
+            d.references
+                .iter()
+                .map(|(name, judge)| {
+                    (
+                        *name,
+                        Confusion::of(
+                            d.cases
+                                .iter()
+                                .map(|c| (c.bad, c.fault.as_deref(), judge(c, &d.spec))),
+                        ),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let mut text = String::new();
+    for (i, d) in sets.iter().enumerate() {
+        text.push_str(&format!(
+            "**{}** ({} cases: {} bad, {} good; folds by {}; target ≥ {:.0}% of bad failed, ≤ {:.0}% of good failed)\n\n",
+            d.name,
+            d.cases.len(),
+            defaults[i].bad,
+            defaults[i].good,
+            d.folds_by,
+            d.target.0 * 100.0,
+            d.target.1 * 100.0
+        ));
+        text.push_str("| judge | bad failed | good failed | inconclusive (bad / good) |\n| --- | ---: | ---: | ---: |\n");
+        let row = |name: &str, c: &Confusion| {
+            format!(
+                "| {name} | {} | {} | {} / {} |\n",
+                ratio(c.bad_failed, c.bad),
+                ratio(c.good_failed, c.good),
+                c.bad_inconclusive,
+                c.good_inconclusive
+            )
+        };
+        text.push_str(&row(
+            "**graygate, cross-validated** (each half judged with the settings chosen on the other)",
+            &cross_validated[i],
+        ));
+        text.push_str(&row(
+            "graygate, shipped defaults (in-sample: chosen with these cases in view)",
+            &defaults[i],
+        ));
+        for (name, c) in &references[i] {
+            text.push_str(&row(name, c));
+        }
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "Settings chosen on half 0: {}; on half 1: {}. Shipped defaults: {}.\n",
+        describe(&chosen[0]),
+        describe(&chosen[1]),
+        describe(&self::defaults())
+    ));
+    Ok(Report {
+        defaults,
+        cross_validated,
+        chosen,
+        references,
+        text,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ks_matches_scipy_limiting_distribution() {
+        // scipy: ks_2samp(x, y).statistic = 0.5; kstwobign.sf(0.5 * sqrt(10)) = 0.013475889875863678
+        let x: Vec<f64> = (0..20).map(f64::from).collect();
+        let y: Vec<f64> = (10..30).map(f64::from).collect();
+        let (d, p) = ks_two_sample(&x, &y);
+        assert!((d - 0.5).abs() < 1e-12);
+        assert!((p / 0.013475889875863678 - 1.0).abs() < 1e-9, "{p}");
+    }
+}
