@@ -352,3 +352,121 @@ async fn analyze_backtests_a_window_against_the_live_prometheus() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One demo-style change of `target` in `shop`: default analysis (built-in metrics and logs)
+/// every 5 s, short bakes (each at least two analysis intervals, so that the final batch, which
+/// has no control pods left, can be compared with the background over two slots).
+fn demo_change(name: &str, target: &str, image: &str) -> String {
+    change_yaml(
+        "shop",
+        name,
+        &format!(
+            r#"
+target: {{kind: Deployment, name: {target}}}
+images: {{app: "{image}"}}
+analysis: {{interval: 5s, failureLimit: 2, logs: {{}}}}
+batches:
+- {{replicas: 1, bake: 15s}}
+- {{percent: 50, bake: 10s}}
+- {{percent: 100, bake: 10s}}
+"#
+        ),
+    )
+}
+
+/// Wait until the change stops moving (Succeeded, RolledBack or Paused) and return its status.
+async fn settle(w: &graygate_e2e::world::World, name: &str) -> graygate::api::ChangeRequestStatus {
+    let cr = w
+        .wait_for(
+            &format!("ChangeRequest shop/{name} to settle"),
+            Duration::from_secs(240),
+            || async {
+                let cr = w.change_request("shop", name).await?;
+                Ok(cr.filter(|c| {
+                    c.status.as_ref().is_some_and(|s| {
+                        matches!(
+                            s.phase,
+                            Phase::Succeeded | Phase::RolledBack | Phase::Paused
+                        )
+                    })
+                }))
+            },
+        )
+        .await
+        .unwrap();
+    cr.status.unwrap()
+}
+
+/// The demo's two workloads each take ten healthy builds in a row (twenty changes in all, two at
+/// a time) with the default analysis: no batch may fail. Then the demo's bad build (one request
+/// in ten fails) is still rolled back in its first batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_healthy_changes_pass_and_the_bad_demo_change_is_still_caught() {
+    let w = world(with_prometheus()).await;
+    let workloads = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo/00-workloads.yaml"),
+    )
+    .unwrap();
+    w.apply(&workloads).await.unwrap();
+    wait_deployment_ready(&w, "shop", "catalog", 4).await;
+    wait_deployment_ready(&w, "shop", "checkout", 4).await;
+    let_it_run().await;
+    let run = |target: &'static str| {
+        let w = &w;
+        async move {
+            let mut failed = Vec::new();
+            for i in 2..=11 {
+                let name = format!("{target}-v{i}");
+                w.apply(&demo_change(
+                    &name,
+                    target,
+                    &format!("shop/{target}:healthy-v{i}"),
+                ))
+                .await
+                .unwrap();
+                let st = settle(w, &name).await;
+                let bad_batches: Vec<_> = st
+                    .batches
+                    .iter()
+                    .filter(|b| b.verdict == Some(Verdict::Fail) || b.consecutive_failures > 0)
+                    .map(|b| (b.index, b.findings.clone()))
+                    .collect();
+                if st.phase != Phase::Succeeded || !bad_batches.is_empty() {
+                    failed.push(format!(
+                        "{name}: {} ({:?}) {:#?}",
+                        st.phase.as_str(),
+                        st.message,
+                        bad_batches
+                    ));
+                }
+            }
+            failed
+        }
+    };
+    let (a, b) = tokio::join!(run("catalog"), run("checkout"));
+    let failed: Vec<String> = a.into_iter().chain(b).collect();
+    assert!(
+        failed.is_empty(),
+        "healthy changes that failed a judgement:\n{}",
+        failed.join("\n")
+    );
+
+    w.apply(&demo_change(
+        "checkout-bad",
+        "checkout",
+        "shop/checkout:errors",
+    ))
+    .await
+    .unwrap();
+    let st = settle(&w, "checkout-bad").await;
+    assert_eq!(st.phase, Phase::RolledBack, "{:?}", st.message);
+    assert_eq!(st.current_batch, 1, "caught in the first batch");
+    assert!(
+        st.batches[0]
+            .findings
+            .iter()
+            .any(|f| f.metric == "error-ratio" && f.outcome == Some(Verdict::Fail)),
+        "{:#?}",
+        st.batches[0].findings
+    );
+}
