@@ -36,6 +36,14 @@ fn csv_fields(line: &str) -> Vec<String> {
 
 /// (Content, EventId) of every line of a system.
 pub fn load(dir: &std::path::Path, system: &str) -> Vec<(String, String)> {
+    load_with_templates(dir, system)
+        .into_iter()
+        .map(|(c, e, _)| (c, e))
+        .collect()
+}
+
+/// (Content, EventId, EventTemplate) of every line of a system.
+pub fn load_with_templates(dir: &std::path::Path, system: &str) -> Vec<(String, String, String)> {
     let text = std::fs::read_to_string(
         dir.join(system)
             .join(format!("{system}_2k.log_structured.csv")),
@@ -45,10 +53,11 @@ pub fn load(dir: &std::path::Path, system: &str) -> Vec<(String, String)> {
     let header = csv_fields(lines.next().unwrap());
     let content = header.iter().position(|h| h == "Content").unwrap();
     let event = header.iter().position(|h| h == "EventId").unwrap();
+    let template = header.iter().position(|h| h == "EventTemplate").unwrap();
     lines
         .map(|l| {
             let f = csv_fields(l);
-            (f[content].clone(), f[event].clone())
+            (f[content].clone(), f[event].clone(), f[template].clone())
         })
         .collect()
 }
