@@ -1,0 +1,219 @@
+//! A real Kubernetes control plane for tests: etcd (Debian's), kube-apiserver and
+//! kube-controller-manager v1.36 (from `../shared/k8s`, unpacked by `scripts/install-deps.sh`, or
+//! from `$KUBEBUILDER_ASSETS` as envtest users expect), each on free loopback ports, in a
+//! scratch folder that is removed with the value. There is no kubelet and no scheduler: pods stay
+//! Pending until a test's stand-in kubelet binds them.
+
+use anyhow::{Context, bail};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The token of the admin user (group `system:masters`).
+pub const ADMIN_TOKEN: &str = "admintoken";
+
+/// A running control plane.
+pub struct ControlPlane {
+    /// The API server's URL (`https://127.0.0.1:PORT`).
+    pub url: String,
+    /// An admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// Scratch folder: etcd data, certificates, logs.
+    pub dir: tempfile::TempDir,
+    children: Vec<(&'static str, Child)>,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for (_, c) in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A free loopback port (bound and released; the OS does not hand it out again at once).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where a control-plane binary is: `$KUBEBUILDER_ASSETS/NAME`, then the project's unpacked
+/// copy in `target/k8s/bin`, then `PATH` (etcd).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("KUBEBUILDER_ASSETS") {
+        let p = Path::new(&dir).join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/k8s/bin")
+        .join(name);
+    if local.is_file() {
+        return Ok(local);
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{name} not found: run `make deps` (it unpacks ../shared/k8s and installs etcd-server), or set KUBEBUILDER_ASSETS"
+    )
+}
+
+fn spawn(name: &'static str, bin: &Path, args: &[String], dir: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    Command::new(bin)
+        .args(args)
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+impl ControlPlane {
+    /// Start etcd, the API server and the controller manager; returns once `/readyz` answers.
+    pub async fn start() -> anyhow::Result<ControlPlane> {
+        let dir = tempfile::Builder::new().prefix("graygate-cp-").tempdir()?;
+        let d = dir.path().to_path_buf();
+        let mut cp = ControlPlane {
+            url: String::new(),
+            kubeconfig: d.join("kubeconfig"),
+            dir,
+            children: Vec::new(),
+        };
+        let (client, peer, secure, cm_port) =
+            (free_port()?, free_port()?, free_port()?, free_port()?);
+        let etcd = [
+            format!("--data-dir={}", d.join("etcd").display()),
+            format!("--listen-client-urls=http://127.0.0.1:{client}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-cluster=default=http://127.0.0.1:{peer}"),
+            "--name=default".into(),
+        ];
+        cp.children
+            .push(("etcd", spawn("etcd", &binary("etcd")?, &etcd, &d)?));
+        let key = d.join("sa.key");
+        let status = Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&key)
+            .arg("2048")
+            .stderr(Stdio::null())
+            .status()
+            .context("openssl genrsa (the service account signing key)")?;
+        if !status.success() {
+            bail!("openssl genrsa failed");
+        }
+        std::fs::write(
+            d.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},admin,admin,system:masters\n"),
+        )?;
+        let certs = d.join("certs");
+        let apiserver = [
+            format!("--etcd-servers=http://127.0.0.1:{client}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={secure}"),
+            format!("--cert-dir={}", certs.display()),
+            format!("--token-auth-file={}", d.join("tokens.csv").display()),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-key-file={}", key.display()),
+            format!("--service-account-signing-key-file={}", key.display()),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+        ];
+        cp.children.push((
+            "kube-apiserver",
+            spawn("kube-apiserver", &binary("kube-apiserver")?, &apiserver, &d)?,
+        ));
+        cp.url = format!("https://127.0.0.1:{secure}");
+        std::fs::write(
+            &cp.kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {{server: \"{}\", insecure-skip-tls-verify: true}}\nusers:\n- name: admin\n  user: {{token: {ADMIN_TOKEN}}}\ncontexts:\n- name: local\n  context: {{cluster: local, user: admin, namespace: default}}\ncurrent-context: local\n",
+                cp.url
+            ),
+        )?;
+        cp.wait_ready(Duration::from_secs(60)).await?;
+        let manager = [
+            format!("--kubeconfig={}", cp.kubeconfig.display()),
+            "--controllers=deployment,replicaset,statefulset,garbagecollector,serviceaccount,serviceaccount-token,namespace".into(),
+            format!("--service-account-private-key-file={}", key.display()),
+            format!("--root-ca-file={}", certs.join("apiserver.crt").display()),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={cm_port}"),
+        ];
+        cp.children.push((
+            "kube-controller-manager",
+            spawn(
+                "kube-controller-manager",
+                &binary("kube-controller-manager")?,
+                &manager,
+                &d,
+            )?,
+        ));
+        Ok(cp)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let mut exited = None;
+            for (name, c) in self.children.iter_mut() {
+                if let Some(status) = c.try_wait()? {
+                    exited = Some((*name, status));
+                }
+            }
+            if let Some((name, status)) = exited {
+                bail!(
+                    "{name} exited ({status}); its log:\n{}",
+                    self.log_tail(name)
+                );
+            }
+            let ok = match self.client().await {
+                Ok(c) => c
+                    .request_text(
+                        http::Request::get("/readyz")
+                            .body(Vec::new())
+                            .context("request")?,
+                    )
+                    .await
+                    .is_ok_and(|body| body.trim() == "ok"),
+                Err(_) => false,
+            };
+            if ok {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "kube-apiserver not ready after {timeout:?}; its log:\n{}",
+                    self.log_tail("kube-apiserver")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The last lines of one component's log.
+    pub fn log_tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// A kube client as the admin.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?;
+        Ok(kube::Client::try_from(cfg)?)
+    }
+}

@@ -1,0 +1,108 @@
+//! The real control plane (etcd + kube-apiserver + kube-controller-manager v1.36 from
+//! ../shared/k8s) starts on loopback, serves graygate's CRD with its CEL rules, and runs the real
+//! Deployment controller. The groundwork the scenarios move onto.
+
+use graygate::api::ChangeRequest;
+use graygate_e2e::control_plane::ControlPlane;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use std::time::{Duration, Instant};
+
+fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    serde_yaml::from_str(text).unwrap()
+}
+
+async fn eventually<F, Fut>(what: &str, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_control_plane_serves_the_crd_and_runs_deployments() {
+    graygate::install_crypto_provider();
+    let cp = ControlPlane::start().await.unwrap();
+    let client = cp.client().await.unwrap();
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = yaml(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../crds/graygate.io_changerequests.yaml"),
+        )
+        .unwrap(),
+    );
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    eventually("the CRD to be established", || async {
+        crds.get("changerequests.graygate.io").await.is_ok_and(|c| {
+            c.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
+    })
+    .await;
+
+    let ns: Api<Namespace> = Api::all(client.clone());
+    ns.create(&PostParams::default(), &yaml("metadata: {name: shop}"))
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(
+            &PostParams::default(),
+            &yaml(
+                "metadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: app, image: 'shop/web:healthy'}]}\n",
+            ),
+        )
+        .await
+        .unwrap();
+    let rs: Api<ReplicaSet> = Api::namespaced(client.clone(), "shop");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    eventually(
+        "the Deployment controller to make a ReplicaSet and 2 pods",
+        || async {
+            rs.list(&ListParams::default())
+                .await
+                .is_ok_and(|l| l.items.len() == 1)
+                && pods
+                    .list(&ListParams::default())
+                    .await
+                    .is_ok_and(|l| l.items.len() == 2)
+        },
+    )
+    .await;
+
+    let changes: Api<ChangeRequest> = Api::namespaced(client.clone(), "shop");
+    let good: ChangeRequest = yaml(
+        "apiVersion: graygate.io/v1alpha1\nkind: ChangeRequest\nmetadata: {name: web-v2}\nspec:\n  target: {kind: Deployment, name: web}\n  images: {app: 'shop/web:healthy-v2'}\n  batches: [{replicas: 1, bake: 10s}, {percent: 100, bake: 10s}]\n",
+    );
+    changes.create(&PostParams::default(), &good).await.unwrap();
+    // The schema rejects what graygate cannot act on, naming the field.
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "shop",
+        &ApiResource::erase::<ChangeRequest>(&()),
+    );
+    let bad: DynamicObject = yaml(
+        "apiVersion: graygate.io/v1alpha1\nkind: ChangeRequest\nmetadata: {name: web-v3}\nspec:\n  target: {kind: DaemonSet, name: web}\n  images: {app: 'shop/web:healthy-v3'}\n  batches: [{percent: 100}]\n",
+    );
+    let err = dynamic
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spec.target.kind"), "{err}");
+}
