@@ -88,15 +88,22 @@ fn benches(c: &mut Criterion) {
     });
     let data = batch(
         &mut rng,
-        &["mann-whitney", "variance", "kde", "three-sigma", "dtw"],
+        &[
+            "peers",
+            "mann-whitney",
+            "variance",
+            "kde",
+            "three-sigma",
+            "dtw",
+        ],
     );
     c.bench_function(
         "batch judgement: 50 metrics x 4 groups x 600 points, every detector on every metric",
         |b| b.iter(|| judge::judge(black_box(&data), &judge::Params::default())),
     );
-    let data = batch(&mut rng, &["mann-whitney", "variance"]);
+    let data = batch(&mut rng, &["peers"]);
     c.bench_function(
-        "batch judgement: 50 metrics x 4 groups x 600 points, default detectors",
+        "batch judgement: 50 metrics x 4 groups x 600 points, default detector (peers)",
         |b| b.iter(|| judge::judge(black_box(&data), &judge::Params::default())),
     );
     let cases = graygate::eval::generate(7, 10);

@@ -146,8 +146,8 @@ fn is_date_word(token: &str) -> bool {
     if t.len() < 3 || !t.as_bytes()[0].is_ascii_uppercase() {
         return false;
     }
-    let lower = t.to_ascii_lowercase();
-    (t.len() == 3 && WORDS.contains(&lower.as_str())) || LONG.contains(&lower.as_str())
+    (t.len() == 3 && WORDS.iter().any(|w| t.eq_ignore_ascii_case(w)))
+        || (t.len() >= 5 && LONG.iter().any(|w| t.eq_ignore_ascii_case(w)))
 }
 
 /// Split a line into tokens: whitespace, and the punctuation that glues values to words
