@@ -173,3 +173,76 @@ fn dtw_matches_the_reference_implementation() {
         close(d, c["distance"].as_f64().unwrap(), "dtw");
     }
 }
+
+#[test]
+fn peers_matches_the_numpy_reference() {
+    use graygate::api::Direction;
+    use graygate::detect::peers::{Params, Unit, departure};
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/peers.json"
+    ))
+    .unwrap();
+    let f: Value = serde_json::from_str(&text).unwrap();
+    let units = |v: &Value| -> Vec<Unit> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                u.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap()))
+                    .collect()
+            })
+            .collect()
+    };
+    let cases = f["cases"].as_array().unwrap();
+    assert!(cases.len() >= 6);
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        let p = Params {
+            direction: match c["direction"].as_str().unwrap() {
+                "decrease" => Direction::Decrease,
+                "either" => Direction::Either,
+                _ => Direction::Increase,
+            },
+            min_delta: c["min_delta"].as_f64().unwrap(),
+            far: c["far_factor"].as_f64().unwrap(),
+            ..Params::default()
+        };
+        let d = departure(&units(&c["change"]), &units(&c["reference"]), &p);
+        close(
+            d.spread,
+            c["spread"].as_f64().unwrap(),
+            &format!("{name}: spread"),
+        );
+        close(
+            d.level,
+            c["level"].as_f64().unwrap(),
+            &format!("{name}: level"),
+        );
+        close(
+            d.band,
+            c["band"].as_f64().unwrap(),
+            &format!("{name}: band"),
+        );
+        let want = arr(&c["excess"]);
+        assert_eq!(d.excess.len(), want.len(), "{name}: slots");
+        for (g, w) in d.excess.iter().zip(&want) {
+            close(*g, *w, &format!("{name}: excess"));
+        }
+        assert_eq!(
+            d.beyond as u64,
+            c["beyond"].as_u64().unwrap(),
+            "{name}: beyond"
+        );
+        assert_eq!(
+            d.longest as u64,
+            c["longest"].as_u64().unwrap(),
+            "{name}: longest"
+        );
+        assert_eq!(d.far as u64, c["far"].as_u64().unwrap(), "{name}: far");
+        assert_eq!(d.pooled, c["pooled"].as_bool().unwrap(), "{name}: pooled");
+    }
+}
