@@ -3,7 +3,6 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use graygate::cli;
-use kube::CustomResourceExt;
 use std::process::ExitCode;
 
 use graygate::VERSION;
@@ -89,7 +88,7 @@ fn main() -> ExitCode {
     }
     graygate::install_crypto_provider();
     match cli.command {
-        Command::Crd => match serde_yaml::to_string(&graygate::api::ChangeRequest::crd()) {
+        Command::Crd => match serde_yaml::to_string(&graygate::api::crd()) {
             Ok(y) => {
                 print!("{y}");
                 ExitCode::SUCCESS

@@ -245,8 +245,7 @@ impl World {
     }
 
     async fn install_crd(&self) -> anyhow::Result<()> {
-        use kube::CustomResourceExt;
-        let crd = ChangeRequest::crd();
+        let crd = graygate::api::crd();
         let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(self.client.clone());
         match api.create(&PostParams::default(), &crd).await {
             Ok(_) => {}

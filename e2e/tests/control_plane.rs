@@ -35,15 +35,21 @@ async fn the_real_control_plane_serves_the_crd_and_runs_deployments() {
     let cp = ControlPlane::start().await.unwrap();
     let client = cp.client().await.unwrap();
 
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd: CustomResourceDefinition = yaml(
-        &std::fs::read_to_string(
+    // A user installs the CRD with `kubectl apply`; it prints no warning (it used to warn:
+    // unrecognized format "uint32").
+    let out = std::process::Command::new("kubectl")
+        .args(["apply", "-f"])
+        .arg(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../crds/graygate.io_changerequests.yaml"),
         )
-        .unwrap(),
-    );
-    crds.create(&PostParams::default(), &crd).await.unwrap();
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("warning"), "{stderr}");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     eventually("the CRD to be established", || async {
         crds.get("changerequests.graygate.io").await.is_ok_and(|c| {
             c.status
@@ -105,4 +111,27 @@ async fn the_real_control_plane_serves_the_crd_and_runs_deployments() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("spec.target.kind"), "{err}");
+
+    // What graygate cannot read must not be stored, and errors must say what is wrong:
+    // `bake: ""` used to be accepted (and then broke every list of the namespace), and
+    // `batches: []` surfaced a CEL runtime error ("index out of bounds").
+    let reject = |spec: &str| {
+        let obj: DynamicObject = yaml(&format!(
+            "apiVersion: graygate.io/v1alpha1\nkind: ChangeRequest\nmetadata: {{name: web-bad}}\nspec:\n  target: {{kind: Deployment, name: web}}\n  images: {{app: 'shop/web:x'}}\n{spec}"
+        ));
+        let dynamic = dynamic.clone();
+        async move {
+            dynamic
+                .create(&PostParams::default(), &obj)
+                .await
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        }
+    };
+    let err = reject("  batches: [{percent: 100, bake: ''}]\n").await;
+    assert!(err.contains("spec.batches[0].bake"), "{err}");
+    let err = reject("  batches: []\n").await;
+    assert!(err.contains("spec.batches"), "{err}");
+    assert!(!err.contains("index out of bounds"), "{err}");
 }

@@ -53,7 +53,7 @@ pub const FIELD_MANAGER: &str = "graygate";
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("(has(self.images) && size(self.images) > 0) || has(self.patch)").message("set images and/or patch: the change must alter the pod template"),
-    validation = Rule::new("!has(self.batches[size(self.batches) - 1].percent) || self.batches[size(self.batches) - 1].percent == 100").message("the last batch must reach 100%")
+    validation = Rule::new("size(self.batches) == 0 || !has(self.batches[size(self.batches) - 1].percent) || self.batches[size(self.batches) - 1].percent == 100").message("the last batch must reach 100%")
 )]
 pub struct ChangeRequestSpec {
     /// The workload to change, in the ChangeRequest's namespace.
@@ -67,6 +67,7 @@ pub struct ChangeRequestSpec {
     pub patch: Option<serde_json::Value>,
     /// The batches, in order. Sizes strictly increase and the last one reaches 100%.
     #[x_kube(validation = Rule::new("size(self) > 0").message("at least one batch is needed"))]
+    #[schemars(length(min = 1))]
     pub batches: Vec<BatchSpec>,
     /// What to do when a batch fails its checks: `rollback` (default) or `pause`.
     #[serde(default)]
@@ -424,4 +425,34 @@ pub struct BatchStatus {
     /// Evidence of the last judgement: the most severe findings, bounded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub findings: Vec<Finding>,
+}
+
+/// The ChangeRequest CRD as `graygate crd` prints it: the derived schema, with the unsigned
+/// integer formats Kubernetes does not know (`uint32`, which `kubectl apply` warns about)
+/// replaced by `minimum: 0`.
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let crd = ChangeRequest::crd();
+    let mut v = serde_json::to_value(&crd).unwrap_or_default();
+    strip_unsigned_formats(&mut v);
+    serde_json::from_value(v).unwrap_or(crd)
+}
+
+fn strip_unsigned_formats(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let unsigned = m
+                .get("format")
+                .and_then(|f| f.as_str())
+                .is_some_and(|f| f.starts_with("uint"));
+            if unsigned {
+                m.remove("format");
+                m.entry("minimum").or_insert(serde_json::json!(0));
+            }
+            m.values_mut().for_each(strip_unsigned_formats);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_unsigned_formats),
+        _ => {}
+    }
 }
