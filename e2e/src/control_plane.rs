@@ -217,3 +217,119 @@ impl ControlPlane {
         Ok(kube::Client::try_from(cfg)?)
     }
 }
+
+/// A minimal stand-in kubelet: one Ready Node, and every Pending pod bound to it and marked
+/// Running and Ready after `ready_after` — except pods whose first image contains
+/// `never-ready`, which stay Running but not Ready (a build that never passes its probe).
+pub async fn run_kubelet(client: kube::Client, ready_after: Duration) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+    use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+    use serde_json::json;
+    const NODE: &str = "stand-in-kubelet";
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
+    }))?;
+    if nodes.get_opt(NODE).await?.is_none() {
+        nodes.create(&PostParams::default(), &node).await?;
+    }
+    let node_status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "StandIn",
+        "lastHeartbeatTime": jiff::Timestamp::now().to_string(), "lastTransitionTime": jiff::Timestamp::now().to_string()}],
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}});
+    nodes
+        .patch_status(NODE, &PatchParams::default(), &Patch::Merge(&node_status))
+        .await?;
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mut seen: std::collections::HashMap<String, Instant> = Default::default();
+    loop {
+        for p in pods.list(&ListParams::default()).await?.items {
+            let (Some(ns), Some(name)) = (p.metadata.namespace.clone(), p.metadata.name.clone())
+            else {
+                continue;
+            };
+            if p.metadata.deletion_timestamp.is_some() {
+                // No kubelet to confirm termination: finish the deletion.
+                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                let _ = api
+                    .delete(&name, &kube::api::DeleteParams::default().grace_period(0))
+                    .await;
+                continue;
+            }
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let bound = p.spec.as_ref().and_then(|s| s.node_name.clone()).is_some();
+            if !bound {
+                let binding = Binding {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(ns.clone()),
+                        ..Default::default()
+                    },
+                    target: ObjectReference {
+                        kind: Some("Node".into()),
+                        name: Some(NODE.into()),
+                        api_version: Some("v1".into()),
+                        ..Default::default()
+                    },
+                };
+                let _ = api
+                    .create_subresource::<Binding, Binding>(
+                        "binding",
+                        &name,
+                        &PostParams::default(),
+                        &binding,
+                    )
+                    .await;
+                seen.insert(format!("{ns}/{name}"), Instant::now());
+                continue;
+            }
+            let started = *seen
+                .entry(format!("{ns}/{name}"))
+                .or_insert_with(Instant::now);
+            let running = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|ph| ph == "Running");
+            if running || started.elapsed() < ready_after {
+                continue;
+            }
+            let image = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            let ready = if image.contains("never-ready") {
+                "False"
+            } else {
+                "True"
+            };
+            let now = jiff::Timestamp::now().to_string();
+            let containers: Vec<serde_json::Value> = p
+                .spec
+                .as_ref()
+                .map(|s| {
+                    s.containers
+                        .iter()
+                        .map(|c| {
+                            json!({"name": c.name, "image": c.image, "imageID": "",
+                    "ready": ready == "True", "restartCount": 0, "started": true,
+                    "state": {"running": {"startedAt": now}}})
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let status = json!({"status": {"phase": "Running", "podIP": "127.0.0.1", "hostIP": "127.0.0.1",
+                "startTime": now, "containerStatuses": containers,
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                    {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
+                    {"type": "Ready", "status": ready, "lastTransitionTime": now}]}});
+            let _ = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

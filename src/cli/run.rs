@@ -126,11 +126,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = stop.wait_for(|s| *s).await;
         }))
     };
+    let fence = Arc::new(lease::Fence::new());
     let lease_task = tokio::spawn(lease::run(
         client.clone(),
         lease_cfg.clone(),
         leader_tx,
         lease_ok_tx,
+        fence.clone(),
     ));
 
     // Wait to lead (or to be told to stop).
@@ -151,12 +153,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     metrics.leader.set(1);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        analyzer(&args, &client),
-        me,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            analyzer(&args, &client),
+            me,
+        )
+        .with_fence(fence.clone()),
+    );
     let (ctl_stop_tx, ctl_stop_rx) = watch::channel(false);
     let mut ctl_stop = ctl_stop_rx.clone();
     let controller = tokio::spawn(run_controller(
@@ -171,13 +176,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = &mut shutdown => Ok(()),
         _ = leader_rx.wait_for(|l| !*l) => Err(anyhow::anyhow!("lost leadership; exiting so a fresh process can rejoin the election")),
     };
-    // Graceful: let in-flight reconciles finish, then hand the Lease over.
-    let _ = ctl_stop_tx.send(true);
-    if tokio::time::timeout(Duration::from_secs(20), controller)
-        .await
-        .is_err()
-    {
-        tracing::warn!("controller did not stop within 20s");
+    if outcome.is_ok() {
+        // Graceful: let in-flight reconciles finish, then hand the Lease over.
+        let _ = ctl_stop_tx.send(true);
+        if tokio::time::timeout(Duration::from_secs(20), controller)
+            .await
+            .is_err()
+        {
+            tracing::warn!("controller did not stop within 20s");
+        }
+    } else {
+        // Another replica may already be acting: nothing in flight may finish its writes.
+        fence.revoke();
+        controller.abort();
     }
     lease_task.abort();
     metrics.leader.set(0);

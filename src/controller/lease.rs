@@ -8,6 +8,76 @@ use kube::{Api, Client};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// The write fence of one replica: writes are allowed only while the Lease this replica last
+/// renewed is surely still valid, measured on the monotonic clock from *before* the renewal
+/// request (a process that was frozen, paused or partitioned finds its time ran out when it
+/// wakes, before anything it computed earlier reaches the API server).
+#[derive(Debug)]
+pub struct Fence {
+    valid_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    always: bool,
+}
+
+impl Fence {
+    /// A fence that allows nothing until the first renewal.
+    pub fn new() -> Self {
+        Fence {
+            valid_until: std::sync::Mutex::new(None),
+            always: false,
+        }
+    }
+
+    /// A fence that always allows (tests and single-writer tools).
+    pub fn open() -> Self {
+        Fence {
+            valid_until: std::sync::Mutex::new(None),
+            always: true,
+        }
+    }
+
+    /// The Lease was renewed by a request sent at `sent`: writes are allowed until
+    /// `sent + duration − margin`, the margin covering clock drift between replicas.
+    pub fn renewed(&self, sent: tokio::time::Instant, duration: Duration) {
+        let margin = (duration / 5).max(Duration::from_millis(200)).min(duration);
+        if let Ok(mut v) = self.valid_until.lock() {
+            *v = Some(sent + (duration - margin));
+        }
+    }
+
+    /// Leadership is gone: refuse writes at once.
+    pub fn revoke(&self) {
+        if let Ok(mut v) = self.valid_until.lock() {
+            *v = None;
+        }
+    }
+
+    /// May this replica write now?
+    pub fn allows(&self) -> bool {
+        self.always
+            || self
+                .valid_until
+                .lock()
+                .ok()
+                .and_then(|v| *v)
+                .is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+
+    /// Err(NotLeader) unless writes are allowed.
+    pub fn check(&self) -> Result<(), crate::rollout::Error> {
+        if self.allows() {
+            Ok(())
+        } else {
+            Err(crate::rollout::Error::NotLeader)
+        }
+    }
+}
+
+impl Default for Fence {
+    fn default() -> Self {
+        Fence::new()
+    }
+}
+
 /// Settings of the leader election.
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
@@ -126,13 +196,16 @@ pub async fn run(
     cfg: LeaseConfig,
     tx: watch::Sender<bool>,
     synced: watch::Sender<bool>,
+    fence: std::sync::Arc<Fence>,
 ) {
     let retry = (cfg.duration / 3).max(Duration::from_millis(200));
     let mut last_renewed: Option<tokio::time::Instant> = None;
     loop {
+        let sent = tokio::time::Instant::now();
         match try_acquire(&client, &cfg).await {
             Ok(Standing::Leader) => {
-                last_renewed = Some(tokio::time::Instant::now());
+                last_renewed = Some(sent);
+                fence.renewed(sent, cfg.duration);
                 let _ = synced.send(true);
                 if !*tx.borrow() {
                     tracing::info!(lease = %cfg.name, identity = %cfg.identity, "acquired leadership");
@@ -140,6 +213,7 @@ pub async fn run(
                 }
             }
             Ok(Standing::Follower) => {
+                fence.revoke();
                 let _ = synced.send(true);
                 if *tx.borrow() {
                     tracing::warn!(lease = %cfg.name, "lost leadership to another replica");
@@ -149,6 +223,7 @@ pub async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, "lease renewal failed");
                 if *tx.borrow() && last_renewed.is_none_or(|t| t.elapsed() >= cfg.duration) {
+                    fence.revoke();
                     tracing::error!("could not renew the lease in time; stepping down");
                     let _ = tx.send(false);
                 }
@@ -186,6 +261,23 @@ mod tests {
             now,
             Duration::from_secs(15)
         ));
+    }
+
+    #[tokio::test]
+    async fn the_fence_closes_when_the_lease_may_have_expired() {
+        let f = Fence::new();
+        assert!(!f.allows(), "nothing before the first renewal");
+        f.renewed(tokio::time::Instant::now(), Duration::from_millis(1500));
+        assert!(f.allows());
+        // A process frozen (SIGSTOP) past its lease wakes to a closed fence: 1.5 s less the
+        // 300 ms margin.
+        tokio::time::sleep(Duration::from_millis(1250)).await;
+        assert!(!f.allows());
+        f.renewed(tokio::time::Instant::now(), Duration::from_secs(15));
+        assert!(f.allows());
+        f.revoke();
+        assert!(!f.allows());
+        assert!(Fence::open().allows());
     }
 
     #[test]

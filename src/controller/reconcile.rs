@@ -31,6 +31,8 @@ pub struct Context {
     pub analyzer: Arc<dyn Analyzer>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Writes only while this replica surely holds the Lease.
+    pub fence: Arc<crate::controller::lease::Fence>,
 }
 
 impl Context {
@@ -51,7 +53,14 @@ impl Context {
             metrics,
             analyzer,
             failures: Mutex::new(HashMap::new()),
+            fence: Arc::new(crate::controller::lease::Fence::open()),
         }
+    }
+
+    /// Fence every write of this context with the Lease (the operator; tests keep an open fence).
+    pub fn with_fence(mut self, fence: Arc<crate::controller::lease::Fence>) -> Self {
+        self.fence = fence;
+        self
     }
 }
 
@@ -85,6 +94,9 @@ pub fn find_blocker(me: &ChangeRequest, all: &[ChangeRequest]) -> Option<String>
 }
 
 async fn publish(ctx: &Context, cr: &ChangeRequest, note: &state::Note) {
+    if !ctx.fence.allows() {
+        return;
+    }
     let ev = Event {
         type_: if note.warning {
             EventType::Warning
@@ -103,18 +115,24 @@ async fn publish(ctx: &Context, cr: &ChangeRequest, note: &state::Note) {
     }
 }
 
+/// Write the status computed from the observation of `observed`: the resourceVersion makes it a
+/// precondition, so a status computed from a stale observation (a cache that lags, a replica
+/// that woke from a freeze after another took over) is refused with 409 instead of overwriting
+/// newer progress.
 async fn write_status(
     api: &Api<ChangeRequest>,
-    name: &str,
+    observed: &ChangeRequest,
     status: &ChangeRequestStatus,
 ) -> Result<(), Error> {
     let body = json!({
         "apiVersion": "graygate.io/v1alpha1",
         "kind": "ChangeRequest",
+        "metadata": {"name": observed.name_any(), "resourceVersion": observed.resource_version()},
         "status": status,
     });
+    let name = observed.name_any();
     api.patch_status(
-        name,
+        &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&body),
     )
@@ -177,6 +195,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
     let api: Api<ChangeRequest> = Api::namespaced(ctx.client.clone(), &ns);
     let deleting = cr.metadata.deletion_timestamp.is_some();
     if !deleting && !cr.finalizers().iter().any(|f| f == FINALIZER) {
+        ctx.fence.check()?;
         set_finalizer(&api, cr, true).await?;
         // The update comes back through the watch.
         return Ok(Requeue::await_change());
@@ -184,6 +203,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
     let status = cr.status.clone().unwrap_or_default();
     let sctx = Ctx {
         client: &ctx.client,
+        fence: &ctx.fence,
         ns: &ns,
         cr,
     };
@@ -233,7 +253,16 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
 
     // Record first: a crash after this point resumes from the recorded step, and every action is idempotent.
     if d.status != status {
-        write_status(&api, &name, &d.status).await?;
+        ctx.fence.check()?;
+        match write_status(&api, cr, &d.status).await {
+            Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 => {
+                // The object changed since this observation: the watch brings the newer one,
+                // and the decision is made again from it. Nothing was acted on.
+                tracing::debug!(changerequest = %key(cr), "status observation was stale; waiting for the watch");
+                return Ok(Requeue::await_change());
+            }
+            r => r?,
+        }
         if d.status.phase != status.phase {
             ctx.metrics.transition(d.status.phase);
         }
@@ -269,6 +298,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
     acted.status = Some(d.status.clone());
     let actx = Ctx {
         client: &ctx.client,
+        fence: &ctx.fence,
         ns: &ns,
         cr: &acted,
     };
@@ -278,6 +308,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
             Action::Orphan => rollout::orphan(&actx).await?,
             Action::RemoveFinalizer => {
                 let fresh = api.get(&name).await?;
+                ctx.fence.check()?;
                 set_finalizer(&api, &fresh, false).await?;
                 ctx.metrics.set_phase(&ns, &name, None);
                 return Ok(Requeue::await_change());

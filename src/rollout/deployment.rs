@@ -155,6 +155,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                             {"op": "replace", "path": "/spec/replicas", "value": changed},
                             {"op": "replace", "path": "/spec/template", "value": canary_template},
                         ]);
+                        ctx.fence.check()?;
                         api.patch(
                             &canary_name,
                             &PatchParams::default(),
@@ -168,6 +169,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             // Shrink the stable side only once the canary carries its share, so capacity never dips.
             let stable_wanted = n_total - changed;
             if canary_available >= *changed && replicas != stable_wanted {
+                ctx.fence.check()?;
                 scale(&api, &target.name_any(), stable_wanted).await?;
             }
         }
@@ -179,6 +181,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                     {"op": "replace", "path": "/spec/replicas", "value": n_total},
                     {"op": "replace", "path": "/spec/template", "value": new_template},
                 ]);
+                ctx.fence.check()?;
                 api.patch(
                     &target.name_any(),
                     &PatchParams::default(),
@@ -191,11 +194,13 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 && available == n_total
                 && canary.is_some()
             {
+                ctx.fence.check()?;
                 delete_canary(&api, &canary_name).await?;
             }
         }
         Step::Restore => {
             if canary.is_some() {
+                ctx.fence.check()?;
                 delete_canary(&api, &canary_name).await?;
             }
             let stable = status
@@ -207,6 +212,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                     {"op": "replace", "path": "/spec/replicas", "value": n_total},
                     {"op": "replace", "path": "/spec/template", "value": stable},
                 ]);
+                ctx.fence.check()?;
                 api.patch(
                     &target.name_any(),
                     &PatchParams::default(),
@@ -214,6 +220,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 )
                 .await?;
             } else if replicas != n_total {
+                ctx.fence.check()?;
                 scale(&api, &target.name_any(), n_total).await?;
             }
         }
@@ -277,6 +284,7 @@ async fn create_canary(
         }
     });
     let canary: Deployment = serde_json::from_value(canary)?;
+    ctx.fence.check()?;
     match api.create(&PostParams::default(), &canary).await {
         Ok(_) => Ok(()),
         // Created by an earlier reconcile whose status write was lost: the next look adopts it.
@@ -293,6 +301,7 @@ pub async fn orphan(ctx: &Ctx<'_>) -> Result<(), Error> {
     };
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
     if api.get_opt(&name).await?.is_some() {
+        ctx.fence.check()?;
         api.patch(
             &name,
             &PatchParams::default(),

@@ -28,6 +28,9 @@ pub enum Error {
     /// The change cannot be applied to the workload any more.
     #[error("{0}")]
     Spec(String),
+    /// This replica may no longer hold the Lease: it must not write.
+    #[error("not the leader (the Lease may have expired): write refused")]
+    NotLeader,
 }
 
 impl Error {
@@ -42,6 +45,7 @@ impl Error {
             Error::Shape(_) => "UnexpectedObject",
             Error::NoNamespace => "NoNamespace",
             Error::Spec(_) => "InvalidSpec",
+            Error::NotLeader => "NotLeader",
         }
     }
 }
@@ -50,6 +54,8 @@ impl Error {
 pub struct Ctx<'a> {
     /// Kubernetes client.
     pub client: &'a Client,
+    /// The write fence: checked before every write.
+    pub fence: &'a crate::controller::lease::Fence,
     /// The ChangeRequest's namespace.
     pub ns: &'a str,
     /// The ChangeRequest, with its recorded status.

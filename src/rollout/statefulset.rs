@@ -161,12 +161,14 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     }
     if ops.is_empty() {
         if matches!(step, Step::Restore) {
+            ctx.fence.check()?;
             delete_stuck_pods(ctx, &selector, status.stable_revision.as_deref()).await?;
         }
         return Ok(());
     }
     // The partition goes first in the same request, so no pod beyond the batch ever updates.
     ops.reverse();
+    ctx.fence.check()?;
     api.patch(
         &sts.name_any(),
         &PatchParams::default(),
@@ -196,6 +198,7 @@ async fn delete_stuck_pods(
         if p.metadata.deletion_timestamp.is_none() && !pod_ready(&p) {
             let name = p.name_any();
             tracing::info!(pod = %name, "deleting a never-ready pod of the failed revision so the rollback can proceed");
+            ctx.fence.check()?;
             match pods.delete(&name, &Default::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}

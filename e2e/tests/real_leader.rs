@@ -1,0 +1,241 @@
+//! Leadership on the real control plane: a leader frozen (SIGSTOP) while one of its judgements
+//! waits for Prometheus loses the Lease; the standby takes over and rolls the change back on a
+//! person's abort; when the old leader wakes (SIGCONT) its judgement completes, but nothing it
+//! computed before the freeze may be written — the change stays RolledBack and no canary comes
+//! back.
+
+use graygate::api::{ChangeRequest, Phase};
+use graygate_e2e::control_plane::{ControlPlane, free_port, run_kubelet};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    serde_yaml::from_str(text).unwrap()
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = signal(self.0.id(), "CONT");
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+}
+
+fn start_operator(cp: &ControlPlane, identity: &str) -> Operator {
+    let log =
+        std::fs::File::create(cp.dir.path().join(format!("graygate-{identity}.log"))).unwrap();
+    let child = Command::new(graygate_e2e::world::graygate_bin().unwrap())
+        .arg("run")
+        .arg(format!("--listen=127.0.0.1:{}", free_port().unwrap()))
+        .args(["--lease-namespace=default", "--lease-duration=3s"])
+        .arg(format!("--identity={identity}"))
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("GRAYGATE_LOG", "info,kube=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Operator(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_that_wakes_does_not_resurrect_a_rolled_back_change() {
+    graygate::install_crypto_provider();
+    let cp = ControlPlane::start().await.unwrap();
+    let client = cp.client().await.unwrap();
+    let kubelet = tokio::spawn(run_kubelet(client.clone(), Duration::from_millis(500)));
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.create(&PostParams::default(), &graygate::api::crd())
+        .await
+        .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &yaml("metadata: {name: shop}"))
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(
+            &PostParams::default(),
+            &yaml(
+                "metadata: {name: web}\nspec:\n  replicas: 4\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: app, image: 'shop/web:healthy'}]}\n",
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "web to have 4 available pods",
+        Duration::from_secs(60),
+        || async {
+            deployments
+                .get("web")
+                .await
+                .is_ok_and(|d| d.status.and_then(|s| s.available_replicas) == Some(4))
+        },
+    )
+    .await;
+
+    let a = start_operator(&cp, "a");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    eventually("operator a to lead", Duration::from_secs(30), || async {
+        leases
+            .get("graygate-leader")
+            .await
+            .is_ok_and(|l| l.spec.and_then(|s| s.holder_identity).as_deref() == Some("a"))
+    })
+    .await;
+    let _b = start_operator(&cp, "b");
+
+    // A stand-in Prometheus that answers "no data" at once, or after 6 s while `hang` is set.
+    let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prom_port = free_port().unwrap();
+    {
+        let hang = hang.clone();
+        let app = axum::Router::new().fallback(move || {
+            let hang = hang.clone();
+            async move {
+                if hang.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_secs(6)).await;
+                }
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
+                )
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", prom_port))
+            .await
+            .unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+
+    // A change judged every second (no data: it keeps baking).
+    let changes: Api<ChangeRequest> = Api::namespaced(client.clone(), "shop");
+    changes
+        .create(
+            &PostParams::default(),
+            &yaml(&format!(
+                "apiVersion: graygate.io/v1alpha1\nkind: ChangeRequest\nmetadata: {{name: bad}}\nspec:\n  target: {{kind: Deployment, name: web}}\n  images: {{app: 'shop/web:healthy-v2'}}\n  batches: [{{replicas: 1, bake: 60s}}, {{percent: 100, bake: 5s}}]\n  analysis:\n    interval: 1s\n    warmup: 0s\n    prometheus: {{address: 'http://127.0.0.1:{prom_port}', timeout: 30s}}\n    metrics: [{{name: lat, query: up}}]\n"
+            )),
+        )
+        .await
+        .unwrap();
+    let canary_exists = || async {
+        deployments
+            .get_opt("web-canary-bad")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    };
+    let judgements = || async {
+        changes
+            .get("bad")
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .and_then(|s| s.batches.first().map(|b| b.judgements))
+            .unwrap_or(0)
+    };
+    eventually("a to judge batch 1", Duration::from_secs(60), || async {
+        judgements().await >= 2
+    })
+    .await;
+    assert!(canary_exists().await);
+
+    // Freeze the leader while one of its judgements waits for Prometheus.
+    hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal(a.0.id(), "STOP").unwrap();
+    hang.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    // A person aborts; the standby takes over and rolls back.
+    changes
+        .patch(
+            "bad",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"graygate.io/abort": "1"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let phase = || async {
+        changes
+            .get("bad")
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .map(|s| s.phase)
+    };
+    eventually(
+        "b to roll the change back",
+        Duration::from_secs(60),
+        || async { phase().await == Some(Phase::RolledBack) },
+    )
+    .await;
+    assert!(!canary_exists().await, "the rollback removed the canary");
+    let holder = leases
+        .get("graygate-leader")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.holder_identity);
+    assert_eq!(holder.as_deref(), Some("b"));
+
+    // Wake the old leader: its judgement returns, but nothing it computed before the freeze may
+    // be written.
+    signal(a.0.id(), "CONT").unwrap();
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        assert_eq!(
+            phase().await,
+            Some(Phase::RolledBack),
+            "the change left RolledBack"
+        );
+        assert!(
+            !canary_exists().await,
+            "a canary came back after the rollback"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let image = deployments
+        .get("web")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("shop/web:healthy"));
+    kubelet.abort();
+}
