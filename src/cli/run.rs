@@ -33,6 +33,9 @@ pub struct RunArgs {
     /// Default Prometheus URL for analyses that do not name one.
     #[arg(long, env = "GRAYGATE_PROMETHEUS_URL")]
     pub prometheus_url: Option<String>,
+    /// A kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then the in-cluster service account).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 fn identity(args: &RunArgs) -> String {
@@ -73,11 +76,27 @@ pub fn analyzer(args: &RunArgs, client: &kube::Client) -> Arc<dyn Analyzer> {
 
 /// Run the operator until SIGTERM or Ctrl-C.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach the cluster (check KUBECONFIG or the in-cluster service account): {e}"
-        )
-    })?;
+    let client = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
+            kube::Client::try_from(cfg)
+                .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the cluster (check --kubeconfig, KUBECONFIG or the in-cluster service account): {e}"
+            )
+        })?,
+    };
+    if args.lease_namespace.is_none() && std::env::var("POD_NAMESPACE").is_err() {
+        tracing::warn!(
+            "neither --lease-namespace nor POD_NAMESPACE is set (outside a pod?): the leader-election Lease goes to namespace default"
+        );
+    }
     let metrics = Arc::new(Metrics::default());
     let me = identity(&args);
     let lease_cfg = LeaseConfig {
