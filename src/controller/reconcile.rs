@@ -9,7 +9,7 @@ use crate::api::{ChangeRequest, ChangeRequestStatus, FIELD_MANAGER, FINALIZER, P
 use crate::rollout::{self, Ctx, Error};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -91,6 +91,51 @@ pub fn find_blocker(me: &ChangeRequest, all: &[ChangeRequest]) -> Option<String>
         .filter(|o| is_ahead(me, o))
         .map(|o| o.name_any())
         .min()
+}
+
+/// Every ChangeRequest of the namespace that graygate can read. Items are read one by one, so
+/// one unreadable object (stored before the schema rejected it, say `bake: ""`) neither fails
+/// the list for the others nor counts as ahead in line; it is marked Invalid, naming the error.
+async fn readable_changes(ctx: &Context, ns: &str) -> Result<Vec<ChangeRequest>, Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        ns,
+        &ApiResource::erase::<ChangeRequest>(&()),
+    );
+    let mut out = Vec::new();
+    for obj in api.list(&Default::default()).await?.items {
+        let name = obj.name_any();
+        match serde_json::to_value(&obj).and_then(serde_json::from_value::<ChangeRequest>) {
+            Ok(cr) => out.push(cr),
+            Err(e) => mark_unreadable(ctx, &api, &obj, &name, &e.to_string()).await,
+        }
+    }
+    Ok(out)
+}
+
+async fn mark_unreadable(
+    ctx: &Context,
+    api: &Api<DynamicObject>,
+    obj: &DynamicObject,
+    name: &str,
+    error: &str,
+) {
+    let message = format!(
+        "graygate cannot read this ChangeRequest: {error}; fix the spec (kubectl edit) or delete it"
+    );
+    let already = obj.data.pointer("/status/phase").and_then(|p| p.as_str()) == Some("Invalid")
+        && obj.data.pointer("/status/message").and_then(|m| m.as_str()) == Some(message.as_str());
+    if already || !ctx.fence.allows() {
+        return;
+    }
+    tracing::warn!(changerequest = %format!("{}/{name}", obj.namespace().unwrap_or_default()), error, "unreadable ChangeRequest marked Invalid");
+    let patch = json!({"status": {"phase": "Invalid", "reason": "Unreadable", "message": message}});
+    if let Err(e) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(changerequest = name, error = %e, "could not mark an unreadable ChangeRequest Invalid");
+    }
 }
 
 async fn publish(ctx: &Context, cr: &ChangeRequest, note: &state::Note) {
@@ -210,8 +255,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
     let step = current_step(&cr.spec, &status);
     let workload = rollout::observe(&sctx, step.as_ref()).await?;
     let blocker = if matches!(status.phase, Phase::Pending | Phase::Blocked) && !deleting {
-        let all = api.list(&Default::default()).await?;
-        find_blocker(cr, &all.items)
+        find_blocker(cr, &readable_changes(ctx, &ns).await?)
     } else {
         None
     };
@@ -330,16 +374,22 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
 }
 
 /// Requeue with a per-object exponential backoff (1s, 2s, 4s … 5m).
-pub fn error_policy(cr: Arc<ChangeRequest>, err: &Error, ctx: Arc<Context>) -> Requeue {
+fn retry_after_error(object: &str, err: &Error, ctx: &Context) -> Requeue {
     ctx.metrics
         .errors
         .get_or_create(&CategoryLabel {
             category: err.category().into(),
         })
         .inc();
+    if matches!(err, Error::NotLeader) {
+        // Not this object's fault: the Lease is renewed within a second or this process steps
+        // down; no backoff builds up for the object.
+        tracing::debug!(changerequest = %object, "write refused while the Lease is not surely held");
+        return Requeue::requeue(Duration::from_secs(1));
+    }
     let n = match ctx.failures.lock() {
         Ok(mut f) => {
-            let n = f.entry(key(&cr)).or_insert(0);
+            let n = f.entry(object.to_string()).or_insert(0);
             *n += 1;
             *n
         }
@@ -347,8 +397,35 @@ pub fn error_policy(cr: Arc<ChangeRequest>, err: &Error, ctx: Arc<Context>) -> R
     };
     let delay =
         Duration::from_secs(1u64 << n.min(8).saturating_sub(1)).min(Duration::from_secs(300));
-    tracing::warn!(changerequest = %key(&cr), error = %err, category = err.category(), retry_in = ?delay, "reconcile failed");
+    tracing::warn!(changerequest = %object, error = %err, category = err.category(), retry_in = ?delay, "reconcile failed");
     Requeue::requeue(delay)
+}
+
+fn dynamic_key(obj: &DynamicObject) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The controller watches ChangeRequests as plain JSON and reads each one here, so that one
+/// object graygate cannot read (stored under an older, looser schema) fails only itself: it is
+/// marked Invalid, naming the error, and never breaks the watch of the others.
+async fn reconcile_dynamic(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    match serde_json::to_value(&*obj).and_then(serde_json::from_value::<ChangeRequest>) {
+        Ok(cr) => reconcile(Arc::new(cr), ctx).await,
+        Err(e) => {
+            let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                ctx.client.clone(),
+                &ns,
+                &ApiResource::erase::<ChangeRequest>(&()),
+            );
+            mark_unreadable(&ctx, &api, &obj, &obj.name_any(), &e.to_string()).await;
+            Ok(Requeue::await_change())
+        }
+    }
+}
+
+fn error_policy_dynamic(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    retry_after_error(&dynamic_key(&obj), err, &ctx)
 }
 
 /// Run the controller until `shutdown` resolves: over all namespaces when `namespaces` is empty,
@@ -361,14 +438,15 @@ pub async fn run_controller(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let client = ctx.client.clone();
-    let scopes: Vec<(Api<ChangeRequest>, Api<Deployment>)> = if namespaces.is_empty() {
-        vec![(Api::all(client.clone()), Api::all(client.clone()))]
+    let ar = ApiResource::erase::<ChangeRequest>(&());
+    let scopes: Vec<(Api<DynamicObject>, Api<Deployment>)> = if namespaces.is_empty() {
+        vec![(Api::all_with(client.clone(), &ar), Api::all(client.clone()))]
     } else {
         namespaces
             .iter()
             .map(|ns| {
                 (
-                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced_with(client.clone(), ns, &ar),
                     Api::namespaced(client.clone(), ns),
                 )
             })
@@ -383,7 +461,7 @@ pub async fn run_controller(
     let mut runs = Vec::new();
     for (crs, deployments) in scopes {
         let mut stop = stop_rx.clone();
-        let controller = Controller::new(crs, watcher::Config::default())
+        let controller = Controller::new_with(crs, watcher::Config::default(), ar.clone())
             .owns(
                 deployments,
                 watcher::Config::default().labels("app.kubernetes.io/managed-by=graygate"),
@@ -394,7 +472,7 @@ pub async fn run_controller(
         stores.push(controller.store());
         runs.push(
             controller
-                .run(reconcile, error_policy, ctx.clone())
+                .run(reconcile_dynamic, error_policy_dynamic, ctx.clone())
                 .for_each(|res| async move {
                     if let Err(e) = res {
                         tracing::debug!(error = %e, "controller event");

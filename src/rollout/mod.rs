@@ -41,6 +41,7 @@ impl Error {
             Error::Kube(kube::Error::Api(e)) if e.code == 429 => "Throttled",
             Error::Kube(kube::Error::Api(e)) if e.code >= 500 => "ApiServerError",
             Error::Kube(kube::Error::Api(_)) => "ApiRejected",
+            Error::Kube(kube::Error::SerdeError(_)) => "UnexpectedObject",
             Error::Kube(_) => "ApiUnreachable",
             Error::Shape(_) => "UnexpectedObject",
             Error::NoNamespace => "NoNamespace",

@@ -1,0 +1,177 @@
+//! One unreadable ChangeRequest on the real control plane (stored under an older, looser schema:
+//! `bake: ""`) must only affect itself: it is marked Invalid naming the problem, and a readable
+//! change of the same workload in the same namespace still runs to the end.
+
+use graygate::api::{ChangeRequest, Phase};
+use graygate_e2e::control_plane::{ControlPlane, free_port, run_kubelet};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    serde_yaml::from_str(text).unwrap()
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The CRD as an older graygate shipped it: durations without a minimum length.
+fn loose_crd() -> CustomResourceDefinition {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("minLength");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(graygate::api::crd()).unwrap();
+    strip(&mut v);
+    serde_json::from_value(v).unwrap()
+}
+
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_change_request_is_marked_invalid_and_stops_nothing_else() {
+    graygate::install_crypto_provider();
+    let cp = ControlPlane::start().await.unwrap();
+    let client = cp.client().await.unwrap();
+    let kubelet = tokio::spawn(run_kubelet(client.clone(), Duration::from_millis(300)));
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &loose_crd())
+        .await
+        .unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &yaml("metadata: {name: shop}"))
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(
+            &PostParams::default(),
+            &yaml(
+                "metadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: app, image: 'shop/web:healthy'}]}\n",
+            ),
+        )
+        .await
+        .unwrap();
+    eventually("web to be available", Duration::from_secs(60), || async {
+        deployments
+            .get("web")
+            .await
+            .is_ok_and(|d| d.status.and_then(|s| s.available_replicas) == Some(2))
+    })
+    .await;
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "shop",
+        &ApiResource::erase::<ChangeRequest>(&()),
+    );
+    let change = |name: &str, bake: &str| -> DynamicObject {
+        yaml(&format!(
+            "apiVersion: graygate.io/v1alpha1\nkind: ChangeRequest\nmetadata: {{name: {name}}}\nspec:\n  target: {{kind: Deployment, name: web}}\n  images: {{app: 'shop/web:{name}'}}\n  batches: [{{replicas: 1, bake: '{bake}'}}, {{percent: 100, bake: 1s}}]\n"
+        ))
+    };
+    // The unreadable one first, so it would be ahead in line for the same workload.
+    dynamic
+        .create(&PostParams::default(), &change("poison", ""))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    dynamic
+        .create(&PostParams::default(), &change("good", "1s"))
+        .await
+        .unwrap();
+
+    let log = std::fs::File::create(cp.dir.path().join("graygate.log")).unwrap();
+    let _op = Operator(
+        Command::new(graygate_e2e::world::graygate_bin().unwrap())
+            .arg("run")
+            .arg(format!("--listen=127.0.0.1:{}", free_port().unwrap()))
+            .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+            .args(["--lease-namespace=default", "--lease-duration=3s"])
+            .env("GRAYGATE_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let phase_of = |name: &'static str| {
+        let dynamic = dynamic.clone();
+        async move {
+            dynamic.get(name).await.ok().and_then(|o| {
+                o.data
+                    .pointer("/status/phase")
+                    .and_then(|p| p.as_str())
+                    .map(String::from)
+            })
+        }
+    };
+    let log_path = cp.dir.path().join("graygate.log");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while phase_of("good").await.as_deref() != Some(Phase::Succeeded.as_str()) {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            panic!(
+                "the readable change did not succeed (phase {:?}); graygate's log ends:\n{}",
+                phase_of("good").await,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eventually(
+        "the unreadable change to be marked Invalid",
+        Duration::from_secs(30),
+        || async { phase_of("poison").await.as_deref() == Some(Phase::Invalid.as_str()) },
+    )
+    .await;
+    let poison = dynamic.get("poison").await.unwrap();
+    let message = poison
+        .data
+        .pointer("/status/message")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("cannot read") && message.contains("duration"),
+        "{message}"
+    );
+    let image = deployments
+        .get("web")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .image
+        .clone();
+    assert_eq!(image.as_deref(), Some("shop/web:good"));
+    kubelet.abort();
+}
