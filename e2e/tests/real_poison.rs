@@ -70,7 +70,7 @@ async fn an_unreadable_change_request_is_marked_invalid_and_stops_nothing_else()
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
     deployments
         .create(
-            &PostParams::default(),
+            &graygate::api::post_params("e2e-test"),
             &yaml(
                 "metadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: app, image: 'shop/web:healthy'}]}\n",
             ),
@@ -173,5 +173,21 @@ async fn an_unreadable_change_request_is_marked_invalid_and_stops_nothing_else()
         .image
         .clone();
     assert_eq!(image.as_deref(), Some("shop/web:good"));
+    // Every write carries a named field manager.
+    let managers: Vec<String> = deployments
+        .get("web")
+        .await
+        .unwrap()
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "graygate-rollout"),
+        "{managers:?}"
+    );
+    assert!(!managers.iter().any(|m| m == "unknown"), "{managers:?}");
     kubelet.abort();
 }

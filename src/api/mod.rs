@@ -33,6 +33,31 @@ pub const FINALIZER: &str = "graygate.io/rollback";
 /// The field manager graygate writes with.
 pub const FIELD_MANAGER: &str = "graygate";
 
+/// Field manager of graygate's writes to Deployments, StatefulSets and pods.
+pub const MANAGER_ROLLOUT: &str = "graygate-rollout";
+/// Field manager of graygate's finalizer and unreadable-object status writes.
+pub const MANAGER_CONTROLLER: &str = "graygate-controller";
+/// Field manager of the kubectl plugin's annotations.
+pub const MANAGER_PLUGIN: &str = "kubectl-graygate";
+/// Field manager of the leader-election Lease.
+pub const MANAGER_LEASE: &str = "graygate-leader-election";
+
+/// Patch parameters naming the field manager (so managedFields never says `unknown`).
+pub fn patch_params(manager: &str) -> kube::api::PatchParams {
+    kube::api::PatchParams {
+        field_manager: Some(manager.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Create/replace parameters naming the field manager.
+pub fn post_params(manager: &str) -> kube::api::PostParams {
+    kube::api::PostParams {
+        field_manager: Some(manager.to_string()),
+        ..Default::default()
+    }
+}
+
 /// A change to one workload, rolled out in gray batches with checks between them.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(

@@ -10,7 +10,7 @@ use crate::api::{
 };
 use futures::TryStreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use serde_json::json;
@@ -191,7 +191,7 @@ impl Scope {
         self.api
             .patch(
                 name,
-                &PatchParams::default(),
+                &crate::api::patch_params(crate::api::MANAGER_PLUGIN),
                 &Patch::Merge(json!({ "metadata": { "annotations": annotations } })),
             )
             .await

@@ -3,7 +3,7 @@
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::ObjectMeta;
 use kube::{Api, Client};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -145,7 +145,10 @@ pub async fn try_acquire(client: &Client, cfg: &LeaseConfig) -> Result<Standing,
                     ..Default::default()
                 }),
             };
-            match api.create(&PostParams::default(), &lease).await {
+            match api
+                .create(&crate::api::post_params(crate::api::MANAGER_LEASE), &lease)
+                .await
+            {
                 Ok(_) => Ok(Standing::Leader),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(Standing::Follower),
                 Err(e) => Err(e),
@@ -166,7 +169,14 @@ pub async fn try_acquire(client: &Client, cfg: &LeaseConfig) -> Result<Standing,
                 next.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
             }
             lease.spec = Some(next);
-            match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+            match api
+                .replace(
+                    &cfg.name,
+                    &crate::api::post_params(crate::api::MANAGER_LEASE),
+                    &lease,
+                )
+                .await
+            {
                 Ok(_) => Ok(Standing::Leader),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(Standing::Follower),
                 Err(e) => Err(e),
@@ -183,7 +193,13 @@ pub async fn release(client: &Client, cfg: &LeaseConfig) {
         if spec.holder_identity.as_deref() == Some(cfg.identity.as_str()) {
             spec.holder_identity = None;
             lease.spec = Some(spec);
-            let _ = api.replace(&cfg.name, &PostParams::default(), &lease).await;
+            let _ = api
+                .replace(
+                    &cfg.name,
+                    &crate::api::post_params(crate::api::MANAGER_LEASE),
+                    &lease,
+                )
+                .await;
         }
     }
 }

@@ -131,7 +131,11 @@ async fn mark_unreadable(
     tracing::warn!(changerequest = %format!("{}/{name}", obj.namespace().unwrap_or_default()), error, "unreadable ChangeRequest marked Invalid");
     let patch = json!({"status": {"phase": "Invalid", "reason": "Unreadable", "message": message}});
     if let Err(e) = api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_status(
+            name,
+            &crate::api::patch_params(crate::api::MANAGER_CONTROLLER),
+            &Patch::Merge(&patch),
+        )
         .await
     {
         tracing::warn!(changerequest = name, error = %e, "could not mark an unreadable ChangeRequest Invalid");
@@ -205,7 +209,7 @@ async fn set_finalizer(
         json!({"metadata": {"finalizers": finalizers, "resourceVersion": cr.resource_version()}});
     api.patch(
         &cr.name_any(),
-        &PatchParams::default(),
+        &crate::api::patch_params(crate::api::MANAGER_CONTROLLER),
         &Patch::Merge(&patch),
     )
     .await?;

@@ -8,7 +8,7 @@ use crate::controller::state::{Step, WorkloadObs};
 use crate::rollout::template::{apply_change, with_label};
 use crate::util::short_hash;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{DeleteParams, Patch, PropagationPolicy};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -158,7 +158,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                         ctx.fence.check()?;
                         api.patch(
                             &canary_name,
-                            &PatchParams::default(),
+                            &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
                             &Patch::Json::<()>(serde_json::from_value(patch)?),
                         )
                         .await?;
@@ -184,7 +184,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 ctx.fence.check()?;
                 api.patch(
                     &target.name_any(),
-                    &PatchParams::default(),
+                    &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
                     &Patch::Json::<()>(serde_json::from_value(patch)?),
                 )
                 .await?;
@@ -215,7 +215,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 ctx.fence.check()?;
                 api.patch(
                     &target.name_any(),
-                    &PatchParams::default(),
+                    &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
                     &Patch::Json::<()>(serde_json::from_value(patch)?),
                 )
                 .await?;
@@ -231,7 +231,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
 async fn scale(api: &Api<Deployment>, name: &str, replicas: i32) -> Result<(), Error> {
     api.patch_scale(
         name,
-        &PatchParams::default(),
+        &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
         &Patch::Merge(json!({"spec": {"replicas": replicas}})),
     )
     .await?;
@@ -285,7 +285,13 @@ async fn create_canary(
     });
     let canary: Deployment = serde_json::from_value(canary)?;
     ctx.fence.check()?;
-    match api.create(&PostParams::default(), &canary).await {
+    match api
+        .create(
+            &crate::api::post_params(crate::api::MANAGER_ROLLOUT),
+            &canary,
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         // Created by an earlier reconcile whose status write was lost: the next look adopts it.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
@@ -304,7 +310,7 @@ pub async fn orphan(ctx: &Ctx<'_>) -> Result<(), Error> {
         ctx.fence.check()?;
         api.patch(
             &name,
-            &PatchParams::default(),
+            &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
             &Patch::Merge(json!({"metadata": {"ownerReferences": null}})),
         )
         .await?;

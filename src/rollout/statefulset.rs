@@ -5,7 +5,7 @@ use super::{Ctx, Error, same_template, template_of};
 use crate::controller::state::{Step, WorkloadObs};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -171,7 +171,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     ctx.fence.check()?;
     api.patch(
         &sts.name_any(),
-        &PatchParams::default(),
+        &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
         &Patch::Json::<()>(serde_json::from_value(json!(ops))?),
     )
     .await?;
