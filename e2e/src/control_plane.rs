@@ -333,3 +333,99 @@ pub async fn run_kubelet(client: kube::Client, ready_after: Duration) -> anyhow:
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Parse a test object from YAML.
+pub fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    serde_yaml::from_str(text).unwrap_or_else(|e| panic!("test YAML: {e}\n{text}"))
+}
+
+/// Poll `f` every 200 ms until it holds; panics naming `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A running `graygate run` process; killed (after a SIGCONT, in case it was frozen) on drop.
+pub struct Operator(pub Child);
+
+impl Operator {
+    /// Send a signal (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, sig: &str) -> std::io::Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.0.id().to_string())
+            .status()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.signal("CONT");
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl ControlPlane {
+    /// Start `graygate run` against this control plane as `identity` (3 s Lease in `default`),
+    /// logging to `graygate-<identity>.log` in the scratch folder.
+    pub fn start_operator(&self, identity: &str) -> anyhow::Result<Operator> {
+        let log = std::fs::File::create(self.dir.path().join(format!("graygate-{identity}.log")))?;
+        let child = Command::new(crate::world::graygate_bin()?)
+            .arg("run")
+            .arg(format!("--listen=127.0.0.1:{}", free_port()?))
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(["--lease-namespace=default", "--lease-duration=3s"])
+            .arg(format!("--identity={identity}"))
+            .env("GRAYGATE_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting graygate")?;
+        Ok(Operator(child))
+    }
+
+    /// The last lines of an operator's log.
+    pub fn operator_log_tail(&self, identity: &str) -> String {
+        self.log_tail(&format!("graygate-{identity}"))
+    }
+
+    /// Create namespace `ns` and a Deployment `name` of `replicas` pods running `image`.
+    pub async fn deployment(
+        &self,
+        ns: &str,
+        name: &str,
+        replicas: i32,
+        image: &str,
+    ) -> anyhow::Result<()> {
+        use k8s_openapi::api::apps::v1::Deployment;
+        use k8s_openapi::api::core::v1::Namespace;
+        use kube::api::Api;
+        let client = self.client().await?;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        if namespaces.get_opt(ns).await?.is_none() {
+            namespaces
+                .create(
+                    &graygate::api::post_params("e2e-test"),
+                    &yaml(&format!("metadata: {{name: {ns}}}")),
+                )
+                .await?;
+        }
+        Api::<Deployment>::namespaced(client, ns)
+            .create(
+                &graygate::api::post_params("e2e-test"),
+                &yaml(&format!(
+                    "metadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: app, image: '{image}'}}]}}\n"
+                )),
+            )
+            .await?;
+        Ok(())
+    }
+}

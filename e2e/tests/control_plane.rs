@@ -3,31 +3,12 @@
 //! Deployment controller. The groundwork the scenarios move onto.
 
 use graygate::api::ChangeRequest;
-use graygate_e2e::control_plane::ControlPlane;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use graygate_e2e::control_plane::{ControlPlane, eventually, yaml};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
-use std::time::{Duration, Instant};
-
-fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
-    serde_yaml::from_str(text).unwrap()
-}
-
-async fn eventually<F, Fut>(what: &str, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_control_plane_serves_the_crd_and_runs_deployments() {
@@ -50,35 +31,29 @@ async fn the_real_control_plane_serves_the_crd_and_runs_deployments() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.to_lowercase().contains("warning"), "{stderr}");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    eventually("the CRD to be established", || async {
-        crds.get("changerequests.graygate.io").await.is_ok_and(|c| {
-            c.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        })
-    })
+    eventually(
+        "the CRD to be established",
+        Duration::from_secs(60),
+        || async {
+            crds.get("changerequests.graygate.io").await.is_ok_and(|c| {
+                c.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
+        },
+    )
     .await;
 
-    let ns: Api<Namespace> = Api::all(client.clone());
-    ns.create(&PostParams::default(), &yaml("metadata: {name: shop}"))
-        .await
-        .unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
-    deployments
-        .create(
-            &PostParams::default(),
-            &yaml(
-                "metadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: app, image: 'shop/web:healthy'}]}\n",
-            ),
-        )
+    cp.deployment("shop", "web", 2, "shop/web:healthy")
         .await
         .unwrap();
     let rs: Api<ReplicaSet> = Api::namespaced(client.clone(), "shop");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
     eventually(
         "the Deployment controller to make a ReplicaSet and 2 pods",
+        Duration::from_secs(60),
         || async {
             rs.list(&ListParams::default())
                 .await

@@ -5,63 +5,11 @@
 //! back.
 
 use graygate::api::{ChangeRequest, Phase};
-use graygate_e2e::control_plane::{ControlPlane, free_port, run_kubelet};
+use graygate_e2e::control_plane::{ControlPlane, eventually, free_port, run_kubelet, yaml};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
-    serde_yaml::from_str(text).unwrap()
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = signal(self.0.id(), "CONT");
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn signal(pid: u32, sig: &str) -> std::io::Result<std::process::ExitStatus> {
-    Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-}
-
-fn start_operator(cp: &ControlPlane, identity: &str) -> Operator {
-    let log =
-        std::fs::File::create(cp.dir.path().join(format!("graygate-{identity}.log"))).unwrap();
-    let child = Command::new(graygate_e2e::world::graygate_bin().unwrap())
-        .arg("run")
-        .arg(format!("--listen=127.0.0.1:{}", free_port().unwrap()))
-        .args(["--lease-namespace=default", "--lease-duration=3s"])
-        .arg(format!("--identity={identity}"))
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .env("GRAYGATE_LOG", "info,kube=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Operator(child)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_that_wakes_does_not_resurrect_a_rolled_back_change() {
@@ -74,20 +22,10 @@ async fn a_frozen_leader_that_wakes_does_not_resurrect_a_rolled_back_change() {
     crds.create(&PostParams::default(), &graygate::api::crd())
         .await
         .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &yaml("metadata: {name: shop}"))
+    cp.deployment("shop", "web", 4, "shop/web:healthy")
         .await
         .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
-    deployments
-        .create(
-            &PostParams::default(),
-            &yaml(
-                "metadata: {name: web}\nspec:\n  replicas: 4\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: app, image: 'shop/web:healthy'}]}\n",
-            ),
-        )
-        .await
-        .unwrap();
     eventually(
         "web to have 4 available pods",
         Duration::from_secs(60),
@@ -100,7 +38,7 @@ async fn a_frozen_leader_that_wakes_does_not_resurrect_a_rolled_back_change() {
     )
     .await;
 
-    let a = start_operator(&cp, "a");
+    let a = cp.start_operator("a").unwrap();
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     eventually("operator a to lead", Duration::from_secs(30), || async {
         leases
@@ -109,7 +47,7 @@ async fn a_frozen_leader_that_wakes_does_not_resurrect_a_rolled_back_change() {
             .is_ok_and(|l| l.spec.and_then(|s| s.holder_identity).as_deref() == Some("a"))
     })
     .await;
-    let _b = start_operator(&cp, "b");
+    let _b = cp.start_operator("b").unwrap();
 
     // A stand-in Prometheus that answers "no data" at once, or after 6 s while `hang` is set.
     let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -171,7 +109,7 @@ async fn a_frozen_leader_that_wakes_does_not_resurrect_a_rolled_back_change() {
     // Freeze the leader while one of its judgements waits for Prometheus.
     hang.store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    signal(a.0.id(), "STOP").unwrap();
+    a.signal("STOP").unwrap();
     hang.store(false, std::sync::atomic::Ordering::SeqCst);
 
     // A person aborts; the standby takes over and rolls back.
@@ -210,7 +148,7 @@ async fn a_frozen_leader_that_wakes_does_not_resurrect_a_rolled_back_change() {
 
     // Wake the old leader: its judgement returns, but nothing it computed before the freeze may
     // be written.
-    signal(a.0.id(), "CONT").unwrap();
+    a.signal("CONT").unwrap();
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
         assert_eq!(

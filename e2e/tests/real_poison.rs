@@ -3,29 +3,11 @@
 //! change of the same workload in the same namespace still runs to the end.
 
 use graygate::api::{ChangeRequest, Phase};
-use graygate_e2e::control_plane::{ControlPlane, free_port, run_kubelet};
+use graygate_e2e::control_plane::{ControlPlane, eventually, run_kubelet, yaml};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
-    serde_yaml::from_str(text).unwrap()
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The CRD as an older graygate shipped it: durations without a minimum length.
 fn loose_crd() -> CustomResourceDefinition {
@@ -44,15 +26,6 @@ fn loose_crd() -> CustomResourceDefinition {
     serde_json::from_value(v).unwrap()
 }
 
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_change_request_is_marked_invalid_and_stops_nothing_else() {
     graygate::install_crypto_provider();
@@ -63,20 +36,10 @@ async fn an_unreadable_change_request_is_marked_invalid_and_stops_nothing_else()
         .create(&PostParams::default(), &loose_crd())
         .await
         .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &yaml("metadata: {name: shop}"))
+    cp.deployment("shop", "web", 2, "shop/web:healthy")
         .await
         .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
-    deployments
-        .create(
-            &graygate::api::post_params("e2e-test"),
-            &yaml(
-                "metadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: app, image: 'shop/web:healthy'}]}\n",
-            ),
-        )
-        .await
-        .unwrap();
     eventually("web to be available", Duration::from_secs(60), || async {
         deployments
             .get("web")
@@ -105,19 +68,7 @@ async fn an_unreadable_change_request_is_marked_invalid_and_stops_nothing_else()
         .await
         .unwrap();
 
-    let log = std::fs::File::create(cp.dir.path().join("graygate.log")).unwrap();
-    let _op = Operator(
-        Command::new(graygate_e2e::world::graygate_bin().unwrap())
-            .arg("run")
-            .arg(format!("--listen=127.0.0.1:{}", free_port().unwrap()))
-            .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
-            .args(["--lease-namespace=default", "--lease-duration=3s"])
-            .env("GRAYGATE_LOG", "info,kube=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let _op = cp.start_operator("a").unwrap();
     let phase_of = |name: &'static str| {
         let dynamic = dynamic.clone();
         async move {
@@ -129,16 +80,13 @@ async fn an_unreadable_change_request_is_marked_invalid_and_stops_nothing_else()
             })
         }
     };
-    let log_path = cp.dir.path().join("graygate.log");
     let deadline = Instant::now() + Duration::from_secs(90);
     while phase_of("good").await.as_deref() != Some(Phase::Succeeded.as_str()) {
         if Instant::now() > deadline {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(25).collect();
             panic!(
                 "the readable change did not succeed (phase {:?}); graygate's log ends:\n{}",
                 phase_of("good").await,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                cp.operator_log_tail("a")
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
