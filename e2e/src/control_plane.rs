@@ -429,3 +429,17 @@ impl ControlPlane {
         Ok(())
     }
 }
+
+impl ControlPlane {
+    /// The first container image of Deployment `ns/name`'s pod template.
+    pub async fn deployment_image(&self, ns: &str, name: &str) -> anyhow::Result<Option<String>> {
+        let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+            kube::Api::namespaced(self.client().await?, ns);
+        Ok(api
+            .get(name)
+            .await?
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers.first().and_then(|c| c.image.clone())))
+    }
+}

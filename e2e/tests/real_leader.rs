@@ -162,18 +162,9 @@ async fn a_frozen_leader_that_wakes_does_not_resurrect_a_rolled_back_change() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let image = deployments
-        .get("web")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap()
-        .containers[0]
-        .image
-        .clone();
-    assert_eq!(image.as_deref(), Some("shop/web:healthy"));
+    assert_eq!(
+        cp.deployment_image("shop", "web").await.unwrap().as_deref(),
+        Some("shop/web:healthy")
+    );
     kubelet.abort();
 }

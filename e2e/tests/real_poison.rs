@@ -108,19 +108,10 @@ async fn an_unreadable_change_request_is_marked_invalid_and_stops_nothing_else()
         message.contains("cannot read") && message.contains("duration"),
         "{message}"
     );
-    let image = deployments
-        .get("web")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap()
-        .containers[0]
-        .image
-        .clone();
-    assert_eq!(image.as_deref(), Some("shop/web:good"));
+    assert_eq!(
+        cp.deployment_image("shop", "web").await.unwrap().as_deref(),
+        Some("shop/web:good")
+    );
     // Every write carries a named field manager.
     let managers: Vec<String> = deployments
         .get("web")
