@@ -1,6 +1,7 @@
 //! A whole world for one test or the demo: simulated API server and workloads, a real
 //! Prometheus, and the unmodified `graygate run` binary talking to them over HTTP.
 
+use crate::control_plane::free_port;
 use crate::sim::apps::{Apps, Diurnal, load_profiles};
 use crate::sim::controllers::{Controllers, PodTiming};
 use crate::sim::crd::builtin_types;
@@ -102,12 +103,6 @@ pub fn graygate_bin() -> anyhow::Result<PathBuf> {
 /// True when scenarios should run against the cluster in KUBECONFIG instead of the simulator.
 pub fn real_cluster() -> bool {
     std::env::var("GRAYGATE_E2E_REAL").is_ok_and(|v| v == "1")
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 impl World {

@@ -1,5 +1,6 @@
 //! A real Prometheus (Debian's package), started with a config that scrapes every simulated pod.
 
+use crate::control_plane::free_port;
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,11 +12,6 @@ pub struct Prometheus {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// Where the prometheus binary is, or why it is not.
