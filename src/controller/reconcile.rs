@@ -105,12 +105,17 @@ async fn readable_changes(ctx: &Context, ns: &str) -> Result<Vec<ChangeRequest>,
     let mut out = Vec::new();
     for obj in api.list(&Default::default()).await?.items {
         let name = obj.name_any();
-        match serde_json::to_value(&obj).and_then(serde_json::from_value::<ChangeRequest>) {
+        match read_change(&obj) {
             Ok(cr) => out.push(cr),
             Err(e) => mark_unreadable(ctx, &api, &obj, &name, &e.to_string()).await,
         }
     }
     Ok(out)
+}
+
+/// Read a ChangeRequest watched or listed as plain JSON.
+fn read_change(obj: &DynamicObject) -> Result<ChangeRequest, serde_json::Error> {
+    serde_json::to_value(obj).and_then(serde_json::from_value)
 }
 
 async fn mark_unreadable(
@@ -413,7 +418,7 @@ fn dynamic_key(obj: &DynamicObject) -> String {
 /// object graygate cannot read (stored under an older, looser schema) fails only itself: it is
 /// marked Invalid, naming the error, and never breaks the watch of the others.
 async fn reconcile_dynamic(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    match serde_json::to_value(&*obj).and_then(serde_json::from_value::<ChangeRequest>) {
+    match read_change(&obj) {
         Ok(cr) => reconcile(Arc::new(cr), ctx).await,
         Err(e) => {
             let ns = obj.namespace().ok_or(Error::NoNamespace)?;
