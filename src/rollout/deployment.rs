@@ -174,11 +174,18 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             }
         }
         Step::Promote => {
+            // Two writes, never one: the new template first, at the stable side's current size
+            // (a rolling update only ever scales the old ReplicaSet down), then, once every
+            // stable pod runs the new template, the full size. Writing both at once is a
+            // scaling event to the Deployment controller, which grows the old ReplicaSet before
+            // it creates the new one: old-version pods would come back after the change passed.
+            // The verified canary pods keep serving until the target carries everything.
             let new_template = ctx.new_template_for(&target)?;
             let (_, total, updated, available, caught_up) = counts(&target);
-            if !same_template(&template, &new_template) || replicas != n_total {
+            let rolled =
+                caught_up && total == replicas && updated == replicas && available == replicas;
+            if !same_template(&template, &new_template) {
                 let patch = json!([
-                    {"op": "replace", "path": "/spec/replicas", "value": n_total},
                     {"op": "replace", "path": "/spec/template", "value": new_template},
                 ]);
                 ctx.fence.check()?;
@@ -188,12 +195,12 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                     &Patch::Json::<()>(serde_json::from_value(patch)?),
                 )
                 .await?;
-            } else if caught_up
-                && total == n_total
-                && updated == n_total
-                && available == n_total
-                && canary.is_some()
-            {
+            } else if replicas != n_total {
+                if rolled {
+                    ctx.fence.check()?;
+                    scale(&api, &target.name_any(), n_total).await?;
+                }
+            } else if rolled && canary.is_some() {
                 ctx.fence.check()?;
                 delete_canary(&api, &canary_name).await?;
             }
@@ -207,9 +214,11 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 .stable_template
                 .clone()
                 .unwrap_or_else(|| template.clone());
+            // The same order as a promotion, for the same reason: the template, then the size
+            // once no pod of another template is left to grow.
+            let (_, total, updated, _, caught_up) = counts(&target);
             if !same_template(&template, &stable) {
                 let patch = json!([
-                    {"op": "replace", "path": "/spec/replicas", "value": n_total},
                     {"op": "replace", "path": "/spec/template", "value": stable},
                 ]);
                 ctx.fence.check()?;
@@ -219,7 +228,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                     &Patch::Json::<()>(serde_json::from_value(patch)?),
                 )
                 .await?;
-            } else if replicas != n_total {
+            } else if replicas != n_total && caught_up && updated == total {
                 ctx.fence.check()?;
                 scale(&api, &target.name_any(), n_total).await?;
             }
