@@ -355,7 +355,7 @@ impl Machine<'_> {
     fn finish(mut self) -> Decision {
         self.st.observed_generation = Some(self.obs.generation);
         let total = self.planned().map(|p| p.len()).unwrap_or(0);
-        self.st.batch = if total > 0 {
+        self.st.batch = if total > 0 && self.st.phase != Phase::Invalid {
             Some(format!("{}/{}", self.st.current_batch, total))
         } else {
             None

@@ -87,6 +87,9 @@ fn invalid_spec_touches_nothing_and_names_the_field() {
     let d = decide("chg", &s, &ChangeRequestStatus::default(), &obs(0));
     assert_eq!(d.status.phase, Phase::Invalid);
     assert!(d.actions.is_empty());
+    // No batch column for a change that cannot start, whichever field is wrong (it used to
+    // show `0/1` here and nothing when the batches themselves were wrong).
+    assert_eq!(d.status.batch, None);
     let ready = cond(&d.status, "Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
@@ -126,6 +129,7 @@ fn static_spec_errors_are_invalid_too() {
     );
     let d = decide("chg", &s, &ChangeRequestStatus::default(), &obs(0));
     assert_eq!(d.status.phase, Phase::Invalid);
+    assert_eq!(d.status.batch, None);
     assert!(
         d.status
             .message
