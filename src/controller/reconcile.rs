@@ -224,7 +224,15 @@ async fn set_finalizer(
 /// One reconcile of one ChangeRequest.
 pub async fn reconcile(cr: Arc<ChangeRequest>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&cr, &ctx).await;
+    let result = match reconcile_inner(&cr, &ctx).await {
+        // A write to an object deleted meanwhile (its finalizer was just removed, so the queued
+        // run saw a stale copy): nothing failed and nothing is left to do.
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 && gone(&cr, &ctx).await => {
+            tracing::debug!(changerequest = %key(&cr), "the ChangeRequest is gone; nothing left to do");
+            Ok(Requeue::await_change())
+        }
+        r => r,
+    };
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
@@ -241,6 +249,19 @@ pub async fn reconcile(cr: Arc<ChangeRequest>, ctx: Arc<Context>) -> Result<Requ
         f.remove(&key(&cr));
     }
     result
+}
+
+/// Whether this ChangeRequest (this uid) no longer exists.
+async fn gone(cr: &ChangeRequest, ctx: &Context) -> bool {
+    let Some(ns) = cr.namespace() else {
+        return false;
+    };
+    let api: Api<ChangeRequest> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.get_metadata_opt(&cr.name_any()).await {
+        Ok(None) => true,
+        Ok(Some(m)) => m.metadata.uid != cr.metadata.uid,
+        Err(_) => false,
+    }
 }
 
 async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, Error> {
