@@ -124,7 +124,7 @@ async fn connect(args: &PluginArgs) -> Result<(Client, String, String)> {
     };
     let loaded =
         |e: kube::config::KubeconfigError| PluginError(format!("cannot load the kubeconfig: {e}"));
-    let config = match &args.kubeconfig {
+    let mut config = match &args.kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
                 .map_err(|e| PluginError(format!("--kubeconfig {}: {e}", path.display())))?;
@@ -141,6 +141,13 @@ async fn connect(args: &PluginArgs) -> Result<(Client, String, String)> {
             ))
         })?,
     };
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!(
+            "kubectl-graygate/",
+            env!("CARGO_PKG_VERSION")
+        )),
+    ));
     let server = config.cluster_url.to_string();
     let namespace = args
         .namespace

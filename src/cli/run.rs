@@ -74,24 +74,32 @@ pub fn analyzer(args: &RunArgs, client: &kube::Client) -> Arc<dyn Analyzer> {
     ))
 }
 
+/// The user agent of every API request the operator makes.
+pub const USER_AGENT: &str = concat!("graygate/", env!("CARGO_PKG_VERSION"));
+
 /// Run the operator until SIGTERM or Ctrl-C.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = match &args.kubeconfig {
+    let mut cfg = match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
                 .await
-                .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
-            kube::Client::try_from(cfg)
                 .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?
         }
-        None => kube::Client::try_default().await.map_err(|e| {
+        None => kube::Config::infer().await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot reach the cluster (check --kubeconfig, KUBECONFIG or the in-cluster service account): {e}"
             )
         })?,
     };
+    // Named in the API server's audit log and metrics as what it is.
+    cfg.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(USER_AGENT),
+    ));
+    let client = kube::Client::try_from(cfg)
+        .map_err(|e| anyhow::anyhow!("cannot build the API client: {e}"))?;
     if args.lease_namespace.is_none() && std::env::var("POD_NAMESPACE").is_err() {
         tracing::warn!(
             "neither --lease-namespace nor POD_NAMESPACE is set (outside a pod?): the leader-election Lease goes to namespace default"
