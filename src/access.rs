@@ -2,8 +2,8 @@
 //!
 //! The Helm chart's RBAC rules are written from this table, `docs/operations.md` lists it, a
 //! test checks the rendered chart grants exactly these verbs, and the end-to-end scenarios check
-//! that every request `graygate run` sent to the simulated API server is covered by it. A new
-//! call in the code without a row here fails those scenarios.
+//! that every request `graygate run` sent to the real API server (through the e2e proxy) is
+//! covered by it. A new call in the code without a row here fails those scenarios.
 
 /// Where a permission is needed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

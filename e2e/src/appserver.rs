@@ -1,7 +1,7 @@
 //! The simulated pods' own HTTP endpoints: `/pods/<ns>/<pod>/metrics`, and `/sd`, the
 //! Prometheus HTTP service discovery list that attaches `namespace` and `pod` labels.
 
-use super::apps::Apps;
+use crate::apps::Apps;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;

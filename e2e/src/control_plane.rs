@@ -1,8 +1,8 @@
 //! A real Kubernetes control plane for tests: etcd (Debian's), kube-apiserver and
 //! kube-controller-manager v1.36 (from `../shared/k8s`, unpacked by `scripts/install-deps.sh`, or
 //! from `$KUBEBUILDER_ASSETS` as envtest users expect), each on free loopback ports, in a
-//! scratch folder that is removed with the value. There is no kubelet and no scheduler: pods stay
-//! Pending until a test's stand-in kubelet binds them.
+//! scratch folder that is removed with the value. There is no kubelet and no scheduler: the
+//! stand-in kubelet (`crate::kubelet`) binds and runs pods.
 
 use anyhow::{Context, bail};
 use std::net::TcpListener;
@@ -146,6 +146,10 @@ impl ControlPlane {
             format!("--service-account-private-key-file={}", key.display()),
             format!("--root-ca-file={}", certs.join("apiserver.crt").display()),
             "--leader-elect=false".into(),
+            // Above the defaults (20/30), as busy clusters run it, so that the scale benchmark
+            // measures graygate rather than the controller manager's client throttle.
+            "--kube-api-qps=100".into(),
+            "--kube-api-burst=200".into(),
             "--bind-address=127.0.0.1".into(),
             format!("--secure-port={cm_port}"),
         ];
@@ -218,122 +222,6 @@ impl ControlPlane {
     }
 }
 
-/// A minimal stand-in kubelet: one Ready Node, and every Pending pod bound to it and marked
-/// Running and Ready after `ready_after` — except pods whose first image contains
-/// `never-ready`, which stay Running but not Ready (a build that never passes its probe).
-pub async fn run_kubelet(client: kube::Client, ready_after: Duration) -> anyhow::Result<()> {
-    use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
-    use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-    use serde_json::json;
-    const NODE: &str = "stand-in-kubelet";
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
-    }))?;
-    if nodes.get_opt(NODE).await?.is_none() {
-        nodes.create(&PostParams::default(), &node).await?;
-    }
-    let node_status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "StandIn",
-        "lastHeartbeatTime": jiff::Timestamp::now().to_string(), "lastTransitionTime": jiff::Timestamp::now().to_string()}],
-        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}});
-    nodes
-        .patch_status(NODE, &PatchParams::default(), &Patch::Merge(&node_status))
-        .await?;
-    let pods: Api<Pod> = Api::all(client.clone());
-    let mut seen: std::collections::HashMap<String, Instant> = Default::default();
-    loop {
-        for p in pods.list(&ListParams::default()).await?.items {
-            let (Some(ns), Some(name)) = (p.metadata.namespace.clone(), p.metadata.name.clone())
-            else {
-                continue;
-            };
-            if p.metadata.deletion_timestamp.is_some() {
-                // No kubelet to confirm termination: finish the deletion.
-                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-                let _ = api
-                    .delete(&name, &kube::api::DeleteParams::default().grace_period(0))
-                    .await;
-                continue;
-            }
-            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-            let bound = p.spec.as_ref().and_then(|s| s.node_name.clone()).is_some();
-            if !bound {
-                let binding = Binding {
-                    metadata: kube::api::ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: Some(ns.clone()),
-                        ..Default::default()
-                    },
-                    target: ObjectReference {
-                        kind: Some("Node".into()),
-                        name: Some(NODE.into()),
-                        api_version: Some("v1".into()),
-                        ..Default::default()
-                    },
-                };
-                let _ = api
-                    .create_subresource::<Binding, Binding>(
-                        "binding",
-                        &name,
-                        &PostParams::default(),
-                        &binding,
-                    )
-                    .await;
-                seen.insert(format!("{ns}/{name}"), Instant::now());
-                continue;
-            }
-            let started = *seen
-                .entry(format!("{ns}/{name}"))
-                .or_insert_with(Instant::now);
-            let running = p
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_some_and(|ph| ph == "Running");
-            if running || started.elapsed() < ready_after {
-                continue;
-            }
-            let image = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.containers.first())
-                .and_then(|c| c.image.clone())
-                .unwrap_or_default();
-            let ready = if image.contains("never-ready") {
-                "False"
-            } else {
-                "True"
-            };
-            let now = jiff::Timestamp::now().to_string();
-            let containers: Vec<serde_json::Value> = p
-                .spec
-                .as_ref()
-                .map(|s| {
-                    s.containers
-                        .iter()
-                        .map(|c| {
-                            json!({"name": c.name, "image": c.image, "imageID": "",
-                    "ready": ready == "True", "restartCount": 0, "started": true,
-                    "state": {"running": {"startedAt": now}}})
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let status = json!({"status": {"phase": "Running", "podIP": "127.0.0.1", "hostIP": "127.0.0.1",
-                "startTime": now, "containerStatuses": containers,
-                "conditions": [
-                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-                    {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-                    {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
-                    {"type": "Ready", "status": ready, "lastTransitionTime": now}]}});
-            let _ = api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                .await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 /// Parse a test object from YAML.
 pub fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_yaml::from_str(text).unwrap_or_else(|e| panic!("test YAML: {e}\n{text}"))
@@ -374,29 +262,6 @@ impl Drop for Operator {
 }
 
 impl ControlPlane {
-    /// Start `graygate run` against this control plane as `identity` (3 s Lease in `default`),
-    /// logging to `graygate-<identity>.log` in the scratch folder.
-    pub fn start_operator(&self, identity: &str) -> anyhow::Result<Operator> {
-        let log = std::fs::File::create(self.dir.path().join(format!("graygate-{identity}.log")))?;
-        let child = Command::new(crate::world::graygate_bin()?)
-            .arg("run")
-            .arg(format!("--listen=127.0.0.1:{}", free_port()?))
-            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .args(["--lease-namespace=default", "--lease-duration=3s"])
-            .arg(format!("--identity={identity}"))
-            .env("GRAYGATE_LOG", "info,kube=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting graygate")?;
-        Ok(Operator(child))
-    }
-
-    /// The last lines of an operator's log.
-    pub fn operator_log_tail(&self, identity: &str) -> String {
-        self.log_tail(&format!("graygate-{identity}"))
-    }
-
     /// Create namespace `ns` and a Deployment `name` of `replicas` pods running `image`.
     pub async fn deployment(
         &self,

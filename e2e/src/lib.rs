@@ -1,7 +1,13 @@
-//! graygate's simulated Kubernetes world: an API server speaking the wire protocol, workload
-//! controllers, pods running profile-driven applications, a real Prometheus, fault injection.
+//! graygate's end-to-end world: a real Kubernetes control plane, a stand-in kubelet running
+//! profile-driven applications, a real Prometheus, a fault-injecting API proxy.
 #![forbid(unsafe_code)]
 
+pub mod apps;
+pub mod appserver;
 pub mod control_plane;
-pub mod sim;
+pub mod faults;
+pub mod kubelet;
+pub mod prom;
+pub mod proxy;
+pub mod tls;
 pub mod world;

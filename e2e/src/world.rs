@@ -1,25 +1,28 @@
-//! A whole world for one test or the demo: simulated API server and workloads, a real
-//! Prometheus, and the unmodified `graygate run` binary talking to them over HTTP.
+//! A whole world for one test or the demo: a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager), the stand-in kubelet running profile-driven applications, a real
+//! Prometheus scraping them, the fault-injecting proxy, and the unmodified `graygate run` binary
+//! with the Helm chart's RBAC and a ServiceAccount token.
 
-use crate::control_plane::free_port;
-use crate::sim::apps::{Apps, Diurnal, load_profiles};
-use crate::sim::controllers::{Controllers, PodTiming};
-use crate::sim::crd::builtin_types;
-use crate::sim::faults::Faults;
-use crate::sim::http::{ApiState, AuditEntry, HARNESS_HEADER, router};
-use crate::sim::prom::Prometheus;
-use crate::sim::store::Store;
+use crate::apps::{Apps, Diurnal, load_profiles};
+use crate::control_plane::{ControlPlane, Operator, free_port};
+use crate::faults::Faults;
+use crate::kubelet::PodTiming;
+use crate::prom::Prometheus;
+use crate::proxy::{ApiProxy, AuditEntry};
 use anyhow::{Context, bail};
 use graygate::api::ChangeRequest;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::{Client, Config, ResourceExt};
-use serde_json::{Value, json};
+use kube::{Client, ResourceExt};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
+
+/// The namespace graygate is installed in (the chart's release namespace).
+pub const OPERATOR_NAMESPACE: &str = "graygate-system";
 
 /// How to build a world.
 #[derive(Clone, Debug)]
@@ -32,6 +35,8 @@ pub struct WorldOptions {
     pub diurnal: Diurnal,
     /// Seed for the applications' randomness.
     pub seed: u64,
+    /// Install graygate's CRD (a scenario may install another version itself).
+    pub install_crd: bool,
 }
 
 impl Default for WorldOptions {
@@ -44,37 +49,35 @@ impl Default for WorldOptions {
                 period_secs: 600.0,
             },
             seed: 42,
+            install_crd: true,
         }
     }
 }
 
-/// The simulator's parts, present only when the world is simulated.
-pub struct Sim {
-    /// Objects.
-    pub store: Arc<Store>,
-    /// Fault knobs.
-    pub faults: Arc<Faults>,
-    /// The applications.
+/// A running world.
+pub struct World {
+    /// The harness's own client: the cluster admin, straight to the API server.
+    pub client: Client,
+    /// The kubeconfig graygate is given: the chart's ServiceAccount, through the fault proxy.
+    pub kubeconfig: PathBuf,
+    /// An admin kubeconfig (what a person with kubectl would have).
+    pub admin_kubeconfig: PathBuf,
+    /// The applications the pods run.
     pub apps: Arc<Apps>,
-    /// Every request graygate made.
+    /// Fault knobs of the proxy in front of the API server.
+    pub faults: Arc<Faults>,
+    /// Every request graygate made (through the proxy).
     pub audit: Arc<Mutex<Vec<AuditEntry>>>,
     /// Prometheus, when started.
     pub prometheus: Mutex<Option<Prometheus>>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-/// A running world.
-pub struct World {
-    /// The simulator, or None when the scenarios run against a real cluster.
-    pub sim: Option<Sim>,
-    /// The harness's own client (exempt from fault injection).
-    pub client: Client,
-    /// The kubeconfig graygate is given.
-    pub kubeconfig: PathBuf,
     /// A scratch folder (logs, Prometheus data, kubeconfig).
     pub dir: tempfile::TempDir,
-    graygate: Mutex<Option<(Child, u16)>>,
+    graygate: Mutex<Option<(Operator, u16)>>,
     runs: Mutex<u32>,
+    tasks: Vec<JoinHandle<()>>,
+    _proxy: ApiProxy,
+    /// The control plane (dropped last).
+    pub cp: ControlPlane,
 }
 
 /// The profiles folder.
@@ -100,9 +103,30 @@ pub fn graygate_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// True when scenarios should run against the cluster in KUBECONFIG instead of the simulator.
-pub fn real_cluster() -> bool {
-    std::env::var("GRAYGATE_E2E_REAL").is_ok_and(|v| v == "1")
+/// The objects the Helm chart renders with its default values (`scripts/chart/check.py`).
+fn chart_objects() -> anyhow::Result<Vec<Value>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("python3")
+        .arg(root.join("scripts/chart/check.py"))
+        .args(["--render", "-"])
+        .stderr(Stdio::piped())
+        .output()
+        .context("python3 scripts/chart/check.py --render - (run `make deps` first)")?;
+    if !out.status.success() {
+        bail!(
+            "rendering the chart failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc)?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
 }
 
 impl World {
@@ -110,67 +134,30 @@ impl World {
     pub async fn start(opts: WorldOptions) -> anyhow::Result<World> {
         graygate::install_crypto_provider();
         let dir = tempfile::Builder::new().prefix("graygate-e2e-").tempdir()?;
-        if real_cluster() {
-            let kubeconfig = PathBuf::from(
-                std::env::var("KUBECONFIG").context("GRAYGATE_E2E_REAL=1 needs KUBECONFIG")?,
-            );
-            let client = Client::try_default().await?;
-            let w = World {
-                sim: None,
-                client,
-                kubeconfig,
-                dir,
-                graygate: Mutex::new(None),
-                runs: Mutex::new(0),
-            };
-            w.install_crd().await?;
-            return Ok(w);
-        }
-        let store = Arc::new(Store::default());
-        for t in builtin_types() {
-            store.register(t);
-        }
-        let ns_type = store
-            .resource_by_kind("Namespace")
-            .context("namespace type")?;
-        for ns in ["default", "kube-system"] {
-            store
-                .create(&ns_type, "", json!({"metadata": {"name": ns}}))
-                .map_err(|e| anyhow::anyhow!(e.message))?;
-        }
+        let cp = ControlPlane::start().await?;
+        let client = cp.client().await?;
         let apps = Arc::new(Apps::new(
             load_profiles(&profiles_dir())?,
             opts.diurnal,
             opts.seed,
         ));
-        let faults = Arc::new(Faults::default());
-        let audit = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-
-        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let api_addr = api_listener.local_addr()?;
-        let state = ApiState {
-            store: store.clone(),
-            faults: faults.clone(),
-            apps: apps.clone(),
-            audit: audit.clone(),
-        };
-        tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(api_listener, router(state)).await;
-        }));
+        let certs = cp.dir.path().join("certs");
+        tasks.extend(
+            crate::kubelet::start(
+                client.clone(),
+                apps.clone(),
+                opts.timing,
+                &certs.join("apiserver.crt"),
+                &certs.join("apiserver.key"),
+            )
+            .await?,
+        );
         let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let app_addr = app_listener.local_addr()?.to_string();
-        let app_router = crate::sim::appserver::router(apps.clone(), app_addr.clone());
+        let app_router = crate::appserver::router(apps.clone(), app_addr.clone());
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(app_listener, app_router).await;
-        }));
-        let mut controllers = Controllers::new(store.clone(), apps.clone(), opts.timing);
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
-            loop {
-                tick.tick().await;
-                controllers.tick();
-            }
         }));
         let traffic = apps.clone();
         tasks.push(tokio::spawn(async move {
@@ -183,19 +170,7 @@ impl World {
                 last = now;
             }
         }));
-
-        let server = format!("http://{api_addr}");
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {server}\nusers:\n- name: sim\n  user: {{}}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: sim\n    namespace: default\ncurrent-context: sim\n"
-            ),
-        )?;
-        let mut config = Config::new(server.parse()?);
-        config.default_namespace = "default".into();
-        config.headers.push((HARNESS_HEADER.parse()?, "1".parse()?));
-        let client = Client::try_from(config)?;
+        let proxy = ApiProxy::start(&cp.url).await?;
         let prometheus = if opts.prometheus {
             let sd = format!("http://{app_addr}/sd");
             let dir_p = dir.path().join("prometheus");
@@ -204,49 +179,107 @@ impl World {
             None
         };
         let w = World {
-            sim: Some(Sim {
-                store,
-                faults,
-                apps,
-                audit,
-                prometheus: Mutex::new(prometheus),
-                tasks,
-            }),
             client,
-            kubeconfig,
+            kubeconfig: dir.path().join("kubeconfig"),
+            admin_kubeconfig: cp.kubeconfig.clone(),
+            apps,
+            faults: proxy.faults.clone(),
+            audit: proxy.audit.clone(),
+            prometheus: Mutex::new(prometheus),
             dir,
             graygate: Mutex::new(None),
             runs: Mutex::new(0),
+            tasks,
+            _proxy: proxy,
+            cp,
         };
-        w.install_crd().await?;
+        if opts.install_crd {
+            w.install_crd().await?;
+        }
+        w.install_rbac().await?;
         Ok(w)
-    }
-
-    /// The simulator, or an error that explains the scenario needs it.
-    pub fn sim(&self) -> anyhow::Result<&Sim> {
-        self.sim
-            .as_ref()
-            .context("this scenario needs the simulator (it injects faults or controls processes)")
     }
 
     /// The Prometheus URL, when one runs.
     pub fn prometheus_url(&self) -> Option<String> {
-        self.sim.as_ref().and_then(|s| {
-            s.prometheus
-                .lock()
-                .ok()
-                .and_then(|p| p.as_ref().map(Prometheus::url))
-        })
+        self.prometheus
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(Prometheus::url))
     }
 
     async fn install_crd(&self) -> anyhow::Result<()> {
         let crd = graygate::api::crd();
         let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(self.client.clone());
-        match api.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+        api.create(&PostParams::default(), &crd).await?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let established = api.get(&name).await?.status.is_some_and(|s| {
+                s.conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+            if established {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the CRD was not established within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The chart's ServiceAccount and RBAC in `graygate-system`, a token for it from
+    /// `kubectl create token`, and graygate's kubeconfig (through the fault proxy).
+    async fn install_rbac(&self) -> anyhow::Result<()> {
+        self.create(serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": OPERATOR_NAMESPACE}}))
+            .await?;
+        let mut account = None;
+        for obj in chart_objects()? {
+            let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+            if kind == "ServiceAccount" {
+                account = obj
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .map(String::from);
+            }
+            if matches!(
+                kind,
+                "ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding"
+            ) {
+                self.create(obj).await?;
+            }
+        }
+        let account = account.context("the chart renders no ServiceAccount")?;
+        let out = Command::new("kubectl")
+            .args([
+                "create",
+                "token",
+                &account,
+                "-n",
+                OPERATOR_NAMESPACE,
+                "--duration=24h",
+            ])
+            .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
+            .output()
+            .context("kubectl create token")?;
+        if !out.status.success() {
+            bail!(
+                "kubectl create token failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let token = String::from_utf8(out.stdout)?.trim().to_string();
+        std::fs::write(
+            &self.kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {{server: \"{}\"}}\nusers:\n- name: graygate\n  user: {{token: {token}}}\ncontexts:\n- name: local\n  context: {{cluster: local, user: graygate, namespace: default}}\ncurrent-context: local\n",
+                self._proxy.url
+            ),
+        )?;
         Ok(())
     }
 
@@ -275,9 +308,16 @@ impl World {
         let gvk = GroupVersionKind::gvk(group, version, kind);
         let plural = match kind {
             "ChangeRequest" => "changerequests".to_string(),
+            "ClusterRole" => "clusterroles".to_string(),
+            "ClusterRoleBinding" => "clusterrolebindings".to_string(),
+            "Role" => "roles".to_string(),
+            "RoleBinding" => "rolebindings".to_string(),
             k => format!("{}s", k.to_lowercase()),
         };
-        let namespaced = !matches!(kind, "Namespace" | "CustomResourceDefinition");
+        let namespaced = !matches!(
+            kind,
+            "Namespace" | "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding"
+        );
         Ok((ApiResource::from_gvk_with_plural(&gvk, &plural), namespaced))
     }
 
@@ -294,57 +334,85 @@ impl World {
         } else {
             Api::all_with(self.client.clone(), &ar)
         };
-        api.create(&PostParams::default(), &obj)
-            .await
-            .with_context(|| format!("creating {} {}", ar.kind, obj.name_any()))?;
-        Ok(())
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => Ok(()),
+            // Scenarios share namespaces; one that exists already is what was asked for.
+            Err(kube::Error::Api(e)) if e.code == 409 && ar.kind == "Namespace" => Ok(()),
+            Err(e) => Err(anyhow::Error::from(e))
+                .with_context(|| format!("creating {} {}", ar.kind, obj.name_any())),
+        }
     }
 
     /// Start `graygate run` (stopping a running one first, hard). Returns its metrics port.
     pub fn start_graygate(&self, extra: &[&str]) -> anyhow::Result<u16> {
         self.kill_graygate();
-        let bin = graygate_bin()?;
-        let port = free_port()?;
         let n = {
             let mut r = self.runs.lock().map_err(|_| anyhow::anyhow!("lock"))?;
             *r += 1;
             *r
         };
-        let log = std::fs::File::create(self.dir.path().join(format!("graygate-{n}.log")))?;
-        let mut cmd = Command::new(bin);
+        let port = free_port()?;
+        let mut args = vec![format!("--listen=127.0.0.1:{port}")];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let op = self.operator(&format!("graygate-e2e-{n}"), &args)?;
+        *self.graygate.lock().map_err(|_| anyhow::anyhow!("lock"))? = Some((op, port));
+        Ok(port)
+    }
+
+    /// Start one more `graygate run` replica as `identity` (3 s Lease in graygate-system), with
+    /// the chart's RBAC, logging to `graygate-<identity>.log`; it stops when the value drops.
+    pub fn operator(&self, identity: &str, extra: &[String]) -> anyhow::Result<Operator> {
+        let log = std::fs::File::create(self.dir.path().join(format!("graygate-{identity}.log")))?;
+        let mut cmd = Command::new(graygate_bin()?);
         cmd.arg("run")
-            .arg(format!("--listen=127.0.0.1:{port}"))
-            .arg("--lease-namespace=default")
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!("--lease-namespace={OPERATOR_NAMESPACE}"))
             .arg("--lease-duration=3s")
-            .arg(format!("--identity=graygate-e2e-{n}"))
+            .arg(format!("--identity={identity}"))
             .args(extra)
-            .env("KUBECONFIG", &self.kubeconfig)
             .env("GRAYGATE_LOG", "info,kube=warn")
             .stdout(Stdio::null())
             .stderr(log);
-        if let Some(url) = self.prometheus_url() {
+        if !extra.iter().any(|a| a.starts_with("--listen")) {
+            cmd.arg(format!("--listen=127.0.0.1:{}", free_port()?));
+        }
+        if !extra.iter().any(|a| a.starts_with("--prometheus-url"))
+            && let Some(url) = self.prometheus_url()
+        {
             cmd.arg(format!("--prometheus-url={url}"));
         }
-        let child = cmd.spawn().context("starting graygate")?;
-        *self.graygate.lock().map_err(|_| anyhow::anyhow!("lock"))? = Some((child, port));
-        Ok(port)
+        Ok(Operator(cmd.spawn().context("starting graygate")?))
+    }
+
+    /// The last lines of an operator replica's log.
+    pub fn operator_log_tail(&self, identity: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.path().join(format!("graygate-{identity}.log")))
+                .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// Kill graygate with SIGKILL, as a crash or an evicted pod would.
     pub fn kill_graygate(&self) {
-        if let Ok(mut g) = self.graygate.lock()
-            && let Some((mut c, _)) = g.take()
-        {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Ok(mut g) = self.graygate.lock() {
+            g.take();
         }
+    }
+
+    /// The process id of the graygate started by `start_graygate`.
+    pub fn graygate_pid(&self) -> Option<u32> {
+        self.graygate
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|(op, _)| op.0.id()))
     }
 
     /// Whether the graygate process still runs.
     pub fn graygate_running(&self) -> bool {
         self.graygate.lock().ok().is_some_and(|mut g| {
             g.as_mut()
-                .is_some_and(|(c, _)| c.try_wait().ok().flatten().is_none())
+                .is_some_and(|(c, _)| c.0.try_wait().ok().flatten().is_none())
         })
     }
 
@@ -353,8 +421,12 @@ impl World {
         let runs = self.runs.lock().map(|r| *r).unwrap_or(0);
         (1..=runs)
             .map(|n| {
-                std::fs::read_to_string(self.dir.path().join(format!("graygate-{n}.log")))
-                    .unwrap_or_default()
+                std::fs::read_to_string(
+                    self.dir
+                        .path()
+                        .join(format!("graygate-graygate-e2e-{n}.log")),
+                )
+                .unwrap_or_default()
             })
             .collect::<Vec<_>>()
             .join("\n---- restart ----\n")
@@ -462,10 +534,7 @@ impl World {
     /// Requests graygate sent that the operator's RBAC table (`graygate::access`) does not allow,
     /// as "VERB path" lines; discovery and non-resource paths are not RBAC-checked by resource.
     pub fn calls_outside_rbac(&self) -> Vec<String> {
-        let Some(sim) = &self.sim else {
-            return Vec::new();
-        };
-        let entries = sim.audit.lock().map(|a| a.clone()).unwrap_or_default();
+        let entries = self.audit.lock().map(|a| a.clone()).unwrap_or_default();
         let mut out: Vec<String> = entries
             .iter()
             .filter_map(|e| {
@@ -486,10 +555,7 @@ impl World {
 
     /// Successful writes graygate made to objects whose path contains `path_part`.
     pub fn writes_to(&self, path_part: &str) -> Vec<AuditEntry> {
-        let Some(sim) = &self.sim else {
-            return Vec::new();
-        };
-        sim.audit
+        self.audit
             .lock()
             .map(|a| {
                 a.iter()
@@ -508,10 +574,8 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         self.kill_graygate();
-        if let Some(sim) = &self.sim {
-            for t in &sim.tasks {
-                t.abort();
-            }
+        for t in &self.tasks {
+            t.abort();
         }
     }
 }

@@ -1,5 +1,5 @@
 //! End-to-end: `kubectl graygate` (the graygate binary linked as `kubectl-graygate`) against the
-//! simulated cluster, run through the real `kubectl` when it is installed, as a user would.
+//! real control plane, run through the real `kubectl` when it is installed, as a user would.
 
 mod common;
 
@@ -74,7 +74,7 @@ fn fails(o: &Output) -> String {
 
 /// A copy of the world's kubeconfig whose current context defaults to `ns`.
 fn kubeconfig_in(w: &World, ns: &str) -> PathBuf {
-    let text = std::fs::read_to_string(&w.kubeconfig).unwrap();
+    let text = std::fs::read_to_string(&w.admin_kubeconfig).unwrap();
     let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let current = kc["current-context"].as_str().unwrap().to_string();
     for ctx in kc["contexts"].as_sequence_mut().unwrap() {
@@ -129,7 +129,7 @@ async fn list_status_and_approve_through_kubectl() {
         rows[1][..4],
         ["v2", "Deployment/web", "AwaitingApproval", "2/2"]
     );
-    let all = ok(&kubectl_graygate(&w, &w.kubeconfig, &["list", "-A"]));
+    let all = ok(&kubectl_graygate(&w, &w.admin_kubeconfig, &["list", "-A"]));
     assert!(
         all.lines()
             .any(|l| l.starts_with("p1 ") && l.contains(" v2 ")),
@@ -196,7 +196,7 @@ async fn pause_resume_abort_and_retry_through_kubectl() {
     )
     .await;
     wait_batch(&w, "p2", "v3", 1, "baking", |b| b.ready_at.is_some()).await;
-    let kc = &w.kubeconfig;
+    let kc = &w.admin_kubeconfig;
     let ns = ["-n", "p2"];
     let run = |verb: &str| {
         let mut args = vec![verb, "v3"];
@@ -271,7 +271,7 @@ async fn pause_resume_abort_and_retry_through_kubectl() {
 async fn no_cluster_is_a_clear_error() {
     let w = World::start(WorldOptions::default()).await.expect("world");
     // A kubeconfig pointing at a port nothing listens on.
-    let text = std::fs::read_to_string(&w.kubeconfig).unwrap();
+    let text = std::fs::read_to_string(&w.admin_kubeconfig).unwrap();
     let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -5,7 +5,8 @@
 //! back.
 
 use graygate::api::{ChangeRequest, Phase};
-use graygate_e2e::control_plane::{ControlPlane, eventually, free_port, run_kubelet, yaml};
+use graygate_e2e::control_plane::{eventually, free_port, yaml};
+use graygate_e2e::world::{OPERATOR_NAMESPACE, World, WorldOptions};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
@@ -13,15 +14,9 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_that_wakes_does_not_resurrect_a_rolled_back_change() {
-    graygate::install_crypto_provider();
-    let cp = ControlPlane::start().await.unwrap();
-    let client = cp.client().await.unwrap();
-    let kubelet = tokio::spawn(run_kubelet(client.clone(), Duration::from_millis(500)));
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    crds.create(&PostParams::default(), &graygate::api::crd())
-        .await
-        .unwrap();
+    let w = World::start(WorldOptions::default()).await.unwrap();
+    let cp = &w.cp;
+    let client = w.client.clone();
     cp.deployment("shop", "web", 4, "shop/web:healthy")
         .await
         .unwrap();
@@ -38,8 +33,8 @@ async fn a_frozen_leader_that_wakes_does_not_resurrect_a_rolled_back_change() {
     )
     .await;
 
-    let a = cp.start_operator("a").unwrap();
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let a = w.operator("a", &[]).unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     eventually("operator a to lead", Duration::from_secs(30), || async {
         leases
             .get("graygate-leader")
@@ -47,7 +42,7 @@ async fn a_frozen_leader_that_wakes_does_not_resurrect_a_rolled_back_change() {
             .is_ok_and(|l| l.spec.and_then(|s| s.holder_identity).as_deref() == Some("a"))
     })
     .await;
-    let _b = cp.start_operator("b").unwrap();
+    let _b = w.operator("b", &[]).unwrap();
 
     // A stand-in Prometheus that answers "no data" at once, or after 6 s while `hang` is set.
     let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -166,5 +161,4 @@ async fn a_frozen_leader_that_wakes_does_not_resurrect_a_rolled_back_change() {
         cp.deployment_image("shop", "web").await.unwrap().as_deref(),
         Some("shop/web:healthy")
     );
-    kubelet.abort();
 }

@@ -3,7 +3,8 @@
 //! change of the same workload in the same namespace still runs to the end.
 
 use graygate::api::{ChangeRequest, Phase};
-use graygate_e2e::control_plane::{ControlPlane, eventually, run_kubelet, yaml};
+use graygate_e2e::control_plane::{eventually, yaml};
+use graygate_e2e::world::{World, WorldOptions};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
@@ -28,10 +29,14 @@ fn loose_crd() -> CustomResourceDefinition {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_change_request_is_marked_invalid_and_stops_nothing_else() {
-    graygate::install_crypto_provider();
-    let cp = ControlPlane::start().await.unwrap();
-    let client = cp.client().await.unwrap();
-    let kubelet = tokio::spawn(run_kubelet(client.clone(), Duration::from_millis(300)));
+    let w = World::start(WorldOptions {
+        install_crd: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let cp = &w.cp;
+    let client = w.client.clone();
     Api::<CustomResourceDefinition>::all(client.clone())
         .create(&PostParams::default(), &loose_crd())
         .await
@@ -68,7 +73,7 @@ async fn an_unreadable_change_request_is_marked_invalid_and_stops_nothing_else()
         .await
         .unwrap();
 
-    let _op = cp.start_operator("a").unwrap();
+    let _op = w.operator("a", &[]).unwrap();
     let phase_of = |name: &'static str| {
         let dynamic = dynamic.clone();
         async move {
@@ -86,7 +91,7 @@ async fn an_unreadable_change_request_is_marked_invalid_and_stops_nothing_else()
             panic!(
                 "the readable change did not succeed (phase {:?}); graygate's log ends:\n{}",
                 phase_of("good").await,
-                cp.operator_log_tail("a")
+                w.operator_log_tail("a")
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -128,5 +133,4 @@ async fn an_unreadable_change_request_is_marked_invalid_and_stops_nothing_else()
         "{managers:?}"
     );
     assert!(!managers.iter().any(|m| m == "unknown"), "{managers:?}");
-    kubelet.abort();
 }

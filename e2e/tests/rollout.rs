@@ -1,5 +1,5 @@
-//! End-to-end rollout scenarios: the unmodified `graygate run` binary against the simulated
-//! cluster over HTTP.
+//! End-to-end rollout scenarios: the unmodified `graygate run` binary against the real control
+//! plane (kube-apiserver and kube-controller-manager) with the stand-in kubelet.
 
 mod common;
 
@@ -19,6 +19,10 @@ async fn healthy_deployment_change_completes_all_batches() {
     let port = w.start_graygate(&[]).unwrap();
     w.apply(&deployment_yaml("s1", "web", 4)).await.unwrap();
     wait_deployment_ready(&w, "s1", "web", 4).await;
+    let (recorder, pods) = record_pods(&w, "s1");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before: Vec<String> = pods.lock().unwrap().keys().cloned().collect();
+    assert_eq!(before.len(), 4, "{before:?}");
     w.apply(&change_yaml(
         "s1",
         "web-v2",
@@ -49,19 +53,37 @@ batches:
         deployment(&w, "s1", "web-canary-web-v2").await.is_none(),
         "the canary is gone"
     );
-    let reasons = w.event_reasons("s1", "web-v2").await.unwrap();
-    for r in [
-        "Started",
-        "BatchStarted",
-        "BatchReady",
-        "BatchPassed",
-        "Succeeded",
-    ] {
-        assert!(
-            reasons.iter().any(|x| x == r),
-            "missing Event {r}: {reasons:?}"
-        );
-    }
+    // A change that passed never brings the old version back: no pod of the old image was
+    // created after the change began (the promotion used to let the real Deployment controller
+    // scale the old ReplicaSet up first, from 2 to 4).
+    recorder.abort();
+    let old_again: Vec<(String, String)> = pods
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(name, image)| *image == "shop/web:healthy" && !before.contains(name))
+        .map(|(n, i)| (n.clone(), i.clone()))
+        .collect();
+    assert!(
+        old_again.is_empty(),
+        "old-version pods came back: {old_again:?}"
+    );
+    // Events are recorded right after the status that they report.
+    w.wait_for("the Events of every step", LONG, || async {
+        let reasons = w.event_reasons("s1", "web-v2").await?;
+        Ok([
+            "Started",
+            "BatchStarted",
+            "BatchReady",
+            "BatchPassed",
+            "Succeeded",
+        ]
+        .iter()
+        .all(|r| reasons.iter().any(|x| x == r))
+        .then_some(()))
+    })
+    .await
+    .unwrap();
     // The operator's own endpoints tell the same story.
     assert_eq!(graygate_http(port, "/healthz").await.0, 200);
     assert_eq!(graygate_http(port, "/readyz").await.0, 200);
@@ -109,7 +131,7 @@ batches: [{replicas: 1, bake: 2s}, {percent: 100}]
     assert_eq!(image_of(&target), "shop/web:healthy");
     assert_eq!(target.spec.as_ref().unwrap().replicas, Some(4));
     assert!(deployment(&w, "s2", "web-canary-bad").await.is_none());
-    let reasons = w.event_reasons("s2", "bad").await.unwrap();
+    let reasons = events_through(&w, "s2", "bad", "RolledBack").await;
     assert!(
         reasons.iter().any(|r| r == "BatchFailed") && reasons.iter().any(|r| r == "RolledBack"),
         "{reasons:?}"
@@ -208,7 +230,7 @@ async fn restart_in_the_middle_of_a_bake_resumes_without_repeating_or_skipping()
         st.batches[0].ready_at, before.batches[0].ready_at,
         "the bake kept its start"
     );
-    let reasons = w.event_reasons("s4", "v2").await.unwrap();
+    let reasons = events_through(&w, "s4", "v2", "Succeeded").await;
     assert_eq!(
         reasons.iter().filter(|r| *r == "BatchStarted").count(),
         3,
@@ -219,9 +241,6 @@ async fn restart_in_the_middle_of_a_bake_resumes_without_repeating_or_skipping()
         3,
         "{reasons:?}"
     );
-    if w.sim.is_none() {
-        return;
-    }
     let writes = write_counts(&w, "s4");
     let count = |m: &str, p: &str| {
         writes
@@ -236,8 +255,8 @@ async fn restart_in_the_middle_of_a_bake_resumes_without_repeating_or_skipping()
     );
     assert_eq!(
         count("PATCH", "/apis/apps/v1/namespaces/s4/deployments/web/scale"),
-        2,
-        "one stable scale-down per canary batch: {writes:?}"
+        3,
+        "one stable scale-down per canary batch, one scale-up to full size at promotion: {writes:?}"
     );
     assert_eq!(
         count(
@@ -250,7 +269,7 @@ async fn restart_in_the_middle_of_a_bake_resumes_without_repeating_or_skipping()
     assert_eq!(
         count("PATCH", "/apis/apps/v1/namespaces/s4/deployments/web"),
         1,
-        "one promotion: {writes:?}"
+        "one template write at promotion: {writes:?}"
     );
     assert_eq!(
         count(
@@ -522,13 +541,9 @@ async fn rollout_survives_failing_api_calls_and_dropped_watches() {
     let w = world(WorldOptions::default()).await;
     w.apply(&deployment_yaml("s8", "web", 4)).await.unwrap();
     wait_deployment_ready(&w, "s8", "web", 4).await;
-    let Some(sim) = &w.sim else {
-        eprintln!("skipped: fault injection needs the simulator");
-        return;
-    };
-    sim.faults.set_error_rate(0.10);
-    sim.faults.set_watch_drop_ms(3000);
-    sim.faults.set_latency_ms(20);
+    w.faults.set_error_rate(0.10);
+    w.faults.set_watch_drop_ms(3000);
+    w.faults.set_latency_ms(20);
     w.apply(&change_yaml(
         "s8",
         "v2",
@@ -544,7 +559,7 @@ batches: [{replicas: 1, bake: 2s}, {percent: 50, bake: 2s}, {percent: 100, bake:
         .wait_phase("s8", "v2", Phase::Succeeded, Duration::from_secs(180))
         .await
         .unwrap();
-    sim.faults.set_error_rate(0.0);
+    w.faults.set_error_rate(0.0);
     let st = cr.status.unwrap();
     assert_eq!(
         st.batches
@@ -559,7 +574,7 @@ batches: [{replicas: 1, bake: 2s}, {percent: 50, bake: 2s}, {percent: 100, bake:
         "shop/web:healthy-v2"
     );
     assert!(deployment(&w, "s8", "web-canary-v2").await.is_none());
-    let failed = sim
+    let failed = w
         .audit
         .lock()
         .unwrap()
@@ -591,16 +606,31 @@ async fn deleting_an_active_change_rolls_the_workload_back() {
         Some(2)
     );
     let api: Api<graygate::api::ChangeRequest> = Api::namespaced(w.client.clone(), "s9");
+    // A slow API server widens the window in which a queued reconcile still holds the copy from
+    // before the deletion.
+    w.faults.set_latency_ms(150);
     api.delete("v2", &Default::default()).await.unwrap();
     w.wait_for("the ChangeRequest to go", LONG, || async {
         Ok(w.change_request("s9", "v2").await?.is_none().then_some(()))
     })
     .await
     .unwrap();
+    w.faults.set_latency_ms(0);
     let d = deployment(&w, "s9", "web").await.unwrap();
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(4));
     assert_eq!(image_of(&d), "shop/web:healthy");
     assert!(deployment(&w, "s9", "web-canary-v2").await.is_none());
     wait_deployment_ready(&w, "s9", "web", 4).await;
+    // The deletion is not a failure: no reconcile of the stale copy reports a 404.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logs = w.graygate_logs();
+    assert!(
+        !logs.contains("reconcile failed"),
+        "{}",
+        logs.lines()
+            .filter(|l| l.contains("reconcile failed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert_within_rbac(&w);
 }

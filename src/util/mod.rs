@@ -1,4 +1,4 @@
-//! Small pure helpers shared by the controller and the simulated cluster.
+//! Small pure helpers shared by the controller and the end-to-end world.
 
 pub mod smp;
 

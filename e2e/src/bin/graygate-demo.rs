@@ -1,4 +1,5 @@
-//! `make demo`: the simulated cluster, a real Prometheus and `graygate run`, with the
+//! `make demo`: a real local control plane (etcd, kube-apiserver, kube-controller-manager) with
+//! the stand-in kubelet, a real Prometheus and `graygate run` with the chart's RBAC, with the
 //! ChangeRequests of examples/demo applied and a live timeline printed until they end.
 #![forbid(unsafe_code)]
 
@@ -36,16 +37,20 @@ async fn main() -> ExitCode {
 async fn run() -> anyhow::Result<bool> {
     let started = Instant::now();
     let t = || format!("[{:>6.1}s]", started.elapsed().as_secs_f64());
-    println!("{} starting the simulated cluster and Prometheus …", t());
+    println!(
+        "{} starting the local control plane (etcd, kube-apiserver, kube-controller-manager), the stand-in kubelet and Prometheus …",
+        t()
+    );
     let w = World::start(WorldOptions {
         prometheus: true,
         ..Default::default()
     })
     .await?;
     println!(
-        "{} API server ready (kubeconfig: {}), Prometheus at {}",
+        "{} API server ready at {} (admin kubeconfig: {}), Prometheus at {}",
         t(),
-        w.kubeconfig.display(),
+        w.cp.url,
+        w.admin_kubeconfig.display(),
         w.prometheus_url().unwrap_or_default()
     );
     w.start_graygate(&[])?;

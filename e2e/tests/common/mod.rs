@@ -181,8 +181,35 @@ pub async fn wait_batch(
     .expect("batch reached");
 }
 
-/// Every request graygate sent in this world is one its RBAC table allows.
+/// Every request graygate sent in this world is one its RBAC table allows, and names graygate
+/// in its user agent.
 pub fn assert_within_rbac(w: &World) {
+    let audit = w.audit.lock().unwrap().clone();
+    assert!(
+        !audit.is_empty(),
+        "graygate made no request through the proxy"
+    );
+    let anonymous: Vec<String> = audit
+        .iter()
+        .filter(|e| !e.user_agent.starts_with("graygate/"))
+        .map(|e| format!("{} {} (user agent {:?})", e.method, e.path, e.user_agent))
+        .collect();
+    assert!(
+        anonymous.is_empty(),
+        "requests without graygate's user agent:\n{}",
+        anonymous[..anonymous.len().min(5)].join("\n")
+    );
+    // The real API server enforces the chart's RBAC: nothing graygate asked for was forbidden.
+    let forbidden: Vec<String> = audit
+        .iter()
+        .filter(|e| e.status == 403)
+        .map(|e| format!("{} {}?{}", e.method, e.path, e.query))
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "forbidden by the chart's RBAC:\n{}",
+        forbidden.join("\n")
+    );
     let outside = w.calls_outside_rbac();
     assert!(
         outside.is_empty(),
@@ -207,4 +234,47 @@ pub async fn web_change(w: &World, ns: &str, replicas: i32, name: &str, batches:
     ))
     .await
     .unwrap();
+}
+
+/// Record every pod that ever exists in `ns` (name → first container image) while the returned
+/// task runs: a watch sees pods the Deployment controller creates and deletes within a second.
+pub fn record_pods(
+    w: &World,
+    ns: &str,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(w.client.clone(), ns);
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        let stream = watcher(pods, watcher::Config::default())
+            .default_backoff()
+            .applied_objects();
+        futures::pin_mut!(stream);
+        while let Some(Ok(p)) = stream.next().await {
+            let image = p
+                .spec
+                .and_then(|s| s.containers.first().and_then(|c| c.image.clone()))
+                .unwrap_or_default();
+            if let (Some(name), Ok(mut m)) = (p.metadata.name, out.lock()) {
+                m.entry(name).or_insert(image);
+            }
+        }
+    });
+    (task, seen)
+}
+
+/// The Event reasons of a ChangeRequest once `last` is among them (Events are recorded just
+/// after the status they report, so a test that saw the status may be a moment early).
+pub async fn events_through(w: &World, ns: &str, name: &str, last: &str) -> Vec<String> {
+    w.wait_for(&format!("{ns}/{name}: Event {last}"), LONG, || async {
+        let reasons = w.event_reasons(ns, name).await?;
+        Ok(reasons.iter().any(|r| r == last).then_some(reasons))
+    })
+    .await
+    .unwrap()
 }

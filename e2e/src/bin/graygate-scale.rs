@@ -1,0 +1,223 @@
+//! The scale benchmark (not a test): N ChangeRequests at once across M namespaces, on the real
+//! control plane, against one `graygate run` replica. Each namespace holds N/M one-replica
+//! Deployments; each gets a one-batch change with a short bake and no analysis. Prints the
+//! operator's resident memory (peak and at the end), reconcile latency p50/p99 (from its own
+//! histogram), API requests per second (counted by the proxy in front of the API server) and the
+//! time until every change is Succeeded.
+//!
+//!   cargo run --release -p graygate-e2e --bin graygate-scale -- --changes 1000 --namespaces 100
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::Parser;
+use graygate::api::{ChangeRequest, Phase};
+use graygate_e2e::world::{World, WorldOptions};
+use kube::Api;
+use kube::api::ListParams;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// ChangeRequests (and one-replica Deployments), in all.
+    #[arg(long, default_value_t = 1000)]
+    changes: usize,
+    /// Namespaces they are spread over.
+    #[arg(long, default_value_t = 100)]
+    namespaces: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+}
+
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// A quantile of a Prometheus histogram given as (upper bound, cumulative count) pairs, by
+/// linear interpolation inside the bucket (as `histogram_quantile` does).
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let inside = count - prev.1;
+            let frac = if inside > 0.0 {
+                (rank - prev.1) / inside
+            } else {
+                0.0
+            };
+            return prev.0 + (le - prev.0) * frac;
+        }
+        prev = (le, count);
+    }
+    prev.0
+}
+
+fn reconcile_buckets(metrics: &str) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with("graygate_reconcile_duration_seconds_bucket"))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let per_ns = args.changes.div_ceil(args.namespaces.max(1));
+    let w = World::start(WorldOptions::default()).await?;
+    eprintln!(
+        "control plane up; creating {} Deployments in {} namespaces",
+        args.changes, args.namespaces
+    );
+    let mut made = 0;
+    for n in 0..args.namespaces {
+        let ns = format!("scale-{n:03}");
+        let mut docs = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n");
+        for d in 0..per_ns {
+            if made == args.changes {
+                break;
+            }
+            made += 1;
+            docs.push_str(&format!(
+                "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app-{d}, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: app-{d}}}}}\n  template:\n    metadata: {{labels: {{app: app-{d}}}}}\n    spec: {{containers: [{{name: app, image: 'shop/web:healthy'}}]}}\n"
+            ));
+        }
+        w.apply(&docs).await?;
+    }
+    let changes: Api<ChangeRequest> = Api::all(w.client.clone());
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::all(w.client.clone());
+    let wait_start = Instant::now();
+    loop {
+        let ready = deployments
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|d| d.status.as_ref().and_then(|s| s.available_replicas) == Some(1))
+            .count();
+        if ready >= args.changes {
+            break;
+        }
+        anyhow::ensure!(
+            wait_start.elapsed() < Duration::from_secs(args.timeout),
+            "only {ready} Deployments became available"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!(
+        "{} Deployments available after {:.0} s; starting graygate",
+        args.changes,
+        wait_start.elapsed().as_secs_f64()
+    );
+    let port = w.start_graygate(&[])?;
+    let pid = w.graygate_pid().context("graygate pid")?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let requests_before = w.audit.lock().map(|a| a.len()).unwrap_or(0);
+    let start = Instant::now();
+    let mut made = 0;
+    for n in 0..args.namespaces {
+        let ns = format!("scale-{n:03}");
+        let mut docs = String::new();
+        for d in 0..per_ns {
+            if made == args.changes {
+                break;
+            }
+            made += 1;
+            docs.push_str(&format!(
+                "---\napiVersion: graygate.io/v1alpha1\nkind: ChangeRequest\nmetadata: {{name: app-{d}-v2, namespace: {ns}}}\nspec:\n  target: {{kind: Deployment, name: app-{d}}}\n  images: {{app: 'shop/web:healthy-v2'}}\n  batches: [{{percent: 100, bake: 2s}}]\n"
+            ));
+        }
+        w.apply(&docs).await?;
+    }
+    let created = start.elapsed();
+    eprintln!(
+        "{} ChangeRequests created in {:.1} s",
+        args.changes,
+        created.as_secs_f64()
+    );
+    let mut peak_rss = 0;
+    let done = loop {
+        peak_rss = peak_rss.max(status_kb(pid, "VmRSS:").unwrap_or(0));
+        let list = changes.list(&ListParams::default()).await?.items;
+        let succeeded = list
+            .iter()
+            .filter(|c| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == Phase::Succeeded)
+            })
+            .count();
+        let stuck: Vec<String> = list
+            .iter()
+            .filter(|c| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase.is_terminal() && s.phase != Phase::Succeeded)
+            })
+            .map(|c| {
+                format!(
+                    "{:?}",
+                    c.status.as_ref().map(|s| (s.phase, s.message.clone()))
+                )
+            })
+            .collect();
+        anyhow::ensure!(stuck.is_empty(), "changes ended otherwise: {stuck:?}");
+        if succeeded == args.changes {
+            break start.elapsed();
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(args.timeout),
+            "only {succeeded} of {} Succeeded after {} s",
+            args.changes,
+            args.timeout
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let requests = w.audit.lock().map(|a| a.len()).unwrap_or(0) - requests_before;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let buckets = reconcile_buckets(&metrics);
+    let reconciles = buckets.last().map_or(0.0, |b| b.1);
+    println!("changes: {}", args.changes);
+    println!("namespaces: {}", args.namespaces);
+    println!("time to all Succeeded: {:.1} s", done.as_secs_f64());
+    println!(
+        "resident memory: peak {:.1} MiB (VmHWM {:.1} MiB), at the end {:.1} MiB",
+        peak_rss as f64 / 1024.0,
+        status_kb(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0,
+        status_kb(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0
+    );
+    println!(
+        "reconciles: {reconciles:.0}; latency p50 {:.1} ms, p99 {:.1} ms",
+        quantile(&buckets, 0.5) * 1000.0,
+        quantile(&buckets, 0.99) * 1000.0
+    );
+    println!(
+        "API requests: {requests} in {:.1} s = {:.1} per second",
+        done.as_secs_f64(),
+        requests as f64 / done.as_secs_f64()
+    );
+    Ok(())
+}
