@@ -20,7 +20,7 @@ crds:
 	cargo run --quiet -- crd > crds/graygate.io_changerequests.yaml
 	cp crds/graygate.io_changerequests.yaml charts/graygate/crds/
 
-# Build, start the simulated cluster, Prometheus and graygate, apply examples/demo, print a live timeline.
+# Build, start the local control plane, Prometheus and graygate, apply examples/demo, print a live timeline.
 demo: deps
 	cargo build --workspace --quiet
 	./target/debug/graygate-demo
