@@ -81,8 +81,10 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("graygate");
         let reconciles = Family::<ResultLabel, Counter>::default();
         let errors = Family::<CategoryLabel, Counter>::default();
+        // Up to a minute: a reconcile includes its analysis (Prometheus timeouts of up to 30 s)
+        // and, on a saturated API server, several seconds of requests.
         let duration = Histogram::new([
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
         ]);
         let by_phase = Family::<PhaseLabel, Gauge>::default();
         let batches = Family::<VerdictLabel, Counter>::default();
