@@ -103,30 +103,40 @@ pub fn graygate_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// The objects the Helm chart renders with its default values (`scripts/chart/check.py`).
-fn chart_objects() -> anyhow::Result<Vec<Value>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new("python3")
-        .arg(root.join("scripts/chart/check.py"))
-        .args(["--render", "-"])
+/// The standard output of a command that must succeed; `what` names it in errors.
+fn stdout_of(mut cmd: Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd
         .stderr(Stdio::piped())
         .output()
-        .context("python3 scripts/chart/check.py --render - (run `make deps` first)")?;
+        .with_context(|| format!("running {what}"))?;
     if !out.status.success() {
-        bail!(
-            "rendering the chart failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let text = String::from_utf8(out.stdout)?;
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The non-empty documents of a multi-document YAML text.
+fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
     let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_yaml::Deserializer::from_str(text) {
         let v: Value = serde::Deserialize::deserialize(doc)?;
         if !v.is_null() {
             docs.push(v);
         }
     }
     Ok(docs)
+}
+
+/// The objects the Helm chart renders with its default values (`scripts/chart/check.py`).
+fn chart_objects() -> anyhow::Result<Vec<Value>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cmd = Command::new("python3");
+    cmd.arg(root.join("scripts/chart/check.py"))
+        .args(["--render", "-"]);
+    documents(&stdout_of(
+        cmd,
+        "python3 scripts/chart/check.py --render - (run `make deps` first)",
+    )?)
 }
 
 impl World {
@@ -254,25 +264,17 @@ impl World {
             }
         }
         let account = account.context("the chart renders no ServiceAccount")?;
-        let out = Command::new("kubectl")
-            .args([
-                "create",
-                "token",
-                &account,
-                "-n",
-                OPERATOR_NAMESPACE,
-                "--duration=24h",
-            ])
-            .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
-            .output()
-            .context("kubectl create token")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl create token failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let token = String::from_utf8(out.stdout)?.trim().to_string();
+        let mut cmd = Command::new("kubectl");
+        cmd.args([
+            "create",
+            "token",
+            &account,
+            "-n",
+            OPERATOR_NAMESPACE,
+            "--duration=24h",
+        ])
+        .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()));
+        let token = stdout_of(cmd, "kubectl create token")?.trim().to_string();
         std::fs::write(
             &self.kubeconfig,
             format!(
@@ -285,11 +287,7 @@ impl World {
 
     /// Create every object in a multi-document YAML text.
     pub async fn apply(&self, yaml: &str) -> anyhow::Result<()> {
-        for doc in serde_yaml::Deserializer::from_str(yaml) {
-            let v: Value = serde::Deserialize::deserialize(doc)?;
-            if v.is_null() {
-                continue;
-            }
+        for v in documents(yaml)? {
             self.create(v).await?;
         }
         Ok(())
