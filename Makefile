@@ -18,7 +18,8 @@ chart: deps
 # Regenerate the CRD from the code, for kubectl users (crds/) and for the Helm chart.
 crds:
 	cargo run --quiet -- crd > crds/graygate.io_changerequests.yaml
-	cp crds/graygate.io_changerequests.yaml charts/graygate/crds/
+	cargo run --quiet -- crd changepolicies > crds/graygate.io_changepolicies.yaml
+	cp crds/graygate.io_changerequests.yaml crds/graygate.io_changepolicies.yaml charts/graygate/crds/
 
 # Build, start the local control plane, Prometheus and graygate, apply examples/demo, print a live timeline.
 demo: deps

@@ -10,8 +10,10 @@
 pub enum Scope {
     /// In every namespace graygate watches (cluster-wide, or each of `watchNamespaces`).
     Watched,
-    /// Only in the operator's own namespace (the leader-election Lease).
+    /// Only in the operator's own namespace (the leader-election Lease, the webhook certificate).
     Operator,
+    /// Cluster-scoped objects graygate installs itself (its webhook configuration, by name).
+    Cluster,
 }
 
 /// One resource and the verbs graygate uses on it.
@@ -34,9 +36,23 @@ pub const OPERATOR_ACCESS: &[Access] = &[
     Access {
         group: "graygate.io",
         resource: "changerequests",
-        verbs: &["get", "list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch"],
         scope: Scope::Watched,
-        why: "watch ChangeRequests; add and remove the rollback finalizer",
+        why: "watch ChangeRequests; add and remove the rollback finalizer; create the changes of guarded workloads; supersede them",
+    },
+    Access {
+        group: "graygate.io",
+        resource: "changepolicies",
+        verbs: &["list", "patch"],
+        scope: Scope::Watched,
+        why: "read ChangePolicies; add and remove their release finalizer",
+    },
+    Access {
+        group: "graygate.io",
+        resource: "changepolicies/status",
+        verbs: &["patch"],
+        scope: Scope::Watched,
+        why: "report guarded workloads and the change in flight for each",
     },
     Access {
         group: "graygate.io",
@@ -50,7 +66,21 @@ pub const OPERATOR_ACCESS: &[Access] = &[
         resource: "deployments",
         verbs: &["get", "list", "watch", "create", "patch", "delete"],
         scope: Scope::Watched,
-        why: "read the target; create, update and remove the canary Deployment",
+        why: "read the target; create, update and remove the canary Deployment; label guarded Deployments, release and hold them",
+    },
+    Access {
+        group: "apps",
+        resource: "replicasets",
+        verbs: &["get", "list", "create", "patch", "delete"],
+        scope: Scope::Watched,
+        why: "a guarded Deployment's running ReplicaSet; its canary ReplicaSet, handed to the Deployment on release",
+    },
+    Access {
+        group: "apps",
+        resource: "controllerrevisions",
+        verbs: &["get"],
+        scope: Scope::Watched,
+        why: "the template a held StatefulSet's pods run (its current revision)",
     },
     Access {
         group: "apps",
@@ -62,9 +92,9 @@ pub const OPERATOR_ACCESS: &[Access] = &[
     Access {
         group: "apps",
         resource: "statefulsets",
-        verbs: &["get", "patch"],
+        verbs: &["get", "list", "patch"],
         scope: Scope::Watched,
-        why: "read the target; set the template and the partition",
+        why: "read the target; set the template and the partition; find, label and release guarded StatefulSets",
     },
     Access {
         group: "",
@@ -100,6 +130,20 @@ pub const OPERATOR_ACCESS: &[Access] = &[
         verbs: &["get", "create", "update"],
         scope: Scope::Operator,
         why: "leader election between replicas",
+    },
+    Access {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "create", "update"],
+        scope: Scope::Operator,
+        why: "the admission webhook's certificate, made and rotated by graygate",
+    },
+    Access {
+        group: "admissionregistration.k8s.io",
+        resource: "mutatingwebhookconfigurations",
+        verbs: &["get", "patch"],
+        scope: Scope::Cluster,
+        why: "keep the webhook configuration's caBundle current (its own configuration only, by name)",
     },
 ];
 

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod controller;
 pub mod detect;
 pub mod eval;
+pub mod guard;
 pub mod logs;
 pub mod real_eval;
 pub mod rollout;

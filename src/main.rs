@@ -30,8 +30,12 @@ enum LogFormat {
 enum Command {
     /// Run the operator.
     Run(cli::run::RunArgs),
-    /// Print the ChangeRequest CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML: `changerequests` (default) or `changepolicies`.
+    Crd {
+        /// Which CRD.
+        #[arg(default_value = "changerequests", value_parser = ["changerequests", "changepolicies"])]
+        which: String,
+    },
     /// Log template tools.
     #[command(subcommand)]
     Logs(cli::logs::LogsCommand),
@@ -88,7 +92,11 @@ fn main() -> ExitCode {
     }
     graygate::install_crypto_provider();
     match cli.command {
-        Command::Crd => match serde_yaml::to_string(&graygate::api::crd()) {
+        Command::Crd { which } => match serde_yaml::to_string(&if which == "changepolicies" {
+            graygate::api::policy_crd()
+        } else {
+            graygate::api::crd()
+        }) {
             Ok(y) => {
                 print!("{y}");
                 ExitCode::SUCCESS

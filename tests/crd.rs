@@ -2,12 +2,23 @@
 
 #[test]
 fn committed_crd_matches_the_code() {
-    let generated = serde_yaml::to_string(&graygate::api::crd()).unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
-    for path in [
-        "crds/graygate.io_changerequests.yaml",
-        "charts/graygate/crds/graygate.io_changerequests.yaml",
+    for (path, crd) in [
+        ("crds/graygate.io_changerequests.yaml", graygate::api::crd()),
+        (
+            "charts/graygate/crds/graygate.io_changerequests.yaml",
+            graygate::api::crd(),
+        ),
+        (
+            "crds/graygate.io_changepolicies.yaml",
+            graygate::api::policy_crd(),
+        ),
+        (
+            "charts/graygate/crds/graygate.io_changepolicies.yaml",
+            graygate::api::policy_crd(),
+        ),
     ] {
+        let generated = serde_yaml::to_string(&crd).unwrap();
         let full = format!("{root}/{path}");
         let committed = std::fs::read_to_string(&full)
             .unwrap_or_else(|_| panic!("{path} is missing; run `make crds`"));

@@ -22,6 +22,13 @@ fn exported() -> BTreeMap<String, String> {
         })
         .inc();
     m.set_phase("shop", "web-v2", Some((graygate::api::Phase::Paused, 1)));
+    m.held("Deployment");
+    m.unguarded
+        .get_or_create(&graygate::controller::metrics::WorkloadLabel {
+            namespace: "shop".into(),
+            kind: "Deployment".into(),
+        })
+        .inc();
     m.encode()
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -94,6 +101,7 @@ fn the_rbac_table_is_the_access_table() {
                 match a.scope {
                     Scope::Watched => "watched namespaces".to_string(),
                     Scope::Operator => "the operator's namespace".to_string(),
+                    Scope::Cluster => "cluster (by name)".to_string(),
                 },
             )
         })

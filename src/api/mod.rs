@@ -2,11 +2,13 @@
 
 pub mod analysis;
 pub mod duration;
+pub mod policy;
 pub mod validate;
 pub mod window;
 
 pub use analysis::*;
 pub use duration::Duration;
+pub use policy::*;
 pub use validate::{FieldError, check_spec};
 pub use window::ChangeWindow;
 
@@ -77,7 +79,7 @@ pub fn post_params(manager: &str) -> kube::api::PostParams {
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("(has(self.images) && size(self.images) > 0) || has(self.patch)").message("set images and/or patch: the change must alter the pod template"),
+    validation = Rule::new("(has(self.images) && size(self.images) > 0) || has(self.patch) || has(self.template)").message("set images, patch or template: the change must alter the pod template"),
     validation = Rule::new("size(self.batches) == 0 || !has(self.batches[size(self.batches) - 1].percent) || self.batches[size(self.batches) - 1].percent == 100").message("the last batch must reach 100%")
 )]
 pub struct ChangeRequestSpec {
@@ -90,6 +92,17 @@ pub struct ChangeRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub patch: Option<serde_json::Value>,
+    /// The whole new pod template (`metadata` and `spec`), replacing the target's before images
+    /// and patch apply. graygate writes it into the changes it generates for guarded workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub template: Option<serde_json::Value>,
+    /// Set on the changes graygate generates for a guarded workload: the ChangePolicy's name. The
+    /// workload already holds the new template, held by graygate's admission webhook; on success
+    /// graygate releases it (no template is written), on failure the old pods keep running and
+    /// the workload stays held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// The batches, in order. Sizes strictly increase and the last one reaches 100%.
     #[x_kube(validation = Rule::new("size(self) > 0").message("at least one batch is needed"))]
     #[schemars(length(min = 1))]
@@ -459,6 +472,16 @@ pub fn crd()
 -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     use kube::CustomResourceExt;
     let crd = ChangeRequest::crd();
+    let mut v = serde_json::to_value(&crd).unwrap_or_default();
+    strip_unsigned_formats(&mut v);
+    serde_json::from_value(v).unwrap_or(crd)
+}
+
+/// The ChangePolicy CRD as `graygate crd policy` prints it (same clean-up as [`crd`]).
+pub fn policy_crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let crd = ChangePolicy::crd();
     let mut v = serde_json::to_value(&crd).unwrap_or_default();
     strip_unsigned_formats(&mut v);
     serde_json::from_value(v).unwrap_or(crd)

@@ -52,10 +52,18 @@ pub fn check_spec(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
             format!("{:?} is not a valid object name", spec.target.name),
         ));
     }
-    if spec.images.is_empty() && spec.patch.is_none() {
+    if spec.images.is_empty() && spec.patch.is_none() && spec.template.is_none() {
         return Err(FieldError::new(
             "images",
-            "set images and/or patch: the change must alter the pod template",
+            "set images, patch or template: the change must alter the pod template",
+        ));
+    }
+    if let Some(t) = &spec.template
+        && !t.get("spec").is_some_and(|s| s.is_object())
+    {
+        return Err(FieldError::new(
+            "template.spec",
+            "a whole pod template needs its spec (an object with containers)",
         ));
     }
     for (container, image) in &spec.images {

@@ -36,6 +36,104 @@ pub struct RunArgs {
     /// A kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then the in-cluster service account).
     #[arg(long)]
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// Serve the guarded-workload admission webhook (HTTPS, `POST /mutate`) on this address.
+    /// Without it no webhook is served and ChangePolicies cannot hold changes.
+    #[arg(long, env = "GRAYGATE_WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<String>,
+    /// The MutatingWebhookConfiguration whose caBundle graygate keeps current.
+    #[arg(
+        long,
+        env = "GRAYGATE_WEBHOOK_CONFIGURATION",
+        default_value = "graygate"
+    )]
+    pub webhook_configuration: String,
+    /// The Secret (in the operator's namespace) holding the webhook certificate graygate makes.
+    #[arg(
+        long,
+        env = "GRAYGATE_WEBHOOK_SECRET",
+        default_value = "graygate-webhook-tls"
+    )]
+    pub webhook_secret: String,
+    /// Host names and IP addresses the webhook certificate is for, comma-separated
+    /// (the chart passes the Service's DNS names).
+    #[arg(long, env = "GRAYGATE_WEBHOOK_NAMES", value_delimiter = ',')]
+    pub webhook_names: Vec<String>,
+    /// Read the webhook certificate from `tls.crt` and `tls.key` here (cert-manager) instead of
+    /// making one.
+    #[arg(long, env = "GRAYGATE_WEBHOOK_CERT_DIR")]
+    pub webhook_cert_dir: Option<std::path::PathBuf>,
+    /// User names whose writes the webhook lets through untouched: graygate's own (default:
+    /// `system:serviceaccount:$POD_NAMESPACE:$SERVICE_ACCOUNT` when both are set).
+    #[arg(
+        long = "trusted-user",
+        env = "GRAYGATE_TRUSTED_USERS",
+        value_delimiter = ','
+    )]
+    pub trusted_users: Vec<String>,
+}
+
+fn trusted_users(args: &RunArgs) -> Vec<String> {
+    let mut users = args.trusted_users.clone();
+    if let (Ok(ns), Ok(sa)) = (
+        std::env::var("POD_NAMESPACE"),
+        std::env::var("SERVICE_ACCOUNT"),
+    ) {
+        users.push(format!("system:serviceaccount:{ns}:{sa}"));
+    }
+    users
+}
+
+/// Start the admission webhook when asked: its certificate keeper and its TLS server. Every
+/// replica serves it, so admission never waits for an election.
+async fn start_webhook(
+    args: &RunArgs,
+    client: &kube::Client,
+    metrics: &Arc<Metrics>,
+    namespace: &str,
+) -> anyhow::Result<()> {
+    let Some(addr) = &args.webhook_listen else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--webhook-listen {addr}: {e}"))?;
+    let store = Arc::new(crate::guard::certs::CertStore::default());
+    let source = match &args.webhook_cert_dir {
+        Some(dir) => crate::guard::certs::Source::Files(dir.clone()),
+        None => {
+            if args.webhook_names.is_empty() {
+                anyhow::bail!(
+                    "--webhook-names is empty: name the host names the API server calls the webhook by"
+                );
+            }
+            crate::guard::certs::Source::Managed {
+                namespace: namespace.to_string(),
+                secret: args.webhook_secret.clone(),
+                webhook: args.webhook_configuration.clone(),
+                names: args.webhook_names.clone(),
+            }
+        }
+    };
+    tokio::spawn(crate::guard::certs::keep_current(
+        client.clone(),
+        source,
+        store.clone(),
+        Duration::from_secs(3600),
+    ));
+    let trusted = trusted_users(args);
+    if trusted.is_empty() {
+        tracing::warn!(
+            "no --trusted-user: graygate's own template writes to guarded workloads would be held too"
+        );
+    }
+    tracing::info!(listen = %listener.local_addr()?, "admission webhook serving");
+    tokio::spawn(crate::guard::serve(
+        listener,
+        store,
+        trusted,
+        metrics.clone(),
+    ));
+    Ok(())
 }
 
 fn identity(args: &RunArgs) -> String {
@@ -153,6 +251,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = stop.wait_for(|s| *s).await;
         }))
     };
+    start_webhook(&args, &client, &metrics, &lease_cfg.namespace).await?;
     let fence = Arc::new(lease::Fence::new());
     let lease_task = tokio::spawn(lease::run(
         client.clone(),
@@ -191,6 +290,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let (ctl_stop_tx, ctl_stop_rx) = watch::channel(false);
     let mut ctl_stop = ctl_stop_rx.clone();
+    let mut policy_stop = ctl_stop_rx.clone();
+    let policies = tokio::spawn(crate::guard::policy::run(
+        ctx.clone(),
+        args.namespaces.clone(),
+        async move {
+            let _ = policy_stop.wait_for(|s| *s).await;
+        },
+    ));
     let controller = tokio::spawn(run_controller(
         ctx,
         args.namespaces.clone(),
@@ -212,10 +319,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         {
             tracing::warn!("controller did not stop within 20s");
         }
+        policies.abort();
     } else {
         // Another replica may already be acting: nothing in flight may finish its writes.
         fence.revoke();
         controller.abort();
+        policies.abort();
     }
     lease_task.abort();
     metrics.leader.set(0);

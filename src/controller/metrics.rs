@@ -49,6 +49,15 @@ pub struct ChangeLabel {
     pub phase: String,
 }
 
+/// Label set naming a workload kind (and, for unguarded changes, its namespace).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadLabel {
+    /// The workload's namespace ("" when not known).
+    pub namespace: String,
+    /// Deployment or StatefulSet.
+    pub kind: String,
+}
+
 /// Every metric graygate exports.
 pub struct Metrics {
     /// The registry they are in.
@@ -73,6 +82,11 @@ pub struct Metrics {
     pub transitions: Family<PhaseLabel, Counter>,
     /// For each ChangeRequest, labelled with its current phase: when it entered that phase (Unix seconds).
     pub change_phase: Family<ChangeLabel, Gauge>,
+    /// Template changes the admission webhook held, by kind.
+    pub webhook_held: Family<WorkloadLabel, Counter>,
+    /// Changes to guarded workloads that went past the webhook (made while it was unreachable
+    /// with failurePolicy Ignore), found afterwards.
+    pub unguarded: Family<WorkloadLabel, Counter>,
     phases: Mutex<HashMap<String, Phase>>,
 }
 
@@ -140,6 +154,18 @@ impl Default for Metrics {
             "When each ChangeRequest entered its current phase (Unix time), labelled with namespace, name and phase",
             change_phase.clone(),
         );
+        let webhook_held = Family::<WorkloadLabel, Counter>::default();
+        let unguarded = Family::<WorkloadLabel, Counter>::default();
+        registry.register(
+            "webhook_held",
+            "Pod-template changes of guarded workloads the admission webhook held, by kind",
+            webhook_held.clone(),
+        );
+        registry.register(
+            "unguarded_changes",
+            "Template changes of guarded workloads that went past the webhook (graygate was down, failurePolicy Ignore), found afterwards",
+            unguarded.clone(),
+        );
         for p in Phase::ALL {
             let _ = transitions.get_or_create(&PhaseLabel {
                 phase: p.as_str().into(),
@@ -172,12 +198,24 @@ impl Default for Metrics {
             leader,
             transitions,
             change_phase,
+            webhook_held,
+            unguarded,
             phases: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl Metrics {
+    /// The webhook held a template change of this kind.
+    pub fn held(&self, kind: &str) {
+        self.webhook_held
+            .get_or_create(&WorkloadLabel {
+                namespace: String::new(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
     /// Record the phase of one ChangeRequest and when it entered it (None when it is gone), and
     /// refresh the gauges.
     pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<(Phase, i64)>) {

@@ -3,7 +3,7 @@
 
 use crate::api::*;
 use crate::rollout::plan::{PlannedBatch, plan};
-use crate::rollout::template::apply_change;
+use crate::rollout::template::apply_spec;
 use crate::util::{short_hash, trim_to};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -60,6 +60,8 @@ pub struct WorkloadObs {
     pub unhealthy_reason: String,
     /// The target's pod template as it is now.
     pub template: Value,
+    /// A guarded workload holding a new template: the template its pods run (the stable one).
+    pub running: Option<Value>,
     /// The target's selector labels.
     pub selector: BTreeMap<String, String>,
     /// The target's current revision (Deployment: template hash; StatefulSet: currentRevision).
@@ -472,12 +474,7 @@ impl Machine<'_> {
                     .stable_template
                     .clone()
                     .unwrap_or_else(|| w.template.clone());
-                match apply_change(
-                    &base,
-                    &self.spec.images,
-                    self.spec.patch.as_ref(),
-                    &w.selector,
-                ) {
+                match apply_spec(&base, self.spec, &w.selector) {
                     Ok(t) if &short_hash(&t) != recorded => {
                         self.pause(
                             "SpecChanged",
@@ -708,12 +705,7 @@ impl Machine<'_> {
                 .stable_template
                 .clone()
                 .unwrap_or_else(|| w.template.clone());
-            if let Ok(t) = apply_change(
-                &base,
-                &self.spec.images,
-                self.spec.patch.as_ref(),
-                &w.selector,
-            ) {
+            if let Ok(t) = apply_spec(&base, self.spec, &w.selector) {
                 self.st.change_revision = Some(short_hash(&t));
             }
         }
@@ -769,12 +761,9 @@ impl Machine<'_> {
                 return;
             }
         };
-        let new_template = match apply_change(
-            &w.template,
-            &self.spec.images,
-            self.spec.patch.as_ref(),
-            &w.selector,
-        ) {
+        // A guarded workload already holds the new template; its pods run the stable one.
+        let stable = w.running.clone().unwrap_or_else(|| w.template.clone());
+        let new_template = match apply_spec(&stable, self.spec, &w.selector) {
             Ok(t) => t,
             Err(e) => {
                 self.invalid(e);
@@ -806,12 +795,25 @@ impl Machine<'_> {
         }
         self.st.original_replicas = Some(w.replicas);
         self.st.stable_revision = Some(w.revision.clone());
-        self.st.stable_template = Some(w.template.clone());
+        self.st.stable_template = Some(stable);
         self.st.original_partition = w.partition;
         self.st.change_revision = Some(short_hash(&new_template));
         self.st.started_at = Some(Time(self.obs.now));
         let selector: Vec<String> = w.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
         match self.spec.target.kind {
+            TargetKind::Deployment if self.spec.policy.is_some() => {
+                // Guarded: the canary is a ReplicaSet the Deployment adopts on release; the
+                // groups are told apart by pod-template-hash, as the Deployment controller does.
+                let hash = crate::rollout::template_hash(&new_template);
+                self.st.canary_name = Some(format!("{}-{hash}", self.spec.target.name));
+                self.st.change_selector =
+                    Some(format!("{},pod-template-hash={hash}", selector.join(",")));
+                self.st.control_selector = Some(format!(
+                    "{},pod-template-hash={}",
+                    selector.join(","),
+                    w.revision
+                ));
+            }
             TargetKind::Deployment => {
                 self.st.canary_name = Some(canary_name(&self.spec.target.name, self.name));
                 self.st.change_selector = Some(format!(

@@ -21,6 +21,7 @@ fn workload(reached: bool, ready: i32) -> WorkloadObs {
         healthy: true,
         unhealthy_reason: String::new(),
         template: json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:1"}]}}),
+        running: None,
         selector: [("app".to_string(), "web".to_string())].into(),
         revision: "abc".into(),
         partition: None,

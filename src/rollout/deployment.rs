@@ -5,7 +5,7 @@
 use super::{Ctx, Error, same_template, template_of};
 use crate::api::LABEL_CHANGE;
 use crate::controller::state::{Step, WorkloadObs};
-use crate::rollout::template::{apply_change, with_label};
+use crate::rollout::template::{apply_spec, with_label};
 use crate::util::short_hash;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{DeleteParams, Patch, PropagationPolicy};
@@ -116,6 +116,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         unhealthy_reason,
         revision: short_hash(&template),
         template,
+        running: None,
         selector,
         partition: None,
         changed_ready,
@@ -349,12 +350,6 @@ impl Ctx<'_> {
         base: &Value,
         selector: &std::collections::BTreeMap<String, String>,
     ) -> Result<Value, Error> {
-        apply_change(
-            base,
-            &self.cr.spec.images,
-            self.cr.spec.patch.as_ref(),
-            selector,
-        )
-        .map_err(|e| Error::Spec(e.to_string()))
+        apply_spec(base, &self.cr.spec, selector).map_err(|e| Error::Spec(e.to_string()))
     }
 }

@@ -1,6 +1,7 @@
 //! Workload strategies and the pure pieces they share.
 
 pub mod deployment;
+pub mod guarded;
 pub mod plan;
 pub mod statefulset;
 pub mod template;
@@ -84,6 +85,19 @@ pub fn same_template(a: &Value, b: &Value) -> bool {
     without_label(a) == without_label(b)
 }
 
+/// The hash graygate names a pod template by (webhook annotations, generated ChangeRequests,
+/// guarded canaries): over the template without graygate's label, the Deployment controller's
+/// `pod-template-hash` label, nulls and empty maps, so every path to the same template agrees.
+pub fn template_hash(template: &Value) -> String {
+    let mut v = template.clone();
+    if let Some(Value::Object(l)) = v.pointer_mut("/metadata/labels") {
+        l.remove(LABEL_CHANGE);
+        l.remove("pod-template-hash");
+    }
+    strip_empty(&mut v);
+    crate::util::short_hash(&v)
+}
+
 // API servers drop empty maps and nulls on the way in; compare without them.
 fn strip_empty(v: &mut Value) {
     if let Value::Object(m) = v {
@@ -99,6 +113,7 @@ fn strip_empty(v: &mut Value) {
 /// Observe the target against `step`.
 pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<WorkloadObs>, Error> {
     match ctx.cr.spec.target.kind {
+        TargetKind::Deployment if ctx.cr.spec.policy.is_some() => guarded::observe(ctx, step).await,
         TargetKind::Deployment => deployment::observe(ctx, step).await,
         TargetKind::StatefulSet => statefulset::observe(ctx, step).await,
     }
@@ -107,6 +122,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
 /// Bring the workload to `step`, idempotently.
 pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     match ctx.cr.spec.target.kind {
+        TargetKind::Deployment if ctx.cr.spec.policy.is_some() => guarded::ensure(ctx, step).await,
         TargetKind::Deployment => deployment::ensure(ctx, step).await,
         TargetKind::StatefulSet => statefulset::ensure(ctx, step).await,
     }
@@ -170,9 +186,15 @@ pub async fn groups(ctx: &Ctx<'_>, promoted: bool) -> Result<Groups, Error> {
                 .collect())
         }
     };
-    let deployment_promoted = promoted && ctx.cr.spec.target.kind == TargetKind::Deployment;
+    // A guarded Deployment's canary is adopted at release: its selector names every new pod.
+    let deployment_promoted = promoted
+        && ctx.cr.spec.target.kind == TargetKind::Deployment
+        && ctx.cr.spec.policy.is_none();
+    let guarded_promoted = promoted && ctx.cr.spec.policy.is_some();
     let (change_sel, control_sel) = if deployment_promoted {
         (status.control_selector.clone(), None)
+    } else if guarded_promoted {
+        (status.change_selector.clone(), None)
     } else {
         (
             status.change_selector.clone(),

@@ -2,8 +2,9 @@
 //! `rollingUpdate.partition = N − n` lets only the highest `n` ordinals update.
 
 use super::{Ctx, Error, same_template, template_of};
+use crate::api::{ANN_CHANGE, ANN_FAILED, ANN_HELD, ANN_PARTITION};
 use crate::controller::state::{Step, WorkloadObs};
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch};
 use kube::{Api, ResourceExt};
@@ -53,6 +54,13 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
     let status = ctx.cr.status.clone().unwrap_or_default();
     let n_total = status.original_replicas.unwrap_or(replicas);
     let original_partition = status.original_partition.unwrap_or(0);
+    let guarded_hold = ctx.cr.spec.policy.is_some() && held(&sts);
+    // A guarded StatefulSet holds the new template; its pods run the current revision's.
+    let running = if guarded_hold && !update.is_empty() && current != update {
+        revision_template(ctx, &current).await?
+    } else {
+        None
+    };
     // Pods at the update revision, ready: the change group as far as readiness goes.
     let changed_ready = if step.is_some() && !update.is_empty() {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ctx.ns);
@@ -92,6 +100,9 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
                 && changed_ready == n_total
                 && ready == n_total
         }
+        Some(Step::Restore) if guarded_hold => {
+            partition_of(&sts) >= n_total && caught_up && updated == 0 && ready == n_total
+        }
         Some(Step::Restore) => {
             same_template(&template, &stable)
                 && partition_of(&sts) == original_partition
@@ -111,7 +122,16 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         template,
         selector,
         revision: current,
-        partition: Some(partition_of(&sts)),
+        running,
+        // Held by the webhook, the partition before the hold is the one to come back to.
+        partition: Some(if guarded_hold {
+            sts.annotations()
+                .get(ANN_PARTITION)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0)
+        } else {
+            partition_of(&sts)
+        }),
         changed_ready: if matches!(step, Some(Step::Restore)) {
             0
         } else {
@@ -137,6 +157,10 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
         .stable_template
         .clone()
         .unwrap_or_else(|| template.clone());
+    let guarded_hold = ctx.cr.spec.policy.is_some() && held(&sts);
+    if guarded_hold && matches!(step, Step::Restore) {
+        return hold_again(ctx, &api, &sts, n_total, &selector, &status).await;
+    }
     let (wanted_template, wanted_partition) = match step {
         Step::Batch { changed } => (ctx.new_template(&stable, &selector)?, n_total - changed),
         Step::Promote => (ctx.new_template(&stable, &selector)?, original_partition),
@@ -159,6 +183,19 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             }}),
         );
     }
+    if guarded_hold && matches!(step, Step::Promote) && ops.is_empty() {
+        // Released: the StatefulSet runs the template it holds; graygate lets go of it.
+        ctx.fence.check()?;
+        api.patch(
+            &sts.name_any(),
+            &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                ANN_HELD: null, ANN_PARTITION: null, ANN_CHANGE: null, ANN_FAILED: null
+            }}})),
+        )
+        .await?;
+        return Ok(());
+    }
     if ops.is_empty() {
         if matches!(step, Step::Restore) {
             ctx.fence.check()?;
@@ -175,6 +212,78 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
         &Patch::Json::<()>(serde_json::from_value(json!(ops))?),
     )
     .await?;
+    Ok(())
+}
+
+/// Held by graygate's webhook (the annotation it sets when it holds a template).
+pub fn held(sts: &StatefulSet) -> bool {
+    sts.annotations().contains_key(ANN_HELD)
+}
+
+/// The pod template a StatefulSet revision recorded.
+pub async fn revision_template(
+    ctx: &Ctx<'_>,
+    revision: &str,
+) -> Result<Option<serde_json::Value>, Error> {
+    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), ctx.ns);
+    Ok(api
+        .get_opt(revision)
+        .await?
+        .and_then(|r| r.data)
+        .and_then(|d| d.0.pointer("/spec/template").cloned()))
+}
+
+/// A failed change of a guarded StatefulSet: the template stays as applied (the source of
+/// truth holds it), the partition goes back to holding every pod, and the pods already on the
+/// failed revision are replaced by the StatefulSet controller with the current revision.
+async fn hold_again(
+    ctx: &Ctx<'_>,
+    api: &Api<StatefulSet>,
+    sts: &StatefulSet,
+    n_total: i32,
+    selector: &std::collections::BTreeMap<String, String>,
+    status: &crate::api::ChangeRequestStatus,
+) -> Result<(), Error> {
+    let hold = crate::guard::webhook::HOLD_PARTITION as i32;
+    let _ = n_total;
+    if partition_of(sts) != hold {
+        ctx.fence.check()?;
+        let failed = format!(
+            "{} ({})",
+            crate::rollout::template_hash(&template_of(&sts.spec.as_ref().map(|s| &s.template))?),
+            ctx.cr.name_any()
+        );
+        api.patch(
+            &sts.name_any(),
+            &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
+            &Patch::Merge(json!({
+                "metadata": {"annotations": {ANN_FAILED: failed}},
+                "spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": hold}}},
+            })),
+        )
+        .await?;
+        return Ok(());
+    }
+    let Some(stable) = status.stable_revision.as_deref() else {
+        return Ok(());
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ctx.ns);
+    let mut sel: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    sel.push(format!("controller-revision-hash!={stable}"));
+    for p in pods
+        .list(&ListParams::default().labels(&sel.join(",")))
+        .await?
+        .items
+    {
+        if p.metadata.deletion_timestamp.is_none() {
+            ctx.fence.check()?;
+            match pods.delete(&p.name_any(), &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     Ok(())
 }
 

@@ -70,6 +70,61 @@ pub fn check_patch(patch: &Value) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// The target's pod template with a ChangeRequest's change applied: its whole `template` when
+/// it has one (the selector labels must stay), then its images and patch.
+pub fn apply_spec(
+    base: &Value,
+    spec: &crate::api::ChangeRequestSpec,
+    selector: &BTreeMap<String, String>,
+) -> Result<Value, FieldError> {
+    let Some(whole) = &spec.template else {
+        return apply_change(base, &spec.images, spec.patch.as_ref(), selector);
+    };
+    if !whole.get("spec").is_some_and(Value::is_object) {
+        return Err(change_err(
+            "template.spec",
+            "a whole pod template needs its spec",
+        ));
+    }
+    let mut new = whole.clone();
+    if let Some(Value::Object(meta)) = new.get_mut("metadata") {
+        // Only labels and annotations belong to a pod template's metadata.
+        meta.retain(|k, _| k == "labels" || k == "annotations");
+    }
+    if spec.images.is_empty() && spec.patch.is_none() {
+        check_selector(&new, selector, "template.metadata.labels")?;
+        if strip_graygate_labels(&new) == strip_graygate_labels(base) {
+            return Err(change_err(
+                "template",
+                "the template equals the target's: there is nothing to roll out",
+            ));
+        }
+        return Ok(new);
+    }
+    apply_change(&new, &spec.images, spec.patch.as_ref(), selector)
+}
+
+fn check_selector(
+    new: &Value,
+    selector: &BTreeMap<String, String>,
+    field: &str,
+) -> Result<(), FieldError> {
+    let labels = new
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for (k, v) in selector {
+        if labels.get(k).and_then(Value::as_str) != Some(v.as_str()) {
+            return Err(change_err(
+                format!("{field}.{k}"),
+                format!("the label {k} is in the target's selector and must stay {v:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The target's pod template with the change applied.
 ///
 /// `selector` is the workload's selector: labels in it must not change, or the workload
@@ -113,19 +168,7 @@ pub fn apply_change(
         check_patch(p)?;
         strategic_merge(&mut new, p);
     }
-    let labels = new
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    for (k, v) in selector {
-        if labels.get(k).and_then(Value::as_str) != Some(v.as_str()) {
-            return Err(change_err(
-                format!("patch.metadata.labels.{k}"),
-                format!("the label {k} is in the target's selector and must stay {v:?}"),
-            ));
-        }
-    }
+    check_selector(&new, selector, "patch.metadata.labels")?;
     if strip_graygate_labels(&new) == strip_graygate_labels(template) {
         return Err(change_err(
             "spec",

@@ -1,0 +1,175 @@
+//! The `ChangePolicy` custom resource: guarded workloads. Every pod-template change to a
+//! workload it selects is held by graygate's admission webhook and rolled out as a generated
+//! ChangeRequest, whoever made it.
+
+use super::{
+    AnalysisSpec, BatchSpec, ChangeWindow, DeletionPolicy, Duration, OnAnalysisError, OnAnomaly,
+    TargetKind,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Label graygate puts on every workload a policy guards (value: the policy's name). The
+/// admission webhook only sees workloads carrying it, so nothing else depends on graygate.
+pub const LABEL_GUARDED_BY: &str = "graygate.io/guarded-by";
+/// Label on generated ChangeRequests: the guarded workload's name.
+pub const LABEL_WORKLOAD: &str = "graygate.io/workload";
+/// Annotation the webhook sets when it holds a new template: the template's hash.
+pub const ANN_HELD: &str = "graygate.io/held-template";
+/// Annotation on a StatefulSet the webhook holds: its `rollingUpdate.partition` before the hold.
+pub const ANN_PARTITION: &str = "graygate.io/partition";
+/// Annotation graygate sets when a held template failed: `<hash> (<ChangeRequest>)`.
+pub const ANN_FAILED: &str = "graygate.io/failed-template";
+/// Annotation naming the ChangeRequest rolling out the held template.
+pub const ANN_CHANGE: &str = "graygate.io/change";
+/// Finalizer that releases a deleted policy's workloads.
+pub const POLICY_FINALIZER: &str = "graygate.io/release";
+/// The field manager of graygate's writes to guarded workloads and policies.
+pub const MANAGER_GUARD: &str = "graygate-guard";
+
+/// Guards workloads of its namespace: every change to their pod template goes out in gray batches.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "graygate.io",
+    version = "v1alpha1",
+    kind = "ChangePolicy",
+    namespaced,
+    status = "ChangePolicyStatus",
+    shortname = "chp",
+    category = "graygate",
+    doc = "Guards Deployments and StatefulSets: any change to their pod template, by anyone, is held and rolled out as a ChangeRequest.",
+    printcolumn = r#"{"name":"Guarded","type":"integer","jsonPath":".status.guarded"}"#,
+    printcolumn = r#"{"name":"Held","type":"integer","jsonPath":".status.held"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangePolicySpec {
+    /// The workloads of this namespace the policy guards.
+    pub workloads: WorkloadSelector,
+    /// The settings every intercepted change gets.
+    pub change: ChangeSettings,
+    /// A newer template arriving while a change is in flight: `supersede` (default: the running
+    /// change is rolled back, then the newer one starts) or `queue` (the running change finishes
+    /// its verdict first).
+    #[serde(default)]
+    pub on_newer_change: OnNewerChange,
+}
+
+/// Which workloads a policy guards: by name, by label, or both (a workload matching either).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    /// Kinds guarded (default: both Deployment and StatefulSet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<TargetKind>,
+    /// Workload names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Labels a workload must carry (all of them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+impl WorkloadSelector {
+    /// Does a workload of this kind, name and labels fall under the selector?
+    pub fn selects(&self, kind: TargetKind, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        if !self.kinds.is_empty() && !self.kinds.contains(&kind) {
+            return false;
+        }
+        let by_name = self.names.iter().any(|n| n == name);
+        let by_label = !self.match_labels.is_empty()
+            && self
+                .match_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v));
+        by_name || by_label
+    }
+}
+
+/// The ChangeRequest settings of every change a policy generates (see the ChangeRequest's spec).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeSettings {
+    /// The batches, in order; the last one reaches 100%.
+    #[schemars(length(min = 1))]
+    pub batches: Vec<BatchSpec>,
+    /// `rollback` (default) or `pause`.
+    #[serde(default)]
+    pub on_anomaly: OnAnomaly,
+    /// `pause` (default) or `continue`.
+    #[serde(default)]
+    pub on_analysis_error: OnAnalysisError,
+    /// How long a batch may take to be ready (default 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<Duration>,
+    /// Times when a batch may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<ChangeWindow>,
+    /// What deleting an active generated ChangeRequest does: `rollback` (default) or `keep`.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Metric and log analysis between batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+}
+
+/// What a newer template does to a change in flight.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnNewerChange {
+    /// Roll the running change back (its canary goes first), then start the newer one.
+    #[default]
+    Supersede,
+    /// Let the running change reach its verdict; the newer one waits its turn.
+    Queue,
+}
+
+/// What graygate sees of its guarded workloads.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangePolicyStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// How many workloads the policy guards.
+    #[serde(default)]
+    pub guarded: u32,
+    /// How many of them hold a template that is not released yet.
+    #[serde(default)]
+    pub held: u32,
+    /// One entry per guarded workload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<GuardedWorkload>,
+    /// Ready: the policy is valid and its workloads are labelled for the webhook.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One guarded workload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardedWorkload {
+    /// `Deployment` or `StatefulSet`.
+    pub kind: String,
+    /// The workload's name.
+    pub name: String,
+    /// `Released` (runs what its spec holds), `Held` (a change is in flight or waiting),
+    /// `Failed` (its template failed and stays held), `Unguarded` (a change went past the webhook).
+    pub state: String,
+    /// Hash of the pod template the workload's spec holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The ChangeRequest for that template, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    /// One sentence on the workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When graygate last saw the template change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+}

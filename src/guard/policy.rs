@@ -1,0 +1,621 @@
+//! The ChangePolicy controller: labels the workloads a policy guards (so the webhook sees
+//! them), turns each template the webhook held into a ChangeRequest, supersedes or queues
+//! changes in flight, reports changes that went past the webhook, and lets go of a deleted
+//! policy's workloads.
+
+use crate::api::*;
+use crate::controller::reconcile::Context;
+use crate::rollout::{guarded, template_hash, template_of};
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, StatefulSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often every policy is looked at.
+pub const PERIOD: Duration = Duration::from_secs(2);
+
+/// One guarded workload, read.
+struct Workload {
+    kind: TargetKind,
+    name: String,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    template: Value,
+    object: Value,
+    /// The template its pods run, when it differs from `template` (held workloads).
+    running: Option<Value>,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+}
+
+/// Run until `shutdown`: every [`PERIOD`], reconcile every policy in the watched namespaces.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespaces: Vec<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+            vec![None]
+        } else {
+            namespaces.iter().cloned().map(Some).collect()
+        };
+        for scope in scopes {
+            if let Err(e) = pass(&ctx, scope.as_deref()).await {
+                tracing::debug!(error = %e, "policy pass");
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(PERIOD) => {}
+        }
+    }
+}
+
+async fn pass(ctx: &Context, ns: Option<&str>) -> anyhow::Result<()> {
+    let ar = ApiResource::erase::<ChangePolicy>(&());
+    let api: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &ar),
+        None => Api::all_with(ctx.client.clone(), &ar),
+    };
+    for obj in api.list(&ListParams::default()).await?.items {
+        let name = obj.name_any();
+        let Some(ns) = obj.namespace() else { continue };
+        let raw = serde_json::to_value(&obj)?;
+        match serde_json::from_value::<ChangePolicy>(raw) {
+            Ok(p) => {
+                if let Err(e) = reconcile(ctx, &ns, &p).await {
+                    tracing::warn!(policy = %name, namespace = %ns, error = %e, "policy reconcile failed");
+                }
+            }
+            Err(e) => {
+                // One malformed policy is reported on itself and stops no other.
+                let msg = format!("the policy cannot be read: {e}");
+                let _ = write_status(
+                    ctx,
+                    &ns,
+                    &name,
+                    json!({"conditions": [condition(false, "Invalid", &msg)]}),
+                )
+                .await;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn condition(ok: bool, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: "Ready".into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: Time(Timestamp::now()),
+        observed_generation: None,
+    }
+}
+
+async fn write_status(ctx: &Context, ns: &str, name: &str, status: Value) -> anyhow::Result<()> {
+    ctx.fence.check()?;
+    let api: Api<ChangePolicy> = Api::namespaced(ctx.client.clone(), ns);
+    api.patch_status(
+        name,
+        &patch_params(MANAGER_GUARD),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn event(
+    ctx: &Context,
+    obj: &k8s_openapi::api::core::v1::ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
+    if !ctx.fence.allows() {
+        return;
+    }
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(crate::util::trim_to(&note, 1000)),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, obj).await {
+        tracing::warn!(error = %e, reason, "could not record Event");
+    }
+}
+
+/// Name of the ChangeRequest for `template` of `workload`.
+pub fn change_name(workload: &str, hash: &str) -> String {
+    let base: String = workload.chars().take(63 - 11).collect();
+    format!("{}-{hash}", base.trim_end_matches('-'))
+}
+
+async fn read_workloads(
+    ctx: &Context,
+    ns: &str,
+    policy: &ChangePolicy,
+) -> anyhow::Result<(Vec<Workload>, Vec<(TargetKind, String)>)> {
+    let me = policy.name_any();
+    let mut out = Vec::new();
+    let mut stale = Vec::new();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    for d in deployments.list(&ListParams::default()).await?.items {
+        let labels = d.labels().clone();
+        let selected =
+            policy
+                .spec
+                .workloads
+                .selects(TargetKind::Deployment, &d.name_any(), &labels);
+        if !selected {
+            if labels.get(LABEL_GUARDED_BY) == Some(&me) {
+                stale.push((TargetKind::Deployment, d.name_any()));
+            }
+            continue;
+        }
+        let template = template_of(&d.spec.as_ref().map(|s| &s.template))?;
+        let running = if d.annotations().contains_key(ANN_HELD) {
+            guarded::running_template(&ctx.client, ns, &d)
+                .await?
+                .map(|(t, _)| t)
+        } else {
+            None
+        };
+        out.push(Workload {
+            kind: TargetKind::Deployment,
+            name: d.name_any(),
+            labels,
+            annotations: d.annotations().clone(),
+            template,
+            object: serde_json::to_value(&d)?,
+            running,
+            reference: d.object_ref(&()),
+        });
+    }
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    let revisions: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), ns);
+    for s in sets.list(&ListParams::default()).await?.items {
+        let labels = s.labels().clone();
+        if !policy
+            .spec
+            .workloads
+            .selects(TargetKind::StatefulSet, &s.name_any(), &labels)
+        {
+            if labels.get(LABEL_GUARDED_BY) == Some(&me) {
+                stale.push((TargetKind::StatefulSet, s.name_any()));
+            }
+            continue;
+        }
+        let template = template_of(&s.spec.as_ref().map(|x| &x.template))?;
+        let st = s.status.clone().unwrap_or_default();
+        let current = st.current_revision.clone().unwrap_or_default();
+        let update = st.update_revision.clone().unwrap_or_default();
+        let running =
+            if s.annotations().contains_key(ANN_HELD) && !current.is_empty() && current != update {
+                revisions
+                    .get_opt(&current)
+                    .await?
+                    .and_then(|r| r.data)
+                    .and_then(|d| d.0.pointer("/spec/template").cloned())
+            } else {
+                None
+            };
+        out.push(Workload {
+            kind: TargetKind::StatefulSet,
+            name: s.name_any(),
+            labels,
+            annotations: s.annotations().clone(),
+            template,
+            object: serde_json::to_value(&s)?,
+            running,
+            reference: s.object_ref(&()),
+        });
+    }
+    Ok((out, stale))
+}
+
+async fn patch_workload(
+    ctx: &Context,
+    ns: &str,
+    kind: TargetKind,
+    name: &str,
+    body: Value,
+) -> anyhow::Result<()> {
+    ctx.fence.check()?;
+    let pp = patch_params(MANAGER_GUARD);
+    match kind {
+        TargetKind::Deployment => {
+            Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+                .patch(name, &pp, &Patch::Merge(body))
+                .await?;
+        }
+        TargetKind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+                .patch(name, &pp, &Patch::Merge(body))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Let go of a workload: no label, no hold annotations. A Deployment held on a template graygate
+/// never released stays paused (deleting a policy rolls nothing); the Event says so.
+async fn release_label(
+    ctx: &Context,
+    ns: &str,
+    w_kind: TargetKind,
+    name: &str,
+) -> anyhow::Result<()> {
+    patch_workload(
+        ctx,
+        ns,
+        w_kind,
+        name,
+        json!({"metadata": {
+            "labels": {LABEL_GUARDED_BY: null},
+            "annotations": {ANN_HELD: null, ANN_CHANGE: null}
+        }}),
+    )
+    .await
+}
+
+/// Release a held workload whose template is what its pods already run (a revert): nothing to roll.
+fn release_body(w: &Workload) -> Value {
+    match w.kind {
+        TargetKind::Deployment => json!({
+            "metadata": {"annotations": {ANN_HELD: null, ANN_CHANGE: null, ANN_FAILED: null}},
+            "spec": {"paused": false}
+        }),
+        TargetKind::StatefulSet => {
+            let before: i64 = w
+                .annotations
+                .get(ANN_PARTITION)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            json!({
+                "metadata": {"annotations": {ANN_HELD: null, ANN_PARTITION: null, ANN_CHANGE: null, ANN_FAILED: null}},
+                "spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": before}}}
+            })
+        }
+    }
+}
+
+fn held(w: &Workload) -> bool {
+    w.annotations.contains_key(ANN_HELD)
+        && match w.kind {
+            TargetKind::Deployment => w.object.pointer("/spec/paused") == Some(&json!(true)),
+            TargetKind::StatefulSet => true,
+        }
+}
+
+async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Result<()> {
+    let name = policy.name_any();
+    let api: Api<ChangePolicy> = Api::namespaced(ctx.client.clone(), ns);
+    let (workloads, stale) = read_workloads(ctx, ns, policy).await?;
+    if policy.metadata.deletion_timestamp.is_some() {
+        for w in &workloads {
+            if w.labels.get(LABEL_GUARDED_BY) == Some(&name) {
+                release_label(ctx, ns, w.kind, &w.name).await?;
+                if held(w) {
+                    event(ctx, &w.reference, true, "GuardRemoved", format!(
+                        "policy {name} was deleted while {:?}/{} held a template graygate had not released; it stays paused (kubectl rollout resume to roll it)", w.kind, w.name)).await;
+                }
+            }
+        }
+        for (kind, w) in &stale {
+            release_label(ctx, ns, *kind, w).await?;
+        }
+        let rest: Vec<String> = policy
+            .finalizers()
+            .iter()
+            .filter(|f| *f != POLICY_FINALIZER)
+            .cloned()
+            .collect();
+        ctx.fence.check()?;
+        api.patch(
+            &name,
+            &patch_params(MANAGER_GUARD),
+            &Patch::Merge(json!({"metadata": {"finalizers": rest}})),
+        )
+        .await?;
+        return Ok(());
+    }
+    if !policy.finalizers().iter().any(|f| f == POLICY_FINALIZER) {
+        let mut f = policy.finalizers().to_vec();
+        f.push(POLICY_FINALIZER.into());
+        ctx.fence.check()?;
+        api.patch(
+            &name,
+            &patch_params(MANAGER_GUARD),
+            &Patch::Merge(json!({"metadata": {"finalizers": f}})),
+        )
+        .await?;
+    }
+    // The settings every generated change gets must make a valid ChangeRequest.
+    let probe = spec_for(policy, TargetKind::Deployment, "probe", json!({"spec": {}}));
+    if let Err(e) = check_spec(&probe) {
+        let msg = format!("spec.change: {e}");
+        write_status(ctx, ns, &name, json!({"observedGeneration": policy.metadata.generation, "conditions": [condition(false, "InvalidSpec", &msg)]})).await?;
+        return Ok(());
+    }
+    for (kind, w) in &stale {
+        release_label(ctx, ns, *kind, w).await?;
+    }
+    let changes: Api<ChangeRequest> = Api::namespaced(ctx.client.clone(), ns);
+    let mine: Vec<ChangeRequest> = changes
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| c.spec.policy.as_deref() == Some(name.as_str()))
+        .collect();
+    let known: BTreeMap<String, GuardedWorkload> = policy
+        .status
+        .clone()
+        .unwrap_or_default()
+        .workloads
+        .into_iter()
+        .map(|w| (format!("{}/{}", w.kind, w.name), w))
+        .collect();
+    let mut entries = Vec::new();
+    for w in &workloads {
+        if w.labels.get(LABEL_GUARDED_BY) != Some(&name) {
+            patch_workload(
+                ctx,
+                ns,
+                w.kind,
+                &w.name,
+                json!({"metadata": {"labels": {LABEL_GUARDED_BY: name}}}),
+            )
+            .await?;
+        }
+        let kind = format!("{:?}", w.kind);
+        let hash = template_hash(&w.template);
+        let before = known.get(&format!("{kind}/{}", w.name));
+        let mut entry = GuardedWorkload {
+            kind: kind.clone(),
+            name: w.name.clone(),
+            state: "Released".into(),
+            template: Some(hash.clone()),
+            change: None,
+            message: None,
+            since: before
+                .filter(|b| b.template.as_deref() == Some(hash.as_str()))
+                .and_then(|b| b.since.clone())
+                .or(Some(Time(Timestamp::now()))),
+        };
+        let of_workload: Vec<&ChangeRequest> = mine
+            .iter()
+            .filter(|c| c.spec.target.name == w.name && c.spec.target.kind == w.kind)
+            .collect();
+        if held(w) {
+            let Some(_running) = &w.running else {
+                // Reverted to what its pods run: nothing to roll out.
+                patch_workload(ctx, ns, w.kind, &w.name, release_body(w)).await?;
+                event(ctx, &w.reference, false, "Released", format!(
+                    "{kind}/{} holds the template its pods already run ({hash}): released without a change", w.name)).await;
+                entry.message = Some(
+                    "the held template equals the running one: released without a change".into(),
+                );
+                supersede(
+                    ctx,
+                    ns,
+                    &of_workload,
+                    "",
+                    "the workload went back to its running template",
+                )
+                .await?;
+                entries.push(entry);
+                continue;
+            };
+            let cr_name = change_name(&w.name, &hash);
+            entry.change = Some(cr_name.clone());
+            let existing = of_workload.iter().find(|c| c.name_any() == cr_name);
+            match existing {
+                None => {
+                    let spec = spec_for(policy, w.kind, &w.name, w.template.clone());
+                    create_change(ctx, ns, policy, w, &cr_name, spec).await?;
+                    event(ctx, &w.reference, false, "ChangeHeld", format!(
+                        "pod template {hash} held; rolling out in gray batches as ChangeRequest {cr_name}")).await;
+                    entry.state = "Held".into();
+                    entry.message = Some(format!("held; rolling out as ChangeRequest {cr_name}"));
+                }
+                Some(c) => {
+                    let phase = c.status.as_ref().map(|s| s.phase).unwrap_or_default();
+                    entry.state = match phase {
+                        Phase::RolledBack | Phase::Failed => "Failed",
+                        _ => "Held",
+                    }
+                    .into();
+                    entry.message = Some(match phase {
+                        Phase::RolledBack | Phase::Failed => format!(
+                            "template {hash} failed (ChangeRequest {cr_name}, {}); the old pods keep serving and the workload stays held until a new template is applied",
+                            phase.as_str()
+                        ),
+                        p => format!("ChangeRequest {cr_name} is {}", p.as_str()),
+                    });
+                }
+            }
+            if policy.spec.on_newer_change == OnNewerChange::Supersede {
+                supersede(
+                    ctx,
+                    ns,
+                    &of_workload,
+                    &cr_name,
+                    &format!("superseded by {cr_name}"),
+                )
+                .await?;
+            }
+        } else {
+            // Not held: a template different from the last one seen, with no change of graygate's
+            // behind it, went past the webhook.
+            let ours = of_workload.iter().any(|c| {
+                let st = c.status.clone().unwrap_or_default();
+                st.change_revision.as_deref() == Some(hash.as_str())
+                    || st.stable_template.as_ref().map(template_hash).as_deref()
+                        == Some(hash.as_str())
+                    || c.spec.template.as_ref().map(template_hash).as_deref() == Some(hash.as_str())
+            });
+            if let Some(b) = before
+                && b.template.as_deref() != Some(hash.as_str())
+                && !ours
+            {
+                let was = b.template.clone().unwrap_or_default();
+                let msg = format!(
+                    "{kind}/{} changed from pod template {was} to {hash} without graygate: the admission webhook did not hold it (graygate unreachable and failurePolicy Ignore?); Kubernetes rolled it out at once",
+                    w.name
+                );
+                tracing::warn!(namespace = %ns, workload = %w.name, "{msg}");
+                event(ctx, &w.reference, true, "UnguardedChange", msg.clone()).await;
+                event(
+                    ctx,
+                    &policy.object_ref(&()),
+                    true,
+                    "UnguardedChange",
+                    msg.clone(),
+                )
+                .await;
+                ctx.metrics
+                    .unguarded
+                    .get_or_create(&crate::controller::metrics::WorkloadLabel {
+                        namespace: ns.into(),
+                        kind: kind.clone(),
+                    })
+                    .inc();
+                entry.state = "Unguarded".into();
+                entry.message = Some(msg);
+            } else if before.is_some_and(|b| {
+                b.state == "Unguarded" && b.template.as_deref() == Some(hash.as_str())
+            }) {
+                entry.state = "Unguarded".into();
+                entry.message = before.and_then(|b| b.message.clone());
+            }
+        }
+        entries.push(entry);
+    }
+    let held_count = entries
+        .iter()
+        .filter(|e| e.state == "Held" || e.state == "Failed")
+        .count();
+    let status = json!({
+        "observedGeneration": policy.metadata.generation,
+        "guarded": entries.len(),
+        "held": held_count,
+        "workloads": entries,
+        "conditions": [condition(true, "Guarding", &format!("guarding {} workloads", entries.len()))],
+    });
+    let current = serde_json::to_value(policy.status.clone().unwrap_or_default())?;
+    let unchanged = current.get("workloads") == status.get("workloads")
+        && current.get("guarded") == status.get("guarded")
+        && current.get("observedGeneration") == status.get("observedGeneration");
+    if !unchanged {
+        write_status(ctx, ns, &name, status).await?;
+    }
+    Ok(())
+}
+
+/// Roll back the workload's other changes in flight (their canary goes), newest template wins.
+async fn supersede(
+    ctx: &Context,
+    ns: &str,
+    changes: &[&ChangeRequest],
+    keep: &str,
+    why: &str,
+) -> anyhow::Result<()> {
+    let api: Api<ChangeRequest> = Api::namespaced(ctx.client.clone(), ns);
+    for c in changes {
+        let phase = c.status.as_ref().map(|s| s.phase).unwrap_or_default();
+        let open = phase.is_active() || matches!(phase, Phase::Pending | Phase::Blocked);
+        if c.name_any() == keep || !open || c.annotations().contains_key(ANN_ABORT) {
+            continue;
+        }
+        ctx.fence.check()?;
+        api.patch(
+            &c.name_any(),
+            &patch_params(MANAGER_GUARD),
+            &Patch::Merge(json!({"metadata": {"annotations": {ANN_ABORT: why}}})),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The ChangeRequest spec a policy gives a held template.
+pub fn spec_for(
+    policy: &ChangePolicy,
+    kind: TargetKind,
+    workload: &str,
+    template: Value,
+) -> ChangeRequestSpec {
+    let c = &policy.spec.change;
+    let mut template = template;
+    if let Some(Value::Object(l)) = template.pointer_mut("/metadata/labels") {
+        l.remove("pod-template-hash");
+    }
+    ChangeRequestSpec {
+        target: TargetRef {
+            kind,
+            name: workload.into(),
+        },
+        images: BTreeMap::new(),
+        patch: None,
+        template: Some(template),
+        policy: Some(policy.name_any()),
+        batches: c.batches.clone(),
+        on_anomaly: c.on_anomaly,
+        on_analysis_error: c.on_analysis_error,
+        progress_deadline: c
+            .progress_deadline
+            .unwrap_or(crate::api::Duration(Duration::from_secs(600))),
+        window: c.window.clone(),
+        deletion_policy: c.deletion_policy,
+        analysis: c.analysis.clone(),
+    }
+}
+
+async fn create_change(
+    ctx: &Context,
+    ns: &str,
+    policy: &ChangePolicy,
+    w: &Workload,
+    name: &str,
+    spec: ChangeRequestSpec,
+) -> anyhow::Result<()> {
+    let mut cr = ChangeRequest::new(name, spec);
+    cr.metadata.namespace = Some(ns.into());
+    cr.metadata.labels = Some(BTreeMap::from([
+        (LABEL_WORKLOAD.to_string(), w.name.clone()),
+        (LABEL_GUARDED_BY.to_string(), policy.name_any()),
+    ]));
+    cr.metadata.owner_references = policy.controller_owner_ref(&()).map(|o| vec![o]);
+    ctx.fence.check()?;
+    let api: Api<ChangeRequest> = Api::namespaced(ctx.client.clone(), ns);
+    match api
+        .create(
+            &PostParams {
+                field_manager: Some(MANAGER_GUARD.into()),
+                ..Default::default()
+            },
+            &cr,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
