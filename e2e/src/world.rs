@@ -219,8 +219,17 @@ impl World {
     }
 
     async fn install_crd(&self) -> anyhow::Result<()> {
-        let crd = graygate::api::crd();
         let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(self.client.clone());
+        self.install_one_crd(&api, graygate::api::policy_crd())
+            .await?;
+        self.install_one_crd(&api, graygate::api::crd()).await
+    }
+
+    async fn install_one_crd(
+        &self,
+        api: &Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
+        crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    ) -> anyhow::Result<()> {
         api.create(&PostParams::default(), &crd).await?;
         let name = crd.metadata.name.clone().unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -306,6 +315,7 @@ impl World {
         let gvk = GroupVersionKind::gvk(group, version, kind);
         let plural = match kind {
             "ChangeRequest" => "changerequests".to_string(),
+            "ChangePolicy" => "changepolicies".to_string(),
             "ClusterRole" => "clusterroles".to_string(),
             "ClusterRoleBinding" => "clusterrolebindings".to_string(),
             "Role" => "roles".to_string(),
@@ -314,7 +324,11 @@ impl World {
         };
         let namespaced = !matches!(
             kind,
-            "Namespace" | "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding"
+            "Namespace"
+                | "CustomResourceDefinition"
+                | "ClusterRole"
+                | "ClusterRoleBinding"
+                | "MutatingWebhookConfiguration"
         );
         Ok((ApiResource::from_gvk_with_plural(&gvk, &plural), namespaced))
     }
@@ -339,6 +353,36 @@ impl World {
             Err(e) => Err(anyhow::Error::from(e))
                 .with_context(|| format!("creating {} {}", ar.kind, obj.name_any())),
         }
+    }
+
+    /// Install the chart's MutatingWebhookConfiguration, pointed at `https://127.0.0.1:<port>`
+    /// (no Service networking here) with `failure_policy` (`Ignore` or `Fail`). Returns the
+    /// arguments that make `graygate run` serve it there, with a certificate it makes itself.
+    pub async fn install_webhook(&self, failure_policy: &str) -> anyhow::Result<Vec<String>> {
+        let port = free_port()?;
+        let mut cfg = chart_objects()?
+            .into_iter()
+            .find(|o| o.get("kind").and_then(Value::as_str) == Some("MutatingWebhookConfiguration"))
+            .context("the chart renders no MutatingWebhookConfiguration")?;
+        let name = cfg
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("graygate")
+            .to_string();
+        if let Some(Value::Array(hooks)) = cfg.get_mut("webhooks") {
+            for h in hooks {
+                h["clientConfig"] =
+                    serde_json::json!({"url": format!("https://127.0.0.1:{port}/mutate")});
+                h["failurePolicy"] = serde_json::json!(failure_policy);
+            }
+        }
+        self.create(cfg).await?;
+        Ok(vec![
+            format!("--webhook-listen=127.0.0.1:{port}"),
+            format!("--webhook-configuration={name}"),
+            "--webhook-names=127.0.0.1".into(),
+            format!("--trusted-user=system:serviceaccount:{OPERATOR_NAMESPACE}:graygate"),
+        ])
     }
 
     /// Start `graygate run` (stopping a running one first, hard). Returns its metrics port.

@@ -1,0 +1,393 @@
+//! Guarded workloads on the real control plane: the kube-apiserver calls graygate's admission
+//! webhook for every update of a workload a ChangePolicy guards; kubectl makes the changes.
+
+mod common;
+
+use common::*;
+use graygate::api::{ANN_FAILED, ANN_HELD, ChangeRequest, LABEL_GUARDED_BY, Phase};
+use graygate_e2e::world::{World, WorldOptions};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::Api;
+use kube::api::ListParams;
+use std::process::Command;
+use std::time::Duration;
+
+fn kubectl(w: &World, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut cmd = Command::new("kubectl");
+    cmd.arg(format!("--kubeconfig={}", w.admin_kubeconfig.display()))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn manifest(ns: &str, image: &str, replicas: i32) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: app
+        image: {image}
+        env: [{{name: MODE, value: normal}}]
+"#
+    )
+}
+
+fn policy(ns: &str) -> String {
+    format!(
+        r#"
+apiVersion: graygate.io/v1alpha1
+kind: ChangePolicy
+metadata: {{name: web-policy, namespace: {ns}}}
+spec:
+  workloads: {{names: [web]}}
+  change:
+    progressDeadline: 8s
+    batches:
+    - {{replicas: 1, bake: 2s}}
+    - {{percent: 50, bake: 2s}}
+    - {{percent: 100, bake: 2s}}
+"#
+    )
+}
+
+async fn changes(w: &World, ns: &str) -> Vec<ChangeRequest> {
+    let api: Api<ChangeRequest> = Api::namespaced(w.client.clone(), ns);
+    api.list(&ListParams::default()).await.unwrap().items
+}
+
+async fn wait_guarded(w: &World, ns: &str) {
+    w.wait_for("the policy labels web", LONG, || async {
+        Ok(deployment(w, ns, "web")
+            .await
+            .filter(|d| {
+                d.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(LABEL_GUARDED_BY))
+            })
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+}
+
+async fn wait_changes(w: &World, ns: &str, n: usize) -> Vec<ChangeRequest> {
+    w.wait_for(&format!("{n} generated ChangeRequests"), LONG, || async {
+        let c = changes(w, ns).await;
+        Ok((c.len() == n).then_some(c))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
+    let w = World::start(WorldOptions::default()).await.unwrap();
+    let hook = w.install_webhook("Ignore").await.unwrap();
+    let hook: Vec<&str> = hook.iter().map(String::as_str).collect();
+    w.start_graygate(&hook).unwrap();
+    let ns = "g1";
+    w.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+    ))
+    .await
+    .unwrap();
+    let (ok, out) = kubectl(
+        &w,
+        &["apply", "-f", "-"],
+        Some(&manifest(ns, "shop/web:healthy", 4)),
+    );
+    assert!(ok, "{out}");
+    wait_deployment_ready(&w, ns, "web", 4).await;
+    w.apply(&policy(ns)).await.unwrap();
+    wait_guarded(&w, ns).await;
+    let (recorder, pods) = record_pods(&w, ns);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 1. kubectl apply of a new image: held, then rolled out by a generated ChangeRequest.
+    let (ok, out) = kubectl(
+        &w,
+        &["apply", "-f", "-"],
+        Some(&manifest(ns, "shop/web:healthy-v2", 4)),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("graygate holds this change"),
+        "kubectl shows the webhook's warning: {out}"
+    );
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert_eq!(d.spec.as_ref().unwrap().paused, Some(true), "held: paused");
+    let crs = wait_changes(&w, ns, 1).await;
+    let first = crs[0].metadata.name.clone().unwrap();
+    assert_eq!(crs[0].spec.policy.as_deref(), Some("web-policy"));
+    assert!(
+        crs[0].spec.template.is_some(),
+        "the change carries the whole template"
+    );
+    let passed_at = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+    let cr = w
+        .wait_phase(ns, &first, Phase::Succeeded, LONG)
+        .await
+        .unwrap();
+    let _ = passed_at;
+    assert_eq!(cr.status.unwrap().batch.as_deref(), Some("3/3"));
+    wait_deployment_ready(&w, ns, "web", 4).await;
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert_eq!(image_of(&d), "shop/web:healthy-v2");
+    assert_ne!(d.spec.as_ref().unwrap().paused, Some(true), "released");
+    assert!(
+        !d.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .contains_key(ANN_HELD)
+    );
+    // No old-template pod was created after the change began, and the verified canary pods
+    // were adopted rather than replaced: count the pods created for the change.
+    let seen = pods.lock().unwrap().clone();
+    let old_created: Vec<_> = seen
+        .iter()
+        .filter(|(_, i)| *i == "shop/web:healthy")
+        .collect();
+    assert_eq!(
+        old_created.len(),
+        4,
+        "only the 4 original old pods ever existed: {seen:?}"
+    );
+    let new_created = seen
+        .values()
+        .filter(|i| *i == "shop/web:healthy-v2")
+        .count();
+    println!("pod churn: {new_created} new-template pods created for a 4-pod Deployment");
+    let rs: Api<ReplicaSet> = Api::namespaced(w.client.clone(), ns);
+    let sets = rs.list(&ListParams::default()).await.unwrap().items;
+    let canary = cr_canary(&w, ns, &first).await;
+    assert!(
+        sets.iter()
+            .any(|s| s.metadata.name.as_deref() == Some(canary.as_str())
+                && s.spec.as_ref().and_then(|x| x.replicas) == Some(4)),
+        "the canary ReplicaSet {canary} was adopted and carries all 4 pods: {:?}",
+        sets.iter()
+            .map(|s| (
+                s.metadata.name.clone(),
+                s.spec.as_ref().and_then(|x| x.replicas)
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        new_created <= 5,
+        "at most one pod beyond the 4 needed: {new_created}"
+    );
+
+    // 2. Scaling passes untouched.
+    let (ok, out) = kubectl(
+        &w,
+        &["scale", "deployment/web", "-n", ns, "--replicas=5"],
+        None,
+    );
+    assert!(ok, "{out}");
+    wait_deployment_ready(&w, ns, "web", 5).await;
+    assert_eq!(changes(&w, ns).await.len(), 1, "scaling made no change");
+    let (ok, out) = kubectl(
+        &w,
+        &["scale", "deployment/web", "-n", ns, "--replicas=4"],
+        None,
+    );
+    assert!(ok, "{out}");
+    wait_deployment_ready(&w, ns, "web", 4).await;
+
+    // 3. A bad image (kubectl set image): rolled back, old pods serving, the Deployment held and marked.
+    let (ok, out) = kubectl(
+        &w,
+        &[
+            "set",
+            "image",
+            "deployment/web",
+            "-n",
+            ns,
+            "app=shop/web:crashloop",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let crs = wait_changes(&w, ns, 2).await;
+    let bad = crs
+        .iter()
+        .find(|c| c.metadata.name.as_deref() != Some(first.as_str()))
+        .unwrap();
+    let bad_name = bad.metadata.name.clone().unwrap();
+    w.wait_phase(ns, &bad_name, Phase::RolledBack, LONG)
+        .await
+        .unwrap();
+    let d = w
+        .wait_for("the Deployment marked failed", LONG, || async {
+            Ok(deployment(&w, ns, "web").await.filter(|d| {
+                d.metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(ANN_FAILED))
+            }))
+        })
+        .await
+        .unwrap();
+    assert_eq!(d.spec.as_ref().unwrap().paused, Some(true), "still held");
+    assert_eq!(
+        image_of(&d),
+        "shop/web:crashloop",
+        "the spec keeps what was applied (Git stays the truth)"
+    );
+    wait_old_serving(&w, ns, "shop/web:healthy-v2", 4).await;
+
+    // 4. The same bad template again (a GitOps self-heal): nothing starts.
+    let (ok, out) = kubectl(
+        &w,
+        &[
+            "set",
+            "image",
+            "deployment/web",
+            "-n",
+            ns,
+            "app=shop/web:crashloop",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        changes(&w, ns).await.len(),
+        2,
+        "re-applying the failed template starts nothing"
+    );
+
+    // 5. The fix (a three-way merge patch, as helm upgrade sends): a new change, which succeeds.
+    let (ok, out) = kubectl(
+        &w,
+        &[
+            "patch",
+            "deployment/web",
+            "-n",
+            ns,
+            "--type=strategic",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"shop/web:healthy-v3"}]}}}}"#,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let crs = wait_changes(&w, ns, 3).await;
+    let fix = crs
+        .iter()
+        .find(|c| {
+            ![first.as_str(), bad_name.as_str()].contains(&c.metadata.name.as_deref().unwrap_or(""))
+        })
+        .unwrap()
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    w.wait_phase(ns, &fix, Phase::Succeeded, LONG)
+        .await
+        .unwrap();
+    wait_deployment_ready(&w, ns, "web", 4).await;
+    assert_eq!(
+        image_of(&deployment(&w, ns, "web").await.unwrap()),
+        "shop/web:healthy-v3"
+    );
+
+    // 6. kubectl rollout restart changes the template too: intercepted.
+    let (ok, out) = kubectl(
+        &w,
+        &["rollout", "restart", "deployment/web", "-n", ns],
+        None,
+    );
+    assert!(ok, "{out}");
+    let crs = wait_changes(&w, ns, 4).await;
+    let restart = crs
+        .iter()
+        .max_by_key(|c| c.metadata.creation_timestamp.clone().map(|t| t.0))
+        .unwrap()
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    w.wait_phase(ns, &restart, Phase::Succeeded, LONG)
+        .await
+        .unwrap();
+    recorder.abort();
+    assert_within_rbac(&w);
+}
+
+async fn cr_canary(w: &World, ns: &str, name: &str) -> String {
+    let api: Api<ChangeRequest> = Api::namespaced(w.client.clone(), ns);
+    api.get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .canary_name
+        .unwrap()
+}
+
+/// Wait until exactly `n` ready pods of `image` serve and no other pod is left.
+async fn wait_old_serving(w: &World, ns: &str, image: &str, n: usize) {
+    w.wait_for(
+        &format!("{n} pods of {image} serving, nothing else"),
+        LONG,
+        || async {
+            let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(w.client.clone(), ns);
+            let all: Vec<_> = pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            let of_image = all
+                .iter()
+                .filter(|p| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.containers.first())
+                        .and_then(|c| c.image.as_deref())
+                        == Some(image)
+                })
+                .count();
+            Ok((of_image == n && all.len() == n).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[allow(dead_code)]
+fn _types(_: Deployment) {}
