@@ -391,3 +391,129 @@ async fn wait_old_serving(w: &World, ns: &str, image: &str, n: usize) {
 
 #[allow(dead_code)]
 fn _types(_: Deployment) {}
+
+async fn guarded_world(ns: &str, failure_policy: &str) -> (World, Vec<String>) {
+    let w = World::start(WorldOptions::default()).await.unwrap();
+    let hook = w.install_webhook(failure_policy).await.unwrap();
+    let args: Vec<&str> = hook.iter().map(String::as_str).collect();
+    w.start_graygate(&args).unwrap();
+    w.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+    ))
+    .await
+    .unwrap();
+    let (ok, out) = kubectl(
+        &w,
+        &["apply", "-f", "-"],
+        Some(&manifest(ns, "shop/web:healthy", 2)),
+    );
+    assert!(ok, "{out}");
+    wait_deployment_ready(&w, ns, "web", 2).await;
+    w.apply(&policy(ns)).await.unwrap();
+    wait_guarded(&w, ns).await;
+    // The policy has recorded the template it guards.
+    w.wait_for("the policy status", LONG, || async {
+        let api: Api<graygate::api::ChangePolicy> = Api::namespaced(w.client.clone(), ns);
+        Ok(api
+            .get("web-policy")
+            .await?
+            .status
+            .filter(|s| s.guarded == 1)
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+    (w, hook)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_lets_a_change_through_while_graygate_is_down_and_reports_it_after() {
+    let ns = "g2";
+    let (w, hook) = guarded_world(ns, "Ignore").await;
+    w.kill_graygate();
+    let (ok, out) = kubectl(
+        &w,
+        &[
+            "set",
+            "image",
+            "deployment/web",
+            "-n",
+            ns,
+            "app=shop/web:healthy-v2",
+        ],
+        None,
+    );
+    assert!(ok, "fail-open: the change goes through: {out}");
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert_ne!(d.spec.as_ref().unwrap().paused, Some(true), "not held");
+    wait_deployment_ready(&w, ns, "web", 2).await;
+    let args: Vec<&str> = hook.iter().map(String::as_str).collect();
+    let port = w.start_graygate(&args).unwrap();
+    w.wait_for(
+        "an UnguardedChange Event on the Deployment",
+        LONG,
+        || async {
+            let events: Api<k8s_openapi::api::events::v1::Event> =
+                Api::namespaced(w.client.clone(), ns);
+            let found = events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("UnguardedChange")
+                        && e.regarding.as_ref().and_then(|r| r.kind.as_deref())
+                            == Some("Deployment")
+                });
+            Ok(found.then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let (_, metrics) = graygate_http(port, "/metrics").await;
+    assert!(
+        metrics
+            .contains("graygate_unguarded_changes_total{namespace=\"g2\",kind=\"Deployment\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        changes(&w, ns).await.len(),
+        0,
+        "nothing to roll out: it already happened"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refuses_a_change_while_graygate_is_down() {
+    let ns = "g3";
+    let (w, _) = guarded_world(ns, "Fail").await;
+    w.kill_graygate();
+    let (ok, out) = kubectl(
+        &w,
+        &[
+            "set",
+            "image",
+            "deployment/web",
+            "-n",
+            ns,
+            "app=shop/web:healthy-v2",
+        ],
+        None,
+    );
+    assert!(!ok, "fail-closed: refused");
+    assert!(
+        out.contains("failed calling webhook \"workloads.graygate.io\""),
+        "the refusal names graygate's webhook: {out}"
+    );
+    assert_eq!(
+        image_of(&deployment(&w, ns, "web").await.unwrap()),
+        "shop/web:healthy"
+    );
+    // Scaling never depends on graygate.
+    let (ok, out) = kubectl(
+        &w,
+        &["scale", "deployment/web", "-n", ns, "--replicas=3"],
+        None,
+    );
+    assert!(ok, "{out}");
+}
