@@ -402,8 +402,23 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
             .iter()
             .filter(|c| c.spec.target.name == w.name && c.spec.target.kind == w.kind)
             .collect();
+        let in_flight = |cr_name: &str| {
+            of_workload.iter().any(|c| {
+                let phase = c.status.as_ref().map(|s| s.phase).unwrap_or_default();
+                c.name_any() == cr_name
+                    && (phase.is_active() || matches!(phase, Phase::Pending | Phase::Blocked))
+            })
+        };
         if held(w) {
-            let Some(_running) = &w.running else {
+            // While its own change hands the canary over, the held template is already what
+            // runs: that is a release in progress, not a revert.
+            let releasing = in_flight(&change_name(&w.name, &hash));
+            let Some(_running) = w
+                .running
+                .as_ref()
+                .filter(|_| !releasing)
+                .or(releasing.then_some(&w.template))
+            else {
                 // Reverted to what its pods run: nothing to roll out.
                 patch_workload(ctx, ns, w.kind, &w.name, release_body(w)).await?;
                 event(ctx, &w.reference, false, "Released", format!(
