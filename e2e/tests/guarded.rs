@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use graygate::api::{ANN_FAILED, ANN_HELD, ChangeRequest, LABEL_GUARDED_BY, Phase};
 use graygate_e2e::world::{World, WorldOptions};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::Api;
 use kube::api::ListParams;
 use std::process::Command;
@@ -154,12 +154,10 @@ async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
         crs[0].spec.template.is_some(),
         "the change carries the whole template"
     );
-    let passed_at = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
     let cr = w
         .wait_phase(ns, &first, Phase::Succeeded, LONG)
         .await
         .unwrap();
-    let _ = passed_at;
     assert_eq!(cr.status.unwrap().batch.as_deref(), Some("3/3"));
     wait_deployment_ready(&w, ns, "web", 4).await;
     let d = deployment(&w, ns, "web").await.unwrap();
@@ -388,9 +386,6 @@ async fn wait_old_serving(w: &World, ns: &str, image: &str, n: usize) {
     .await
     .unwrap();
 }
-
-#[allow(dead_code)]
-fn _types(_: Deployment) {}
 
 async fn guarded_world(ns: &str, failure_policy: &str) -> (World, Vec<String>) {
     let w = World::start(WorldOptions::default()).await.unwrap();

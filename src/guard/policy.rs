@@ -413,12 +413,7 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
             // While its own change hands the canary over, the held template is already what
             // runs: that is a release in progress, not a revert.
             let releasing = in_flight(&change_name(&w.name, &hash));
-            let Some(_running) = w
-                .running
-                .as_ref()
-                .filter(|_| !releasing)
-                .or(releasing.then_some(&w.template))
-            else {
+            if w.running.is_none() && !releasing {
                 // Reverted to what its pods run: nothing to roll out.
                 patch_workload(ctx, ns, w.kind, &w.name, release_body(w)).await?;
                 event(ctx, &w.reference, false, "Released", format!(
@@ -436,7 +431,7 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                 .await?;
                 entries.push(entry);
                 continue;
-            };
+            }
             let cr_name = change_name(&w.name, &hash);
             entry.change = Some(cr_name.clone());
             let existing = of_workload.iter().find(|c| c.name_any() == cr_name);

@@ -43,10 +43,9 @@ fn set_annotation(obj: &Value, key: &str, value: &str, ops: &mut Vec<Value>) {
 }
 
 /// The pod template as graygate hashes it: through the typed objects, as the controller reads them.
-fn template(kind: &str, obj: &Value) -> Option<Value> {
+fn template(obj: &Value) -> Option<Value> {
     let t = obj.pointer("/spec/template")?.clone();
     let typed: k8s_openapi::api::core::v1::PodTemplateSpec = serde_json::from_value(t).ok()?;
-    let _ = kind;
     serde_json::to_value(typed).ok()
 }
 
@@ -76,7 +75,7 @@ pub fn review(request: &Value, trusted: &[String]) -> Verdict {
         .pointer("/kind/kind")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let (Some(t_new), Some(t_old)) = (template(kind, new), template(kind, old)) else {
+    let (Some(t_new), Some(t_old)) = (template(new), template(old)) else {
         return v;
     };
     let h_new = template_hash(&t_new);

@@ -8,7 +8,7 @@ use crate::controller::state::{Step, WorkloadObs};
 use crate::rollout::template::{apply_spec, with_label};
 use crate::util::short_hash;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{DeleteParams, Patch, PropagationPolicy};
+use kube::api::Patch;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -203,13 +203,13 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 }
             } else if rolled && canary.is_some() {
                 ctx.fence.check()?;
-                delete_canary(&api, &canary_name).await?;
+                super::delete_in_background(&api, &canary_name).await?;
             }
         }
         Step::Restore => {
             if canary.is_some() {
                 ctx.fence.check()?;
-                delete_canary(&api, &canary_name).await?;
+                super::delete_in_background(&api, &canary_name).await?;
             }
             let stable = status
                 .stable_template
@@ -246,18 +246,6 @@ async fn scale(api: &Api<Deployment>, name: &str, replicas: i32) -> Result<(), E
     )
     .await?;
     Ok(())
-}
-
-async fn delete_canary(api: &Api<Deployment>, name: &str) -> Result<(), Error> {
-    let dp = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..Default::default()
-    };
-    match api.delete(name, &dp).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 async fn create_canary(

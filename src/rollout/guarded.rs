@@ -12,7 +12,7 @@ use crate::api::{ANN_CHANGE, ANN_FAILED, ANN_HELD, MANAGER_ROLLOUT, patch_params
 use crate::controller::state::{Step, WorkloadObs};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ListParams, Patch, PropagationPolicy};
+use kube::api::{ListParams, Patch};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -286,7 +286,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 // The workload holds a newer template (queued): nothing of this one is released.
                 if canary.is_some() {
                     ctx.fence.check()?;
-                    delete_set(&rs_api, &name).await?;
+                    super::delete_in_background(&rs_api, &name).await?;
                 }
                 return Ok(());
             }
@@ -334,7 +334,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             }
             if canary.is_some() {
                 ctx.fence.check()?;
-                delete_set(&rs_api, &name).await?;
+                super::delete_in_background(&rs_api, &name).await?;
             }
             let failed = format!("{} ({})", template_hash(&new_template), ctx.cr.name_any());
             if d.annotations().get(ANN_FAILED) != Some(&failed) && !released(&d) {
@@ -359,18 +359,6 @@ async fn scale_set(api: &Api<ReplicaSet>, name: &str, replicas: i32) -> Result<(
     )
     .await?;
     Ok(())
-}
-
-async fn delete_set(api: &Api<ReplicaSet>, name: &str) -> Result<(), Error> {
-    let dp = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..Default::default()
-    };
-    match api.delete(name, &dp).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 async fn create_canary(

@@ -159,7 +159,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
         .unwrap_or_else(|| template.clone());
     let guarded_hold = ctx.cr.spec.policy.is_some() && held(&sts);
     if guarded_hold && matches!(step, Step::Restore) {
-        return hold_again(ctx, &api, &sts, n_total, &selector, &status).await;
+        return hold_again(ctx, &api, &sts, &selector, &status).await;
     }
     let (wanted_template, wanted_partition) = match step {
         Step::Batch { changed } => (ctx.new_template(&stable, &selector)?, n_total - changed),
@@ -240,12 +240,10 @@ async fn hold_again(
     ctx: &Ctx<'_>,
     api: &Api<StatefulSet>,
     sts: &StatefulSet,
-    n_total: i32,
     selector: &std::collections::BTreeMap<String, String>,
     status: &crate::api::ChangeRequestStatus,
 ) -> Result<(), Error> {
     let hold = crate::guard::webhook::HOLD_PARTITION as i32;
-    let _ = n_total;
     if partition_of(sts) != hold {
         ctx.fence.check()?;
         let failed = format!(
@@ -264,27 +262,7 @@ async fn hold_again(
         .await?;
         return Ok(());
     }
-    let Some(stable) = status.stable_revision.as_deref() else {
-        return Ok(());
-    };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    let mut sel: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    sel.push(format!("controller-revision-hash!={stable}"));
-    for p in pods
-        .list(&ListParams::default().labels(&sel.join(",")))
-        .await?
-        .items
-    {
-        if p.metadata.deletion_timestamp.is_none() {
-            ctx.fence.check()?;
-            match pods.delete(&p.name_any(), &Default::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(())
+    delete_off_revision(ctx, selector, status.stable_revision.as_deref(), false).await
 }
 
 /// After the template is restored the StatefulSet controller waits for every pod to be Ready
@@ -295,6 +273,17 @@ async fn delete_stuck_pods(
     selector: &std::collections::BTreeMap<String, String>,
     stable: Option<&str>,
 ) -> Result<(), Error> {
+    delete_off_revision(ctx, selector, stable, true).await
+}
+
+/// Delete the live pods not at the `stable` revision (only the never-ready ones when
+/// `only_unready`); the StatefulSet controller recreates them at the revision their ordinal gets.
+async fn delete_off_revision(
+    ctx: &Ctx<'_>,
+    selector: &std::collections::BTreeMap<String, String>,
+    stable: Option<&str>,
+    only_unready: bool,
+) -> Result<(), Error> {
     let Some(stable) = stable else { return Ok(()) };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ctx.ns);
     let mut sel: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -304,9 +293,9 @@ async fn delete_stuck_pods(
         .await?
         .items
     {
-        if p.metadata.deletion_timestamp.is_none() && !pod_ready(&p) {
+        if p.metadata.deletion_timestamp.is_none() && !(only_unready && pod_ready(&p)) {
             let name = p.name_any();
-            tracing::info!(pod = %name, "deleting a never-ready pod of the failed revision so the rollback can proceed");
+            tracing::info!(pod = %name, "deleting a pod of the failed revision so the rollback can proceed");
             ctx.fence.check()?;
             match pods.delete(&name, &Default::default()).await {
                 Ok(_) => {}
