@@ -68,6 +68,8 @@ pub struct QueryPlan {
     pub interval_ms: i64,
     /// The windows to query.
     pub windows: Vec<GroupWindow>,
+    /// The judgements the change holds, which share the tests' significance level.
+    pub looks: u32,
 }
 
 fn step_secs(interval_ms: i64) -> f64 {
@@ -348,7 +350,9 @@ pub async fn analyze(
         };
         judged.push((Metric::from_spec(m), data));
     }
-    let params = judge::Params::from_spec(spec);
+    let mut params = judge::Params::from_spec(spec);
+    // Every judgement of the change tests again: share the level among them all.
+    params.alpha /= f64::from(plan.looks.max(1));
     let out = judge::judge(&judged, &params);
     let mut findings = out.findings;
     findings.append(&mut extra);
@@ -427,6 +431,7 @@ pub fn plan_for(req: &JudgeRequest<'_>) -> QueryPlan {
         target: req.cr.spec.target.name.clone(),
         interval_ms: interval.as_millis_i64(),
         windows,
+        looks: req.window.looks,
     }
 }
 

@@ -375,6 +375,8 @@ async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
         target: args.target.clone().unwrap_or_default(),
         interval_ms: interval.as_millis_i64(),
         windows,
+        // One judgement, tested once.
+        looks: 1,
     };
     let judged = analyze(&spec, &prom, token.as_deref(), &plan).await;
     finish(

@@ -162,6 +162,11 @@ pub struct JudgeWindow {
     pub from: Timestamp,
     /// End of the window (now).
     pub to: Timestamp,
+    /// How many judgements the whole change holds ([`planned_looks`]). Each judgement tests
+    /// again, and a batch's judgements test growing windows of the same data, so the tests'
+    /// level is divided by this number (Bonferroni): a healthy change then fails a given test
+    /// with probability at most the level, however short the interval or many the batches.
+    pub looks: u32,
 }
 
 const MAX_FINDINGS: usize = 20;
@@ -244,7 +249,32 @@ pub fn judgement_due(
         batch: b.index,
         from,
         to: now,
+        looks: planned_looks(spec, status, interval),
     })
+}
+
+/// The judgements the whole change holds: in each batch, one every interval from the end of its
+/// warm-up to the end of its bake, and at least one.
+pub fn planned_looks(
+    spec: &ChangeRequestSpec,
+    status: &ChangeRequestStatus,
+    interval: Duration,
+) -> u32 {
+    let Some(batches) = status
+        .original_replicas
+        .and_then(|total| plan(&spec.batches, total).ok())
+    else {
+        return 1;
+    };
+    let interval_ms = interval.as_millis_i64().max(1);
+    let mut looks = 0u32;
+    for (i, b) in batches.iter().enumerate() {
+        let warmup = effective_warmup(spec, status, i as u32 + 1).as_millis_i64();
+        let judged_ms = (b.bake.as_millis_i64() - warmup).max(0);
+        let n = u32::try_from(judged_ms / interval_ms).unwrap_or(u32::MAX);
+        looks = looks.saturating_add(n.max(1));
+    }
+    looks.max(1)
 }
 
 /// The step the workload should be at for this status, which the shell observes progress against.

@@ -816,3 +816,26 @@ fn a_rejected_query_is_a_spec_error_not_an_anomaly() {
         "a spec error does not roll back"
     );
 }
+
+#[test]
+fn every_judgement_of_the_change_counts_in_its_looks() {
+    // Three batches baking 30s; each skips a 10s warm-up and is judged every 10s: 2 looks each.
+    let s = analysis_spec("");
+    let st = ready_status(&s);
+    let w = judgement_due(&s, &st, t(21)).unwrap();
+    assert_eq!(w.looks, 6);
+    assert_eq!(planned_looks(&s, &st, Duration::from_secs(10)), 6);
+    // An interval longer than what is left after warm-up still judges each batch once.
+    assert_eq!(planned_looks(&s, &st, Duration::from_secs(60)), 3);
+    // A 10m bake with a 1m warm-up judged every 30s holds 18 looks; the 2s bake one.
+    let long = spec(
+        "target: {kind: Deployment, name: web}\nimages: {app: \"web:2\"}\nbatches: [{percent: 25, bake: 10m}, {percent: 100, bake: 2s}]\nanalysis: {interval: 30s}\n",
+    );
+    let st = ready_status(&long);
+    assert_eq!(planned_looks(&long, &st, Duration::from_secs(30)), 19);
+    // Before the workload is measured nothing is planned yet: one look.
+    assert_eq!(
+        planned_looks(&s, &ChangeRequestStatus::default(), Duration::from_secs(10)),
+        1
+    );
+}
