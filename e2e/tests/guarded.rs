@@ -512,3 +512,275 @@ async fn fail_closed_refuses_a_change_while_graygate_is_down() {
     );
     assert!(ok, "{out}");
 }
+
+fn sts_partition(s: &k8s_openapi::api::apps::v1::StatefulSet) -> Option<i32> {
+    s.spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.rolling_update.as_ref())
+        .and_then(|r| r.partition)
+}
+
+fn sts_image(s: &k8s_openapi::api::apps::v1::StatefulSet) -> String {
+    s.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+/// Wait until `n` generated ChangeRequests exist and return the one not in `known`.
+async fn next_change(w: &World, ns: &str, n: usize, known: &[String]) -> String {
+    wait_changes(w, ns, n)
+        .await
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .find(|name| !known.contains(name))
+        .expect("a new generated ChangeRequest")
+}
+
+/// A guarded StatefulSet is held by its partition: kubectl set image replaces no pod until the
+/// generated change rolls it out ordinal by ordinal; a bad image is rolled back to the pods'
+/// revision and the StatefulSet stays held; going back to the running image releases it without
+/// a change; deleting the policy lets go of it without rolling anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_statefulset_is_held_by_its_partition() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let w = World::start(WorldOptions::default()).await.unwrap();
+    let hook = w.install_webhook("Ignore").await.unwrap();
+    let hook: Vec<&str> = hook.iter().map(String::as_str).collect();
+    w.start_graygate(&hook).unwrap();
+    let ns = "g4";
+    let (ok, out) = kubectl(
+        &w,
+        &["apply", "-f", "-"],
+        Some(&statefulset_yaml(ns, "db", 3)),
+    );
+    assert!(ok, "{out}");
+    wait_statefulset_ready(&w, ns, "db", 3).await;
+    w.apply(&format!(
+        r#"
+apiVersion: graygate.io/v1alpha1
+kind: ChangePolicy
+metadata: {{name: db-policy, namespace: {ns}}}
+spec:
+  workloads: {{kinds: [StatefulSet], names: [db]}}
+  change:
+    progressDeadline: 8s
+    batches:
+    - {{replicas: 1, bake: 2s}}
+    - {{percent: 100, bake: 2s}}
+"#
+    ))
+    .await
+    .unwrap();
+    let sts_api: Api<StatefulSet> = Api::namespaced(w.client.clone(), ns);
+    w.wait_for("the policy labels db", LONG, || async {
+        Ok(sts_api.get_opt("db").await?.filter(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.get(LABEL_GUARDED_BY).map(String::as_str) == Some("db-policy"))
+        }))
+    })
+    .await
+    .unwrap();
+    let (recorder, pods) = record_pods_keyed(&w, ns, true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 1. kubectl set image: held by the partition; no pod is replaced by the StatefulSet
+    //    controller; the generated change rolls it out and releases it.
+    let (ok, out) = kubectl(
+        &w,
+        &[
+            "set",
+            "image",
+            "statefulset/db",
+            "-n",
+            ns,
+            "app=shop/db:healthy-v2",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("graygate holds this change"), "{out}");
+    let s = sts_api.get("db").await.unwrap();
+    assert_eq!(
+        sts_partition(&s),
+        Some(graygate::guard::webhook::HOLD_PARTITION as i32),
+        "held at the partition no ordinal reaches"
+    );
+    assert!(
+        s.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .contains_key(ANN_HELD)
+    );
+    let first = next_change(&w, ns, 1, &[]).await;
+    let cr = w
+        .wait_phase(ns, &first, Phase::Succeeded, LONG)
+        .await
+        .unwrap();
+    assert_eq!(cr.spec.policy.as_deref(), Some("db-policy"));
+    wait_statefulset_ready(&w, ns, "db", 3).await;
+    let s = sts_api.get("db").await.unwrap();
+    assert_eq!(sts_image(&s), "shop/db:healthy-v2");
+    assert_eq!(
+        sts_partition(&s),
+        Some(0),
+        "the partition from before the hold"
+    );
+    assert!(
+        !s.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .contains_key(ANN_HELD),
+        "released"
+    );
+    // Each ordinal was replaced exactly once, by the change: the 3 original pods, then 3 of
+    // the new template, and no pod of the old template created again.
+    let seen = pods.lock().unwrap().clone();
+    let of = |image: &str| seen.values().filter(|i| *i == image).count();
+    assert_eq!(
+        (of("shop/db:healthy"), of("shop/db:healthy-v2"), seen.len()),
+        (3, 3, 6),
+        "{seen:?}"
+    );
+
+    // 2. A bad image: the change fails; the pods go back to the revision they ran; the
+    //    StatefulSet stays held (and marked) with the bad template as applied.
+    let (ok, out) = kubectl(
+        &w,
+        &[
+            "set",
+            "image",
+            "statefulset/db",
+            "-n",
+            ns,
+            "app=shop/db:crashloop",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let bad = next_change(&w, ns, 2, std::slice::from_ref(&first)).await;
+    w.wait_phase(ns, &bad, Phase::RolledBack, LONG)
+        .await
+        .unwrap();
+    let s = w
+        .wait_for(
+            "the StatefulSet marked failed and every pod on the old revision",
+            LONG,
+            || async {
+                let s = sts_api.get("db").await?;
+                let st = s.status.clone().unwrap_or_default();
+                let marked = s
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(ANN_FAILED));
+                Ok(
+                    (marked && st.ready_replicas == Some(3) && st.current_replicas == Some(3))
+                        .then_some(s),
+                )
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sts_image(&s),
+        "shop/db:crashloop",
+        "the spec keeps what was applied"
+    );
+    assert_eq!(
+        sts_partition(&s),
+        Some(graygate::guard::webhook::HOLD_PARTITION as i32),
+        "still held"
+    );
+    wait_old_serving(&w, ns, "shop/db:healthy-v2", 3).await;
+
+    // 3. Going back to the image the pods run (a revert in Git): released without a change.
+    let (ok, out) = kubectl(
+        &w,
+        &[
+            "set",
+            "image",
+            "statefulset/db",
+            "-n",
+            ns,
+            "app=shop/db:healthy-v2",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let s = w
+        .wait_for("the revert released", LONG, || async {
+            Ok(sts_api.get_opt("db").await?.filter(|s| {
+                !s.metadata
+                    .annotations
+                    .clone()
+                    .unwrap_or_default()
+                    .contains_key(ANN_HELD)
+            }))
+        })
+        .await
+        .unwrap();
+    assert_eq!(sts_partition(&s), Some(0));
+    assert_eq!(changes(&w, ns).await.len(), 2, "a revert needs no change");
+    wait_statefulset_ready(&w, ns, "db", 3).await;
+    wait_old_serving(&w, ns, "shop/db:healthy-v2", 3).await;
+
+    // 4. Deleting the policy lets go of the StatefulSet and rolls nothing.
+    let rev_before = sts_api
+        .get("db")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .current_revision;
+    let (ok, out) = kubectl(
+        &w,
+        &["delete", "changepolicy/db-policy", "-n", ns, "--wait=true"],
+        None,
+    );
+    assert!(ok, "{out}");
+    let s = sts_api.get("db").await.unwrap();
+    assert!(
+        !s.metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .contains_key(LABEL_GUARDED_BY),
+        "unlabelled before the policy is gone"
+    );
+    assert_eq!(
+        s.status.unwrap().current_revision,
+        rev_before,
+        "nothing rolled"
+    );
+    // Unguarded now: a change goes straight through the StatefulSet controller.
+    let (ok, out) = kubectl(
+        &w,
+        &[
+            "set",
+            "image",
+            "statefulset/db",
+            "-n",
+            ns,
+            "app=shop/db:healthy-v3",
+        ],
+        None,
+    );
+    assert!(ok && !out.contains("graygate holds"), "{out}");
+    wait_statefulset_ready(&w, ns, "db", 3).await;
+    wait_old_serving(&w, ns, "shop/db:healthy-v3", 3).await;
+    recorder.abort();
+    assert_within_rbac(&w);
+}

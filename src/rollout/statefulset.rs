@@ -42,10 +42,12 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
     let ready = st.ready_replicas.unwrap_or(0);
     let current = st.current_revision.clone().unwrap_or_default();
     let update = st.update_revision.clone().unwrap_or_default();
-    let healthy = caught_up
-        && ready == replicas
-        && st.replicas == replicas
-        && (current == update || update.is_empty());
+    let guarded_hold = ctx.cr.spec.policy.is_some() && held(&sts);
+    // Held by the webhook, the update revision is the held template and no pod runs it yet.
+    let settled = current == update
+        || update.is_empty()
+        || (guarded_hold && st.updated_replicas.unwrap_or(0) == 0);
+    let healthy = caught_up && ready == replicas && st.replicas == replicas && settled;
     let unhealthy_reason = if healthy {
         String::new()
     } else {
@@ -54,7 +56,6 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
     let status = ctx.cr.status.clone().unwrap_or_default();
     let n_total = status.original_replicas.unwrap_or(replicas);
     let original_partition = status.original_partition.unwrap_or(0);
-    let guarded_hold = ctx.cr.spec.policy.is_some() && held(&sts);
     // A guarded StatefulSet holds the new template; its pods run the current revision's.
     let running = if guarded_hold && !update.is_empty() && current != update {
         revision_template(ctx, &current).await?

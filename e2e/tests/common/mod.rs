@@ -245,6 +245,19 @@ pub fn record_pods(
     tokio::task::JoinHandle<()>,
     std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
 ) {
+    record_pods_keyed(w, ns, false)
+}
+
+/// As [`record_pods`], keyed by `name/uid` when `by_uid` (a StatefulSet's pods come back
+/// under the same name).
+pub fn record_pods_keyed(
+    w: &World,
+    ns: &str,
+    by_uid: bool,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
+) {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
@@ -260,8 +273,12 @@ pub fn record_pods(
                 .spec
                 .and_then(|s| s.containers.first().and_then(|c| c.image.clone()))
                 .unwrap_or_default();
-            if let (Some(name), Ok(mut m)) = (p.metadata.name, out.lock()) {
-                m.entry(name).or_insert(image);
+            let key = match (p.metadata.name, p.metadata.uid) {
+                (Some(n), Some(u)) if by_uid => Some(format!("{n}/{u}")),
+                (n, _) => n,
+            };
+            if let (Some(key), Ok(mut m)) = (key, out.lock()) {
+                m.entry(key).or_insert(image);
             }
         }
     });
