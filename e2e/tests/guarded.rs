@@ -784,3 +784,138 @@ spec:
     recorder.abort();
     assert_within_rbac(&w);
 }
+
+/// Wait until the generated change `name` has its first batch's pods ready.
+async fn wait_first_batch_ready(w: &World, ns: &str, name: &str) {
+    w.wait_for(&format!("{name}: batch 1 baking"), LONG, || async {
+        let cr = w.change_request(ns, name).await?;
+        Ok(cr
+            .filter(|c| {
+                c.status.as_ref().is_some_and(|s| {
+                    s.current_batch == 1 && s.batches.first().is_some_and(|b| b.ready_at.is_some())
+                })
+            })
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+}
+
+fn set_image(w: &World, ns: &str, image: &str) {
+    let (ok, out) = kubectl(
+        w,
+        &[
+            "set",
+            "image",
+            "deployment/web",
+            "-n",
+            ns,
+            &format!("app={image}"),
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+}
+
+/// A newer template arriving while a change is in flight: by default it supersedes it (the
+/// older change is rolled back, its canary removed, and the newer one rolls out); with
+/// `onNewerChange: queue` the older change finishes its batches first and the newer one waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_template_supersedes_the_change_in_flight_or_queues_behind_it() {
+    let ns = "g5";
+    let w = World::start(WorldOptions::default()).await.unwrap();
+    let hook = w.install_webhook("Ignore").await.unwrap();
+    let hook: Vec<&str> = hook.iter().map(String::as_str).collect();
+    w.start_graygate(&hook).unwrap();
+    w.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+    ))
+    .await
+    .unwrap();
+    let (ok, out) = kubectl(
+        &w,
+        &["apply", "-f", "-"],
+        Some(&manifest(ns, "shop/web:healthy", 4)),
+    );
+    assert!(ok, "{out}");
+    wait_deployment_ready(&w, ns, "web", 4).await;
+    let policy = |on_newer: &str| {
+        format!(
+            r#"
+apiVersion: graygate.io/v1alpha1
+kind: ChangePolicy
+metadata: {{name: web-policy, namespace: {ns}}}
+spec:
+  workloads: {{names: [web]}}
+  onNewerChange: {on_newer}
+  change:
+    progressDeadline: 8s
+    batches:
+    - {{replicas: 1, bake: 10s}}
+    - {{percent: 100, bake: 2s}}
+"#
+        )
+    };
+    let (ok, out) = kubectl(&w, &["apply", "-f", "-"], Some(&policy("supersede")));
+    assert!(ok, "{out}");
+    wait_guarded(&w, ns).await;
+
+    // Supersede: v3 arrives while v2's first batch bakes.
+    set_image(&w, ns, "shop/web:healthy-v2");
+    let v2 = next_change(&w, ns, 1, &[]).await;
+    wait_first_batch_ready(&w, ns, &v2).await;
+    let v2_canary = cr_canary(&w, ns, &v2).await;
+    set_image(&w, ns, "shop/web:healthy-v3");
+    let v3 = next_change(&w, ns, 2, std::slice::from_ref(&v2)).await;
+    let rolled = w
+        .wait_phase(ns, &v2, Phase::RolledBack, LONG)
+        .await
+        .unwrap();
+    let msg = rolled.status.unwrap().message.unwrap_or_default();
+    assert!(msg.contains(&format!("superseded by {v3}")), "{msg}");
+    w.wait_phase(ns, &v3, Phase::Succeeded, LONG).await.unwrap();
+    wait_deployment_ready(&w, ns, "web", 4).await;
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert_eq!(image_of(&d), "shop/web:healthy-v3");
+    assert_ne!(d.spec.as_ref().unwrap().paused, Some(true));
+    let rs: Api<ReplicaSet> = Api::namespaced(w.client.clone(), ns);
+    assert!(
+        rs.get_opt(&v2_canary).await.unwrap().is_none_or(|r| {
+            r.metadata.deletion_timestamp.is_some() || r.spec.and_then(|s| s.replicas) == Some(0)
+        }),
+        "the superseded canary is gone"
+    );
+    wait_old_serving(&w, ns, "shop/web:healthy-v3", 4).await;
+
+    // Queue: v5 arrives while v4's first batch bakes; v4 keeps going, v5 waits, then rolls.
+    let (ok, out) = kubectl(&w, &["apply", "-f", "-"], Some(&policy("queue")));
+    assert!(ok, "{out}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    set_image(&w, ns, "shop/web:healthy-v4");
+    let v4 = next_change(&w, ns, 3, &[v2.clone(), v3.clone()]).await;
+    wait_first_batch_ready(&w, ns, &v4).await;
+    set_image(&w, ns, "shop/web:healthy-v5");
+    let v5 = next_change(&w, ns, 4, &[v2.clone(), v3.clone(), v4.clone()]).await;
+    let v4_done = w.wait_phase(ns, &v4, Phase::Succeeded, LONG).await.unwrap();
+    assert!(
+        !v4_done
+            .metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .contains_key(graygate::api::ANN_ABORT),
+        "queued behind, not superseded"
+    );
+    let msg = v4_done.status.unwrap().message.unwrap_or_default();
+    assert!(
+        msg.contains("newer template") && msg.contains("not released"),
+        "{msg}"
+    );
+    w.wait_phase(ns, &v5, Phase::Succeeded, LONG).await.unwrap();
+    wait_deployment_ready(&w, ns, "web", 4).await;
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert_eq!(image_of(&d), "shop/web:healthy-v5");
+    assert_ne!(d.spec.as_ref().unwrap().paused, Some(true));
+    wait_old_serving(&w, ns, "shop/web:healthy-v5", 4).await;
+    assert_within_rbac(&w);
+}

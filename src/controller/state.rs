@@ -555,7 +555,17 @@ impl Machine<'_> {
         }
         self.st.handled.abort = Some(token.clone());
         if self.st.phase.is_active() && self.st.phase != Phase::RollingBack {
-            self.begin_rollback("Aborted", "aborted by the graygate.io/abort annotation");
+            // A value with words in it (graygate's policy writes "superseded by …") is the
+            // reason; a bare token (kubectl graygate abort writes a timestamp) is not.
+            let why = if token.trim().contains(' ') {
+                format!(
+                    "aborted by the graygate.io/abort annotation: {}",
+                    token.trim()
+                )
+            } else {
+                "aborted by the graygate.io/abort annotation".to_string()
+            };
+            self.begin_rollback("Aborted", &why);
             return true;
         }
         if matches!(self.st.phase, Phase::Pending | Phase::Blocked) {
@@ -1091,14 +1101,25 @@ impl Machine<'_> {
             format!("batch {k}/{last} passed: {why}"),
         );
         if k == last {
-            self.set_phase(
-                Phase::Succeeded,
-                Some("Succeeded"),
+            // A generated change queued behind by a newer template is verified but not released.
+            let overtaken = match (&self.spec.template, &self.obs.workload) {
+                (Some(t), Some(w)) if self.spec.policy.is_some() => {
+                    crate::rollout::template_hash(t) != crate::rollout::template_hash(&w.template)
+                }
+                _ => false,
+            };
+            let message = if overtaken {
+                format!(
+                    "all {last} batches passed, but {} now holds a newer template, which goes out as its own change: this one was not released",
+                    self.spec.target
+                )
+            } else {
                 format!(
                     "all {last} batches passed; {} runs the new template",
                     self.spec.target
-                ),
-            );
+                )
+            };
+            self.set_phase(Phase::Succeeded, Some("Succeeded"), message);
             self.note(
                 false,
                 "Succeeded",
