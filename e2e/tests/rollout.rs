@@ -68,6 +68,13 @@ batches:
         old_again.is_empty(),
         "old-version pods came back: {old_again:?}"
     );
+    let new_created = pods
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|i| *i == "shop/web:healthy-v2")
+        .count();
+    println!("pod churn: {new_created} new-template pods created for a 4-pod Deployment");
     // Events are recorded right after the status that they report.
     w.wait_for("the Events of every step", LONG, || async {
         let reasons = w.event_reasons("s1", "web-v2").await?;
