@@ -919,3 +919,89 @@ spec:
     wait_old_serving(&w, ns, "shop/web:healthy-v5", 4).await;
     assert_within_rbac(&w);
 }
+
+/// `helm install` / `helm upgrade` of the one-Deployment chart e2e/charts/web, run by Helm's
+/// own Go SDK (PyPI helm-python-sdk) against the real API server.
+fn helm(w: &World, ns: &str, action: &str, image: &str) -> (bool, String) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(dir.join("helm-release.py"))
+        .arg(&w.admin_kubeconfig)
+        .arg(dir.join("charts/web"))
+        .arg("web")
+        .arg(ns)
+        .arg(action)
+        .arg(format!(r#"{{"image": "{image}", "replicas": 2}}"#))
+        .output()
+        .expect("python3 runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A real `helm upgrade` (Helm 4's Go SDK, which writes with server-side apply) of a guarded
+/// Deployment is held and goes out in batches; upgrading again with the same values starts
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helm_upgrade_of_a_guarded_deployment_goes_out_in_batches() {
+    let ns = "g6";
+    let w = World::start(WorldOptions::default()).await.unwrap();
+    let hook = w.install_webhook("Ignore").await.unwrap();
+    let hook: Vec<&str> = hook.iter().map(String::as_str).collect();
+    w.start_graygate(&hook).unwrap();
+    w.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
+    ))
+    .await
+    .unwrap();
+    let (ok, out) = helm(&w, ns, "install", "shop/web:healthy");
+    assert!(ok, "{out}");
+    wait_deployment_ready(&w, ns, "web", 2).await;
+    w.apply(&policy(ns)).await.unwrap();
+    wait_guarded(&w, ns).await;
+
+    let (ok, out) = helm(&w, ns, "upgrade", "shop/web:healthy-v2");
+    assert!(ok, "helm upgrade succeeds: {out}");
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert_eq!(
+        image_of(&d),
+        "shop/web:healthy-v2",
+        "the spec is what Helm sent"
+    );
+    assert_eq!(d.spec.as_ref().unwrap().paused, Some(true), "held");
+    // Helm 4 writes with server-side apply (Helm 3's three-way strategic merge is what
+    // kubectl apply sends in the Deployment scenario above).
+    assert!(
+        d.metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .any(|m| m.operation.as_deref() == Some("Apply")),
+        "{:?}",
+        d.metadata.managed_fields
+    );
+    let v2 = next_change(&w, ns, 1, &[]).await;
+    w.wait_phase(ns, &v2, Phase::Succeeded, LONG).await.unwrap();
+    wait_deployment_ready(&w, ns, "web", 2).await;
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert_ne!(d.spec.as_ref().unwrap().paused, Some(true), "released");
+    wait_old_serving(&w, ns, "shop/web:healthy-v2", 2).await;
+
+    // The same values again (a re-run of the pipeline): nothing to hold, nothing started.
+    let (ok, out) = helm(&w, ns, "upgrade", "shop/web:healthy-v2");
+    assert!(ok, "{out}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        changes(&w, ns).await.len(),
+        1,
+        "an unchanged upgrade starts nothing"
+    );
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert_ne!(d.spec.as_ref().unwrap().paused, Some(true));
+    assert_within_rbac(&w);
+}
