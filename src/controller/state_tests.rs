@@ -839,3 +839,64 @@ fn every_judgement_of_the_change_counts_in_its_looks() {
         1
     );
 }
+
+#[test]
+fn an_abort_with_words_carries_them_into_the_message() {
+    let s = spec(BASIC);
+    let mut o = obs(5);
+    o.signals.abort = Some("superseded by web-abc".into());
+    let d = decide("chg", &s, &started(&s), &o);
+    assert!(
+        d.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(": superseded by web-abc")),
+        "{:?}",
+        d.status.message
+    );
+    o.signals.abort = Some("1732000000".into());
+    let d = decide("chg", &s, &started(&s), &o);
+    assert!(!d.status.message.unwrap_or_default().contains("1732000000"));
+}
+
+#[test]
+fn a_generated_change_overtaken_by_a_newer_template_says_it_was_not_released() {
+    let held = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:3"}]}});
+    let mine = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:2"}]}});
+    let mut s = spec(&BASIC.replace("images: {app: \"web:2\"}\n", ""));
+    s.template = Some(mine.clone());
+    s.policy = Some("web-policy".into());
+    let run = |workload_template: &serde_json::Value| {
+        let mut st = ChangeRequestStatus::default();
+        for i in 0..200 {
+            let mut o = obs(i * 10);
+            let mut w = workload(i > 0, 4);
+            // Held: the pods run the old template, the workload holds a newer one.
+            w.running = Some(w.template.clone());
+            w.template = workload_template.clone();
+            o.workload = Some(w);
+            st = decide("chg", &s, &st, &o).status;
+            if st.phase.is_terminal() {
+                break;
+            }
+        }
+        st
+    };
+    let st = run(&held);
+    assert_eq!(st.phase, Phase::Succeeded);
+    assert!(
+        st.message
+            .as_deref()
+            .is_some_and(|m| m.contains("newer template") && m.contains("not released")),
+        "{:?}",
+        st.message
+    );
+    let st = run(&mine);
+    assert!(
+        st.message
+            .as_deref()
+            .is_some_and(|m| m.contains("runs the new template")),
+        "{:?}",
+        st.message
+    );
+}
