@@ -204,9 +204,6 @@ pub fn effective_warmup(
     status: &ChangeRequestStatus,
     batch: u32,
 ) -> Duration {
-    if let Some(w) = spec.analysis.as_ref().and_then(|a| a.warmup) {
-        return w;
-    }
     let bake_ms = status
         .original_replicas
         .and_then(|total| plan(&spec.batches, total).ok())
@@ -215,6 +212,13 @@ pub fn effective_warmup(
                 .map(|b| b.bake.as_millis_i64())
         })
         .unwrap_or(0);
+    warmup_for_bake(spec, bake_ms)
+}
+
+fn warmup_for_bake(spec: &ChangeRequestSpec, bake_ms: i64) -> Duration {
+    if let Some(w) = spec.analysis.as_ref().and_then(|a| a.warmup) {
+        return w;
+    }
     Duration::from_millis((bake_ms / 3).clamp(0, DEFAULT_WARMUP_MS) as u64)
 }
 
@@ -268,9 +272,9 @@ pub fn planned_looks(
     };
     let interval_ms = interval.as_millis_i64().max(1);
     let mut looks = 0u32;
-    for (i, b) in batches.iter().enumerate() {
-        let warmup = effective_warmup(spec, status, i as u32 + 1).as_millis_i64();
-        let judged_ms = (b.bake.as_millis_i64() - warmup).max(0);
+    for b in &batches {
+        let bake_ms = b.bake.as_millis_i64();
+        let judged_ms = (bake_ms - warmup_for_bake(spec, bake_ms).as_millis_i64()).max(0);
         let n = u32::try_from(judged_ms / interval_ms).unwrap_or(u32::MAX);
         looks = looks.saturating_add(n.max(1));
     }
