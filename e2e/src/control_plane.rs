@@ -85,8 +85,7 @@ impl ControlPlane {
             dir,
             children: Vec::new(),
         };
-        let (client, peer, secure, cm_port) =
-            (free_port()?, free_port()?, free_port()?, free_port()?);
+        let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
         let etcd = [
             format!("--data-dir={}", d.join("etcd").display()),
             format!("--listen-client-urls=http://127.0.0.1:{client}"),
@@ -140,68 +139,133 @@ impl ControlPlane {
             ),
         )?;
         cp.wait_ready(Duration::from_secs(60)).await?;
-        let manager = [
-            format!("--kubeconfig={}", cp.kubeconfig.display()),
-            "--controllers=deployment,replicaset,statefulset,garbagecollector,serviceaccount,serviceaccount-token,namespace".into(),
-            format!("--service-account-private-key-file={}", key.display()),
-            format!("--root-ca-file={}", certs.join("apiserver.crt").display()),
-            "--leader-elect=false".into(),
-            // Above the defaults (20/30), as busy clusters run it, so that the scale benchmark
-            // measures graygate rather than the controller manager's client throttle.
-            "--kube-api-qps=100".into(),
-            "--kube-api-burst=200".into(),
-            "--bind-address=127.0.0.1".into(),
-            format!("--secure-port={cm_port}"),
-        ];
-        cp.children.push((
-            "kube-controller-manager",
-            spawn(
+        // The controller manager is ready when the service-account controller has made the
+        // `default` ServiceAccount of the `default` namespace: without that, pods cannot be
+        // created, and a ReplicaSet that fails early backs off for minutes. Its port is chosen
+        // free and released, so another test can take it first: then it exits, and it is
+        // started again on another port.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let manager = [
+                format!("--kubeconfig={}", cp.kubeconfig.display()),
+                "--controllers=deployment,replicaset,statefulset,garbagecollector,serviceaccount,serviceaccount-token,namespace".into(),
+                format!("--service-account-private-key-file={}", key.display()),
+                format!("--root-ca-file={}", certs.join("apiserver.crt").display()),
+                "--leader-elect=false".into(),
+                // Above the defaults (20/30), as busy clusters run it, so that the scale
+                // benchmark measures graygate rather than the controller manager's client
+                // throttle.
+                "--kube-api-qps=100".into(),
+                "--kube-api-burst=200".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", free_port()?),
+            ];
+            cp.children.push((
                 "kube-controller-manager",
-                &binary("kube-controller-manager")?,
-                &manager,
-                &d,
-            )?,
-        ));
+                spawn(
+                    "kube-controller-manager",
+                    &binary("kube-controller-manager")?,
+                    &manager,
+                    &d,
+                )?,
+            ));
+            match cp.wait_manager_ready(Duration::from_secs(90)).await {
+                Ok(()) => break,
+                Err(e)
+                    if attempt < 3
+                        && cp
+                            .log_tail("kube-controller-manager")
+                            .contains("address already in use") =>
+                {
+                    if let Some((_, mut c)) = cp.children.pop() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    eprintln!("kube-controller-manager did not start ({e:#}); starting it again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(cp)
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let client = self.client().await?;
+        self.wait_until("kube-apiserver", "ok from /readyz", timeout, || {
+            let client = client.clone();
+            async move {
+                let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else {
+                    return false;
+                };
+                client
+                    .request_text(req)
+                    .await
+                    .is_ok_and(|body| body.trim() == "ok")
+            }
+        })
+        .await
+    }
+
+    /// Wait until the controller manager runs its controllers: the `default` ServiceAccount of
+    /// the `default` namespace exists.
+    async fn wait_manager_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            kube::Api::namespaced(self.client().await?, "default");
+        self.wait_until(
+            "kube-controller-manager",
+            "`default` ServiceAccount",
+            timeout,
+            || {
+                let accounts = accounts.clone();
+                async move { matches!(accounts.get_opt("default").await, Ok(Some(_))) }
+            },
+        )
+        .await
+    }
+
+    /// Poll `ready` every 200 ms; fails with the log of the component that exited, or of
+    /// `component` after `timeout`.
+    async fn wait_until<F, Fut>(
+        &mut self,
+        component: &'static str,
+        what: &str,
+        timeout: Duration,
+        mut ready: F,
+    ) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let start = Instant::now();
         loop {
-            let mut exited = None;
-            for (name, c) in self.children.iter_mut() {
-                if let Some(status) = c.try_wait()? {
-                    exited = Some((*name, status));
-                }
-            }
-            if let Some((name, status)) = exited {
+            if let Some((name, status)) = self.exited()? {
                 bail!(
                     "{name} exited ({status}); its log:\n{}",
                     self.log_tail(name)
                 );
             }
-            let ok = match self.client().await {
-                Ok(c) => c
-                    .request_text(
-                        http::Request::get("/readyz")
-                            .body(Vec::new())
-                            .context("request")?,
-                    )
-                    .await
-                    .is_ok_and(|body| body.trim() == "ok"),
-                Err(_) => false,
-            };
-            if ok {
+            if ready().await {
                 return Ok(());
             }
             if start.elapsed() > timeout {
                 bail!(
-                    "kube-apiserver not ready after {timeout:?}; its log:\n{}",
-                    self.log_tail("kube-apiserver")
+                    "{component}: no {what} after {timeout:?}; its log:\n{}",
+                    self.log_tail(component)
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The first component that exited, and how.
+    fn exited(&mut self) -> anyhow::Result<Option<(&'static str, std::process::ExitStatus)>> {
+        for (name, c) in self.children.iter_mut() {
+            if let Some(status) = c.try_wait()? {
+                return Ok(Some((*name, status)));
+            }
+        }
+        Ok(None)
     }
 
     /// The last lines of one component's log.

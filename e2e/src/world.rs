@@ -347,12 +347,37 @@ impl World {
             Api::all_with(self.client.clone(), &ar)
         };
         match api.create(&PostParams::default(), &obj).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             // Scenarios share namespaces; one that exists already is what was asked for.
-            Err(kube::Error::Api(e)) if e.code == 409 && ar.kind == "Namespace" => Ok(()),
-            Err(e) => Err(anyhow::Error::from(e))
-                .with_context(|| format!("creating {} {}", ar.kind, obj.name_any())),
+            Err(kube::Error::Api(e)) if e.code == 409 && ar.kind == "Namespace" => {}
+            Err(e) => {
+                return Err(anyhow::Error::from(e))
+                    .with_context(|| format!("creating {} {}", ar.kind, obj.name_any()));
+            }
         }
+        if ar.kind == "Namespace" {
+            self.wait_default_account(&obj.name_any()).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait until the namespace has its `default` ServiceAccount, as `kubectl create namespace`
+    /// users do before creating pods in it: until then the API server refuses pods there, and
+    /// a ReplicaSet whose first pods were refused backs off exponentially.
+    async fn wait_default_account(&self, ns: &str) -> anyhow::Result<()> {
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), ns);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while accounts.get_opt("default").await?.is_none() {
+            if Instant::now() > deadline {
+                bail!(
+                    "namespace {ns} has no default ServiceAccount after 60 s; kube-controller-manager log:\n{}",
+                    self.cp.log_tail("kube-controller-manager")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     /// Install the chart's MutatingWebhookConfiguration, pointed at `https://127.0.0.1:<port>`
@@ -508,8 +533,9 @@ impl World {
                 let logs = self.graygate_logs();
                 let tail: Vec<&str> = logs.lines().rev().take(40).collect();
                 bail!(
-                    "timed out after {timeout:?} waiting for {what} (last error: {last_err:?})\n--- graygate log tail ---\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    "timed out after {timeout:?} waiting for {what} (last error: {last_err:?})\n--- graygate log tail ---\n{}\n--- kube-controller-manager log tail ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                    self.cp.log_tail("kube-controller-manager")
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
