@@ -204,6 +204,28 @@ pub async fn release(client: &Client, cfg: &LeaseConfig) {
     }
 }
 
+/// When to try the Lease again after an attempt sent at `sent` that ended at `now`.
+///
+/// Renewals are paced from when each was *sent*, every third of the lease duration, so a slow
+/// answer does not push the next renewal later and eat the leader's slack. A leader whose
+/// renewal failed tries again after a quarter of that period instead, so a blip of the API
+/// server costs several tries, not the lease: with a 15 s lease, a leader tries about eight
+/// times before its lease may have expired (client-go paces its leaders alike: a 2 s retry
+/// within a 10 s renew deadline).
+pub fn next_attempt(
+    sent: tokio::time::Instant,
+    now: tokio::time::Instant,
+    duration: Duration,
+    leader_failed: bool,
+) -> tokio::time::Instant {
+    let period = (duration / 3).max(Duration::from_millis(200));
+    if leader_failed {
+        now + (period / 4).max(Duration::from_millis(50))
+    } else {
+        (sent + period).max(now)
+    }
+}
+
 /// Keep trying to hold the lease; publish `true` while this replica leads.
 ///
 /// A leader that cannot renew within the lease duration publishes `false`, and the caller stops.
@@ -214,10 +236,10 @@ pub async fn run(
     synced: watch::Sender<bool>,
     fence: std::sync::Arc<Fence>,
 ) {
-    let retry = (cfg.duration / 3).max(Duration::from_millis(200));
     let mut last_renewed: Option<tokio::time::Instant> = None;
     loop {
         let sent = tokio::time::Instant::now();
+        let mut leader_failed = false;
         match try_acquire(&client, &cfg).await {
             Ok(Standing::Leader) => {
                 last_renewed = Some(sent);
@@ -238,14 +260,21 @@ pub async fn run(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "lease renewal failed");
-                if *tx.borrow() && last_renewed.is_none_or(|t| t.elapsed() >= cfg.duration) {
+                leader_failed = *tx.borrow();
+                if leader_failed && last_renewed.is_none_or(|t| t.elapsed() >= cfg.duration) {
                     fence.revoke();
                     tracing::error!("could not renew the lease in time; stepping down");
                     let _ = tx.send(false);
                 }
             }
         }
-        tokio::time::sleep(retry).await;
+        let next = next_attempt(
+            sent,
+            tokio::time::Instant::now(),
+            cfg.duration,
+            leader_failed,
+        );
+        tokio::time::sleep_until(next).await;
     }
 }
 
@@ -294,6 +323,43 @@ mod tests {
         f.revoke();
         assert!(!f.allows());
         assert!(Fence::open().allows());
+    }
+
+    #[test]
+    fn renewals_are_paced_from_when_they_were_sent_and_a_failed_one_is_retried_soon() {
+        let t0 = tokio::time::Instant::now();
+        let lease = Duration::from_secs(3);
+        // A quick renewal: the next one a third of the lease after this one was sent.
+        assert_eq!(
+            next_attempt(t0, t0 + Duration::from_millis(20), lease, false),
+            t0 + Duration::from_secs(1)
+        );
+        // A renewal that took 2 s: the next goes at once, not a further second later.
+        let slow = t0 + Duration::from_secs(2);
+        assert_eq!(next_attempt(t0, slow, lease, false), slow);
+        // A leader whose renewal failed tries again after a quarter period.
+        assert_eq!(
+            next_attempt(t0, slow, lease, true),
+            slow + Duration::from_millis(250)
+        );
+        // With the default 15 s lease, a leader gets about eight tries once a renewal fails.
+        let lease = Duration::from_secs(15);
+        let mut at = t0 + Duration::from_secs(5);
+        let mut tries = 0;
+        while at < t0 + lease {
+            tries += 1;
+            at = next_attempt(at, at, lease, true);
+        }
+        assert_eq!(tries, 8);
+        // The shortest lease (1 s): a twelfth of it; never under 50 ms.
+        assert_eq!(
+            next_attempt(t0, t0, Duration::from_secs(1), true),
+            t0 + Duration::from_secs(1) / 12
+        );
+        assert_eq!(
+            next_attempt(t0, t0, Duration::from_millis(300), true),
+            t0 + Duration::from_millis(50)
+        );
     }
 
     #[test]
