@@ -367,17 +367,12 @@ impl World {
     async fn wait_default_account(&self, ns: &str) -> anyhow::Result<()> {
         let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
             Api::namespaced(self.client.clone(), ns);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while accounts.get_opt("default").await?.is_none() {
-            if Instant::now() > deadline {
-                bail!(
-                    "namespace {ns} has no default ServiceAccount after 60 s; kube-controller-manager log:\n{}",
-                    self.cp.log_tail("kube-controller-manager")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+        self.wait_for(
+            &format!("the default ServiceAccount of namespace {ns}"),
+            Duration::from_secs(60),
+            || async { Ok(accounts.get_opt("default").await?.map(|_| ())) },
+        )
+        .await
     }
 
     /// Install the chart's MutatingWebhookConfiguration, pointed at `https://127.0.0.1:<port>`

@@ -112,23 +112,9 @@ async fn wait_changes(w: &World, ns: &str, n: usize) -> Vec<ChangeRequest> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
-    let w = World::start(WorldOptions::default()).await.unwrap();
-    let hook = w.install_webhook("Ignore").await.unwrap();
-    let hook: Vec<&str> = hook.iter().map(String::as_str).collect();
-    w.start_graygate(&hook).unwrap();
     let ns = "g1";
-    w.apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
-    ))
-    .await
-    .unwrap();
-    let (ok, out) = kubectl(
-        &w,
-        &["apply", "-f", "-"],
-        Some(&manifest(ns, "shop/web:healthy", 4)),
-    );
-    assert!(ok, "{out}");
-    wait_deployment_ready(&w, ns, "web", 4).await;
+    let (w, _) = webhook_world(ns, "Ignore").await;
+    apply_web(&w, ns, 4).await;
     w.apply(&policy(ns)).await.unwrap();
     wait_guarded(&w, ns).await;
     let (recorder, pods) = record_pods(&w, ns);
@@ -225,18 +211,7 @@ async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
     wait_deployment_ready(&w, ns, "web", 4).await;
 
     // 3. A bad image (kubectl set image): rolled back, old pods serving, the Deployment held and marked.
-    let (ok, out) = kubectl(
-        &w,
-        &[
-            "set",
-            "image",
-            "deployment/web",
-            "-n",
-            ns,
-            "app=shop/web:crashloop",
-        ],
-        None,
-    );
+    let (ok, out) = set_image_of(&w, ns, "deployment/web", "shop/web:crashloop");
     assert!(ok, "{out}");
     let crs = wait_changes(&w, ns, 2).await;
     let bad = crs
@@ -267,18 +242,7 @@ async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
     wait_old_serving(&w, ns, "shop/web:healthy-v2", 4).await;
 
     // 4. The same bad template again (a GitOps self-heal): nothing starts.
-    let (ok, out) = kubectl(
-        &w,
-        &[
-            "set",
-            "image",
-            "deployment/web",
-            "-n",
-            ns,
-            "app=shop/web:crashloop",
-        ],
-        None,
-    );
+    let (ok, out) = set_image_of(&w, ns, "deployment/web", "shop/web:crashloop");
     assert!(ok, "{out}");
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
@@ -387,7 +351,9 @@ async fn wait_old_serving(w: &World, ns: &str, image: &str, n: usize) {
     .unwrap();
 }
 
-async fn guarded_world(ns: &str, failure_policy: &str) -> (World, Vec<String>) {
+/// A world with graygate serving its admission webhook (`failure_policy`: `Ignore` or `Fail`)
+/// and the namespace `ns`; returns the webhook arguments, to start graygate again with.
+async fn webhook_world(ns: &str, failure_policy: &str) -> (World, Vec<String>) {
     let w = World::start(WorldOptions::default()).await.unwrap();
     let hook = w.install_webhook(failure_policy).await.unwrap();
     let args: Vec<&str> = hook.iter().map(String::as_str).collect();
@@ -397,13 +363,24 @@ async fn guarded_world(ns: &str, failure_policy: &str) -> (World, Vec<String>) {
     ))
     .await
     .unwrap();
+    (w, hook)
+}
+
+/// `kubectl apply` the Deployment `web` of `replicas` pods on `shop/web:healthy`; wait until ready.
+async fn apply_web(w: &World, ns: &str, replicas: i32) {
     let (ok, out) = kubectl(
-        &w,
+        w,
         &["apply", "-f", "-"],
-        Some(&manifest(ns, "shop/web:healthy", 2)),
+        Some(&manifest(ns, "shop/web:healthy", replicas)),
     );
     assert!(ok, "{out}");
-    wait_deployment_ready(&w, ns, "web", 2).await;
+    wait_deployment_ready(w, ns, "web", replicas).await;
+}
+
+/// A guarded 2-pod Deployment `web` in `ns`, its policy's status up to date.
+async fn guarded_world(ns: &str, failure_policy: &str) -> (World, Vec<String>) {
+    let (w, hook) = webhook_world(ns, failure_policy).await;
+    apply_web(&w, ns, 2).await;
     w.apply(&policy(ns)).await.unwrap();
     wait_guarded(&w, ns).await;
     // The policy has recorded the template it guards.
@@ -426,18 +403,7 @@ async fn fail_open_lets_a_change_through_while_graygate_is_down_and_reports_it_a
     let ns = "g2";
     let (w, hook) = guarded_world(ns, "Ignore").await;
     w.kill_graygate();
-    let (ok, out) = kubectl(
-        &w,
-        &[
-            "set",
-            "image",
-            "deployment/web",
-            "-n",
-            ns,
-            "app=shop/web:healthy-v2",
-        ],
-        None,
-    );
+    let (ok, out) = set_image_of(&w, ns, "deployment/web", "shop/web:healthy-v2");
     assert!(ok, "fail-open: the change goes through: {out}");
     let d = deployment(&w, ns, "web").await.unwrap();
     assert_ne!(d.spec.as_ref().unwrap().paused, Some(true), "not held");
@@ -483,18 +449,7 @@ async fn fail_closed_refuses_a_change_while_graygate_is_down() {
     let ns = "g3";
     let (w, _) = guarded_world(ns, "Fail").await;
     w.kill_graygate();
-    let (ok, out) = kubectl(
-        &w,
-        &[
-            "set",
-            "image",
-            "deployment/web",
-            "-n",
-            ns,
-            "app=shop/web:healthy-v2",
-        ],
-        None,
-    );
+    let (ok, out) = set_image_of(&w, ns, "deployment/web", "shop/web:healthy-v2");
     assert!(!ok, "fail-closed: refused");
     assert!(
         out.contains("failed calling webhook \"workloads.graygate.io\""),
@@ -521,20 +476,6 @@ fn sts_partition(s: &k8s_openapi::api::apps::v1::StatefulSet) -> Option<i32> {
         .and_then(|r| r.partition)
 }
 
-fn sts_image(s: &k8s_openapi::api::apps::v1::StatefulSet) -> String {
-    s.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .image
-        .clone()
-        .unwrap_or_default()
-}
-
 /// Wait until `n` generated ChangeRequests exist and return the one not in `known`.
 async fn next_change(w: &World, ns: &str, n: usize, known: &[String]) -> String {
     wait_changes(w, ns, n)
@@ -552,11 +493,8 @@ async fn next_change(w: &World, ns: &str, n: usize, known: &[String]) -> String 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guarded_statefulset_is_held_by_its_partition() {
     use k8s_openapi::api::apps::v1::StatefulSet;
-    let w = World::start(WorldOptions::default()).await.unwrap();
-    let hook = w.install_webhook("Ignore").await.unwrap();
-    let hook: Vec<&str> = hook.iter().map(String::as_str).collect();
-    w.start_graygate(&hook).unwrap();
     let ns = "g4";
+    let (w, _) = webhook_world(ns, "Ignore").await;
     let (ok, out) = kubectl(
         &w,
         &["apply", "-f", "-"],
@@ -596,18 +534,7 @@ spec:
 
     // 1. kubectl set image: held by the partition; no pod is replaced by the StatefulSet
     //    controller; the generated change rolls it out and releases it.
-    let (ok, out) = kubectl(
-        &w,
-        &[
-            "set",
-            "image",
-            "statefulset/db",
-            "-n",
-            ns,
-            "app=shop/db:healthy-v2",
-        ],
-        None,
-    );
+    let (ok, out) = set_image_of(&w, ns, "statefulset/db", "shop/db:healthy-v2");
     assert!(ok, "{out}");
     assert!(out.contains("graygate holds this change"), "{out}");
     let s = sts_api.get("db").await.unwrap();
@@ -657,18 +584,7 @@ spec:
 
     // 2. A bad image: the change fails; the pods go back to the revision they ran; the
     //    StatefulSet stays held (and marked) with the bad template as applied.
-    let (ok, out) = kubectl(
-        &w,
-        &[
-            "set",
-            "image",
-            "statefulset/db",
-            "-n",
-            ns,
-            "app=shop/db:crashloop",
-        ],
-        None,
-    );
+    let (ok, out) = set_image_of(&w, ns, "statefulset/db", "shop/db:crashloop");
     assert!(ok, "{out}");
     let bad = next_change(&w, ns, 2, std::slice::from_ref(&first)).await;
     w.wait_phase(ns, &bad, Phase::RolledBack, LONG)
@@ -707,18 +623,7 @@ spec:
     wait_old_serving(&w, ns, "shop/db:healthy-v2", 3).await;
 
     // 3. Going back to the image the pods run (a revert in Git): released without a change.
-    let (ok, out) = kubectl(
-        &w,
-        &[
-            "set",
-            "image",
-            "statefulset/db",
-            "-n",
-            ns,
-            "app=shop/db:healthy-v2",
-        ],
-        None,
-    );
+    let (ok, out) = set_image_of(&w, ns, "statefulset/db", "shop/db:healthy-v2");
     assert!(ok, "{out}");
     let s = w
         .wait_for("the revert released", LONG, || async {
@@ -766,18 +671,7 @@ spec:
         "nothing rolled"
     );
     // Unguarded now: a change goes straight through the StatefulSet controller.
-    let (ok, out) = kubectl(
-        &w,
-        &[
-            "set",
-            "image",
-            "statefulset/db",
-            "-n",
-            ns,
-            "app=shop/db:healthy-v3",
-        ],
-        None,
-    );
+    let (ok, out) = set_image_of(&w, ns, "statefulset/db", "shop/db:healthy-v3");
     assert!(ok && !out.contains("graygate holds"), "{out}");
     wait_statefulset_ready(&w, ns, "db", 3).await;
     wait_old_serving(&w, ns, "shop/db:healthy-v3", 3).await;
@@ -802,19 +696,17 @@ async fn wait_first_batch_ready(w: &World, ns: &str, name: &str) {
 }
 
 fn set_image(w: &World, ns: &str, image: &str) {
-    let (ok, out) = kubectl(
-        w,
-        &[
-            "set",
-            "image",
-            "deployment/web",
-            "-n",
-            ns,
-            &format!("app={image}"),
-        ],
-        None,
-    );
+    let (ok, out) = set_image_of(w, ns, "deployment/web", image);
     assert!(ok, "{out}");
+}
+
+/// `kubectl set image <workload> app=<image>` in `ns`: whether it succeeded, and its output.
+fn set_image_of(w: &World, ns: &str, workload: &str, image: &str) -> (bool, String) {
+    kubectl(
+        w,
+        &["set", "image", workload, "-n", ns, &format!("app={image}")],
+        None,
+    )
 }
 
 /// A newer template arriving while a change is in flight: by default it supersedes it (the
@@ -823,22 +715,8 @@ fn set_image(w: &World, ns: &str, image: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_template_supersedes_the_change_in_flight_or_queues_behind_it() {
     let ns = "g5";
-    let w = World::start(WorldOptions::default()).await.unwrap();
-    let hook = w.install_webhook("Ignore").await.unwrap();
-    let hook: Vec<&str> = hook.iter().map(String::as_str).collect();
-    w.start_graygate(&hook).unwrap();
-    w.apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
-    ))
-    .await
-    .unwrap();
-    let (ok, out) = kubectl(
-        &w,
-        &["apply", "-f", "-"],
-        Some(&manifest(ns, "shop/web:healthy", 4)),
-    );
-    assert!(ok, "{out}");
-    wait_deployment_ready(&w, ns, "web", 4).await;
+    let (w, _) = webhook_world(ns, "Ignore").await;
+    apply_web(&w, ns, 4).await;
     let policy = |on_newer: &str| {
         format!(
             r#"
@@ -950,15 +828,7 @@ fn helm(w: &World, ns: &str, action: &str, image: &str) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_helm_upgrade_of_a_guarded_deployment_goes_out_in_batches() {
     let ns = "g6";
-    let w = World::start(WorldOptions::default()).await.unwrap();
-    let hook = w.install_webhook("Ignore").await.unwrap();
-    let hook: Vec<&str> = hook.iter().map(String::as_str).collect();
-    w.start_graygate(&hook).unwrap();
-    w.apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
-    ))
-    .await
-    .unwrap();
+    let (w, _) = webhook_world(ns, "Ignore").await;
     let (ok, out) = helm(&w, ns, "install", "shop/web:healthy");
     assert!(ok, "{out}");
     wait_deployment_ready(&w, ns, "web", 2).await;

@@ -517,19 +517,7 @@ batches: [{replicas: 1, bake: 2s}, {percent: 100}]
         back.status.as_ref().unwrap().current_revision.as_deref(),
         Some(promoted_rev.as_str())
     );
-    assert_eq!(
-        back.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
-            .image
-            .as_deref(),
-        Some("shop/db:healthy-v2")
-    );
+    assert_eq!(sts_image(&back), "shop/db:healthy-v2");
     assert_eq!(
         back.spec
             .unwrap()

@@ -149,6 +149,15 @@ pub fn image_of(d: &Deployment) -> String {
         .unwrap_or_default()
 }
 
+/// The first container's image in a StatefulSet's pod template.
+pub fn sts_image(s: &StatefulSet) -> String {
+    s.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers[0].image.clone().unwrap_or_default())
+        .unwrap_or_default()
+}
+
 /// The phase of a ChangeRequest.
 pub fn phase(cr: &ChangeRequest) -> Phase {
     cr.status.as_ref().map(|s| s.phase).unwrap_or_default()
