@@ -101,6 +101,12 @@ async fn wait_guarded(w: &World, ns: &str) {
     .unwrap();
 }
 
+/// Give graygate 6 s to (wrongly) start a change, then check there are still `n`.
+async fn no_new_change(w: &World, ns: &str, n: usize, why: &str) {
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(changes(w, ns).await.len(), n, "{why}");
+}
+
 async fn wait_changes(w: &World, ns: &str, n: usize) -> Vec<ChangeRequest> {
     w.wait_for(&format!("{n} generated ChangeRequests"), LONG, || async {
         let c = changes(w, ns).await;
@@ -244,12 +250,7 @@ async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
     // 4. The same bad template again (a GitOps self-heal): nothing starts.
     let (ok, out) = set_image_of(&w, ns, "deployment/web", "shop/web:crashloop");
     assert!(ok, "{out}");
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_eq!(
-        changes(&w, ns).await.len(),
-        2,
-        "re-applying the failed template starts nothing"
-    );
+    no_new_change(&w, ns, 2, "re-applying the failed template starts nothing").await;
 
     // 5. The fix (a three-way merge patch, as helm upgrade sends): a new change, which succeeds.
     let (ok, out) = kubectl(
@@ -865,12 +866,7 @@ async fn a_helm_upgrade_of_a_guarded_deployment_goes_out_in_batches() {
     // The same values again (a re-run of the pipeline): nothing to hold, nothing started.
     let (ok, out) = helm(&w, ns, "upgrade", "shop/web:healthy-v2");
     assert!(ok, "{out}");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(
-        changes(&w, ns).await.len(),
-        1,
-        "an unchanged upgrade starts nothing"
-    );
+    no_new_change(&w, ns, 1, "an unchanged upgrade starts nothing").await;
     let d = deployment(&w, ns, "web").await.unwrap();
     assert_ne!(d.spec.as_ref().unwrap().paused, Some(true));
     assert_within_rbac(&w);

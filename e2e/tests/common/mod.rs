@@ -144,8 +144,7 @@ pub async fn deployment(w: &World, ns: &str, name: &str) -> Option<Deployment> {
 pub fn image_of(d: &Deployment) -> String {
     d.spec
         .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| p.containers[0].image.clone().unwrap_or_default())
+        .map(|s| template_image(&s.template))
         .unwrap_or_default()
 }
 
@@ -153,7 +152,14 @@ pub fn image_of(d: &Deployment) -> String {
 pub fn sts_image(s: &StatefulSet) -> String {
     s.spec
         .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
+        .map(|s| template_image(&s.template))
+        .unwrap_or_default()
+}
+
+/// The first container's image in a pod template.
+pub fn template_image(t: &k8s_openapi::api::core::v1::PodTemplateSpec) -> String {
+    t.spec
+        .as_ref()
         .map(|p| p.containers[0].image.clone().unwrap_or_default())
         .unwrap_or_default()
 }
