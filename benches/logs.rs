@@ -1,7 +1,7 @@
 //! Template mining throughput on the concatenated loghub samples (../shared/data/loghub).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use graygate::logs::drain::{Config, Miner};
+use graygate::logs::miner::{Config, Miner};
 use std::hint::black_box;
 
 #[path = "../tests/support/loghub.rs"]

@@ -42,6 +42,12 @@ if ! python3 -c "import helm_python, kubernetes_validate, yaml" >/dev/null 2>&1;
   python3 -m pip install --quiet --disable-pip-version-check -r scripts/chart/requirements.txt
 fi
 
+# The reference log parsers beside graygate's miner in tests/loghub.rs (evaluation only).
+if ! python3 -c "import logparser.Brain, logparser.Drain, drain3" >/dev/null 2>&1; then
+  echo "installing the reference log parsers for the loghub evaluation"
+  python3 -m pip install --quiet --disable-pip-version-check -r scripts/logparsers/requirements.txt
+fi
+
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "installing cargo-nextest"
   cargo install --locked cargo-nextest

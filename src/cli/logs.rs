@@ -1,7 +1,7 @@
 //! `graygate logs templates FILE`: every input line's template id and template, tab-separated,
 //! in input order, so a user can see how their logs are grouped (and score the miner).
 
-use crate::logs::drain::{Config, Miner};
+use crate::logs::miner::{Config, Miner};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -45,6 +45,7 @@ pub fn run(cmd: LogsCommand) -> u8 {
             let templates: Vec<String> = (0..miner.clusters().len() as u32)
                 .map(|id| miner.template(id))
                 .collect();
+            let ids: Vec<u32> = ids.into_iter().map(|id| miner.resolve(id)).collect();
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             for id in ids {

@@ -1,7 +1,7 @@
 //! Log detectors: templates that are new in the change group, and templates whose per-pod rate
 //! surges in the change group compared with the control group.
 
-use super::drain::{Config, Miner};
+use super::miner::{Config, Miner};
 use crate::api::{Finding, LogAnalysisSpec, Verdict};
 use crate::util::trim_to;
 use regex::Regex;
@@ -34,11 +34,14 @@ impl Params {
     }
 }
 
-/// The lines of one group: per pod, its lines in the window.
+/// The lines of one group: per pod, its lines in the window, and how long each pod was watched.
 #[derive(Clone, Debug, Default)]
 pub struct LogGroup {
     /// Pod → lines.
     pub pods: BTreeMap<String, Vec<String>>,
+    /// Pod → seconds of the pod's life the lines cover. A pod without an entry counts as one
+    /// unit, as long as every other such pod (the groups of a log file compared with another).
+    pub seconds: BTreeMap<String, f64>,
 }
 
 impl LogGroup {
@@ -47,6 +50,29 @@ impl LogGroup {
     }
     fn pod_count(&self) -> usize {
         self.pods.len()
+    }
+    /// Pod time observed: seconds where known, else one unit a pod; `unit` is the length of one
+    /// unit in seconds (the mean of the known durations, or 1).
+    fn exposure(&self, unit: f64) -> f64 {
+        self.pods
+            .keys()
+            .map(|p| self.seconds.get(p).map_or(unit, |s| s.max(0.0)))
+            .sum()
+    }
+}
+
+/// The length of one unit of pod time for pods whose duration is not known: the mean of the
+/// known ones, so groups with and without durations stay comparable (1 when none is known).
+fn unit_of(groups: &[&LogGroup]) -> f64 {
+    let known: Vec<f64> = groups
+        .iter()
+        .flat_map(|g| g.seconds.values().copied())
+        .filter(|s| *s > 0.0)
+        .collect();
+    if known.is_empty() {
+        1.0
+    } else {
+        known.iter().sum::<f64>() / known.len() as f64
     }
 }
 
@@ -95,16 +121,19 @@ fn binomial_sf(k: u64, n: u64, p: f64) -> f64 {
     }
 }
 
+/// A template's lines before the change, in control and in the change group.
+#[derive(Default)]
 struct Counts {
-    change: u64,
-    control: u64,
-    before: u64,
+    n: [u64; 3],
     error_level: bool,
     example: Option<String>,
 }
 
-/// Compare the change group's log templates with the control group's (same window) and the
-/// control pods' lines before the change. Returns the findings, failures first.
+/// Compare the change group's log templates with the reference: the control group (same window)
+/// and the control pods' lines before the change. Every comparison is per unit of opportunity:
+/// rates per second of pod time (so a longer window or more pods on one side make no surge), and
+/// a surge must also hold per log line (so more traffic on one side makes none). Returns the
+/// findings, failures first.
 pub fn detect(
     change: &LogGroup,
     control: &LogGroup,
@@ -114,27 +143,17 @@ pub fn detect(
     let mut miner = Miner::new(Config::default());
     let mut counts: BTreeMap<u32, Counts> = BTreeMap::new();
     let keep = |l: &str| !p.ignore.iter().any(|re| re.is_match(l));
-    let mut add = |miner: &mut Miner, line: &str, which: u8| {
+    let mut totals = [0u64; 3];
+    let mut add = |miner: &mut Miner, line: &str, which: usize| {
         if !keep(line) {
             return;
         }
+        totals[which] += 1;
         let id = miner.add(line);
-        let c = counts.entry(id).or_insert(Counts {
-            change: 0,
-            control: 0,
-            before: 0,
-            error_level: false,
-            example: None,
-        });
-        match which {
-            0 => c.before += 1,
-            1 => c.control += 1,
-            _ => {
-                c.change += 1;
-                if c.example.is_none() {
-                    c.example = Some(line.to_string());
-                }
-            }
+        let c = counts.entry(id).or_default();
+        c.n[which] += 1;
+        if which == 2 && c.example.is_none() {
+            c.example = Some(line.to_string());
         }
         c.error_level |= is_error_level(line);
     };
@@ -147,53 +166,103 @@ pub fn detect(
     for l in change.lines() {
         add(&mut miner, l, 2);
     }
+    // Templates merge as the miner learns: count by the final template.
+    let mut merged: BTreeMap<u32, Counts> = BTreeMap::new();
+    for (id, c) in counts {
+        let m = merged.entry(miner.resolve(id)).or_default();
+        for k in 0..3 {
+            m.n[k] += c.n[k];
+        }
+        m.error_level |= c.error_level;
+        if m.example.is_none() {
+            m.example = c.example;
+        }
+    }
+    let unit = unit_of(&[change, control, before]);
+    let time = Exposure {
+        change: change.exposure(unit),
+        control: control.exposure(unit),
+        before: before.exposure(unit),
+    };
     let n_change = change.pod_count().max(1) as f64;
     let n_control = control.pod_count() as f64;
+    let minutes = |s: f64| s / 60.0;
     let mut findings = Vec::new();
-    for (id, c) in &counts {
-        if c.change == 0 {
+    for (id, c) in &merged {
+        let [c_before, c_control, c_change] = c.n;
+        if c_change == 0 {
             continue;
         }
         let template = trim_to(&miner.template(*id), 200);
         let example = c.example.as_deref().map(safe_example).unwrap_or_default();
-        let per_change = c.change as f64 / n_change;
         let needed = if c.error_level { 1 } else { p.min_count };
-        if c.control == 0 && c.before == 0 {
-            if c.change >= needed {
+        let reference = time.control + time.before;
+        if c_control == 0 && c_before == 0 {
+            // Never in the reference: new only if the reference had a fair chance to show it.
+            // Were the template as frequent per pod-second there as in the change group, every
+            // one of its lines would fall in the change group with this probability.
+            let share = time.change / (time.change + reference);
+            let p_value = share.powi(c_change.min(i32::MAX as u64) as i32);
+            if c_change >= needed && p_value < p.alpha {
                 findings.push(Finding {
                     metric: template,
                     detector: "new-template".into(),
                     groups: "change vs control and before".into(),
                     outcome: Some(Verdict::Fail),
-                    score: Some(c.change as f64),
-                    threshold: Some(needed as f64),
+                    score: Some(p_value),
+                    threshold: Some(p.alpha),
                     explanation: format!(
-                        "new{}: {} times in {} change pod(s) ({:.1}/pod), never in {} control pod(s) nor before the change; e.g. {example:?}",
+                        "new{}: {} times in {} change pod(s) over {:.1} pod-minutes, never in {} control pod(s) over {:.1} pod-minutes nor before the change ({:.1} pod-minutes); as often there, it would have shown with p={}; e.g. {example:?}",
                         if c.error_level { " error-level template" } else { " template" },
-                        c.change,
+                        c_change,
                         n_change,
-                        per_change,
-                        n_control
+                        minutes(time.change),
+                        n_control,
+                        minutes(time.control),
+                        minutes(time.before),
+                        crate::detect::fmt_num(p_value)
                     ),
                     suppressed_by: None,
                 });
             }
             continue;
         }
-        if n_control == 0.0 || c.change < p.min_count {
+        if n_control == 0.0 || c_change < p.min_count {
             continue;
         }
-        let per_control = c.control as f64 / n_control;
-        let ratio = if per_control > 0.0 {
-            per_change / per_control
+        // Per pod-second, against the control group of the same window; a template the control
+        // pods did not write in this window but did before the change is compared with both.
+        let (c_ref, t_ref, lines_ref) = if c_control > 0 {
+            (c_control, time.control, totals[1])
+        } else {
+            (c_before, reference, totals[0] + totals[1])
+        };
+        let rate_change = c_change as f64 / time.change;
+        let rate_control = c_ref as f64 / t_ref;
+        let ratio = if rate_control > 0.0 {
+            rate_change / rate_control
         } else {
             f64::INFINITY
         };
-        // Same window for both groups: under no change, a line falls in the change group with
-        // probability equal to its share of pods.
-        let share = n_change / (n_change + n_control);
-        let p_value = binomial_sf(c.change, c.change + c.control, share);
-        if ratio >= p.ratio && p_value < p.alpha {
+        let share = time.change / (time.change + t_ref);
+        let p_time = binomial_sf(c_change, c_change + c_ref, share);
+        // Per log line: the template's lines against the group's other lines, so that more
+        // requests on one side (more lines of every kind) are no surge.
+        let other_change = totals[2].saturating_sub(c_change) as f64;
+        let other_ref = lines_ref.saturating_sub(c_ref) as f64;
+        let line_share = if other_change + other_ref > 0.0 {
+            other_change / (other_change + other_ref)
+        } else {
+            share
+        };
+        let p_line = binomial_sf(c_change, c_change + c_ref, line_share);
+        let line_ratio = if other_change > 0.0 && other_ref > 0.0 {
+            (c_change as f64 / other_change) / (c_ref as f64 / other_ref)
+        } else {
+            f64::INFINITY
+        };
+        let p_value = p_time.max(p_line);
+        if ratio >= p.ratio && line_ratio >= p.ratio && p_value < p.alpha {
             findings.push(Finding {
                 metric: template,
                 detector: "surge".into(),
@@ -202,10 +271,11 @@ pub fn detect(
                 score: Some(p_value),
                 threshold: Some(p.alpha),
                 explanation: format!(
-                    "{:.1}/pod in the change group vs {:.1}/pod in control ({}×), binomial p={}; e.g. {example:?}",
-                    per_change,
-                    per_control,
-                    if ratio.is_finite() { format!("{ratio:.1}") } else { "∞".into() },
+                    "{:.1}/pod-minute in the change group vs {:.1}/pod-minute in control ({}×; per log line {}×), binomial p={}; e.g. {example:?}",
+                    rate_change * 60.0,
+                    rate_control * 60.0,
+                    fmt_ratio(ratio),
+                    fmt_ratio(line_ratio),
                     crate::detect::fmt_num(p_value)
                 ),
                 suppressed_by: None,
@@ -221,6 +291,20 @@ pub fn detect(
     findings
 }
 
+struct Exposure {
+    change: f64,
+    control: f64,
+    before: f64,
+}
+
+fn fmt_ratio(r: f64) -> String {
+    if r.is_finite() {
+        format!("{r:.1}")
+    } else {
+        "∞".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +315,7 @@ mod tests {
                 .iter()
                 .map(|(p, l)| (p.to_string(), l.clone()))
                 .collect(),
+            ..Default::default()
         }
     }
 
@@ -263,30 +348,137 @@ mod tests {
         assert!(detect(&change, &control, &LogGroup::default(), &params()).is_empty());
     }
 
+    /// A group whose pods were each watched for `seconds`.
+    fn timed(pods: &[(&str, Vec<String>)], seconds: f64) -> LogGroup {
+        let mut g = group(pods);
+        g.seconds = g.pods.keys().map(|p| (p.clone(), seconds)).collect();
+        g
+    }
+
+    fn exception() -> String {
+        "java.lang.IllegalStateException: inventory reservation missing for order 4821".into()
+    }
+
     #[test]
-    fn a_new_exception_is_found_even_once() {
-        let mut lines = requests(100, "c1");
-        lines.push(
-            "java.lang.IllegalStateException: inventory reservation missing for order 4821".into(),
+    fn a_new_exception_is_found_once_when_the_reference_had_the_chance_to_show_it() {
+        // One canary pod for 2 minutes; two control pods for 2 minutes and the hour before.
+        let change = timed(
+            &[("c1", [requests(100, "c1"), vec![exception()]].concat())],
+            120.0,
         );
-        let change = group(&[("c1", lines)]);
-        let control = group(&[("k1", requests(100, "k1"))]);
-        let f = detect(&change, &control, &LogGroup::default(), &params());
-        assert_eq!(f.len(), 1);
+        let control = timed(
+            &[("k1", requests(100, "k1")), ("k2", requests(100, "k2"))],
+            120.0,
+        );
+        let before = timed(
+            &[("k1", requests(3000, "k1")), ("k2", requests(3000, "k2"))],
+            3600.0,
+        );
+        // Equal rates would put the one line in the change group with p = 120/7560 = 0.016:
+        // not enough; the second line makes it 0.00025.
+        assert!(detect(&change, &control, &before, &params()).is_empty());
+        let twice = timed(
+            &[(
+                "c1",
+                [requests(100, "c1"), vec![exception(), exception()]].concat(),
+            )],
+            120.0,
+        );
+        let f = detect(&twice, &control, &before, &params());
+        assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].detector, "new-template");
         assert!(
             f[0].metric.contains("IllegalStateException"),
             "{}",
             f[0].metric
         );
+        assert!((f[0].score.unwrap() - (120.0f64 / 7560.0).powi(2)).abs() < 1e-12);
+        // With a longer before window, one line is enough: 120/(120+240+14400) < 0.01.
+        let before = timed(
+            &[("k1", requests(3000, "k1")), ("k2", requests(3000, "k2"))],
+            7200.0,
+        );
+        let f = detect(&change, &control, &before, &params());
+        assert_eq!(f.len(), 1, "{f:?}");
+    }
+
+    #[test]
+    fn a_template_is_not_new_when_the_reference_was_too_short_to_show_it() {
+        // The canary ran 10 minutes, the only reference pod one: four warnings in the canary,
+        // none in a reference a tenth as long, is what equal rates give more often than not.
+        let change = timed(&[("c1", [requests(100, "c1"), warns(4)].concat())], 600.0);
+        let control = timed(&[("k1", requests(10, "k1"))], 60.0);
+        assert!(detect(&change, &control, &LogGroup::default(), &params()).is_empty());
+        // The same four in a canary as long as the reference: (1/2)^4 = 0.06, still not enough;
+        // ten are: (1/2)^10 = 0.001.
+        let change = timed(&[("c1", [requests(100, "c1"), warns(10)].concat())], 60.0);
+        let f = detect(&change, &control, &LogGroup::default(), &params());
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].detector, "new-template");
+    }
+
+    #[test]
+    fn equal_rates_over_a_longer_canary_window_are_no_surge() {
+        // 6 warnings a pod-minute everywhere; the canary was read for 10 minutes, the control
+        // pods for 2: 60 against 12 a pod, the old per-pod count called that a 5× surge.
+        let change = timed(&[("c1", [requests(1000, "c1"), warns(60)].concat())], 600.0);
+        let control = timed(
+            &[
+                ("k1", [requests(200, "k1"), warns(12)].concat()),
+                ("k2", [requests(200, "k2"), warns(12)].concat()),
+            ],
+            120.0,
+        );
+        assert!(detect(&change, &control, &LogGroup::default(), &params()).is_empty());
+    }
+
+    #[test]
+    fn equal_rates_over_unequal_pod_counts_are_no_surge() {
+        // Three canary pods against one control pod, the same rate per pod-minute.
+        let change = timed(
+            &[
+                ("c1", [requests(100, "c1"), warns(10)].concat()),
+                ("c2", [requests(100, "c2"), warns(10)].concat()),
+                ("c3", [requests(100, "c3"), warns(10)].concat()),
+            ],
+            60.0,
+        );
+        let control = timed(&[("k1", [requests(100, "k1"), warns(10)].concat())], 60.0);
+        assert!(detect(&change, &control, &LogGroup::default(), &params()).is_empty());
+    }
+
+    #[test]
+    fn more_traffic_on_the_canary_is_no_surge() {
+        // The canary serves 4× the requests of each control pod (a new pod the balancer
+        // favours) and logs 4× the slow calls: the same share of its lines.
+        let change = timed(&[("c1", [requests(800, "c1"), warns(40)].concat())], 60.0);
+        let control = timed(
+            &[
+                ("k1", [requests(200, "k1"), warns(10)].concat()),
+                ("k2", [requests(200, "k2"), warns(10)].concat()),
+            ],
+            60.0,
+        );
+        assert!(detect(&change, &control, &LogGroup::default(), &params()).is_empty());
     }
 
     #[test]
     fn a_template_seen_before_the_change_is_not_new() {
-        let line = || vec!["INFO [cron] nightly compaction started".to_string(); 5];
-        let change = group(&[("c1", [requests(50, "c1"), line()].concat())]);
-        let control = group(&[("k1", requests(50, "k1"))]);
-        let before = group(&[("k1", line())]);
+        // Eight a pod-minute in the canary, none in the control pods this minute, but as many
+        // in the hour before the change.
+        let line = |n| vec!["INFO [cron] compaction pass started".to_string(); n];
+        let change = timed(&[("c1", [requests(50, "c1"), line(8)].concat())], 60.0);
+        let control = timed(
+            &[("k1", requests(50, "k1")), ("k2", requests(50, "k2"))],
+            60.0,
+        );
+        let before = timed(
+            &[
+                ("k1", [requests(3000, "k1"), line(480)].concat()),
+                ("k2", [requests(3000, "k2"), line(480)].concat()),
+            ],
+            3600.0,
+        );
         assert!(
             detect(&change, &control, &LogGroup::default(), &params())
                 .iter()
@@ -297,16 +489,19 @@ mod tests {
 
     #[test]
     fn a_warning_ten_times_as_often_surges() {
-        let change = group(&[("c1", [requests(200, "c1"), warns(40)].concat())]);
-        let control = group(&[
-            ("k1", [requests(200, "k1"), warns(4)].concat()),
-            ("k2", [requests(200, "k2"), warns(4)].concat()),
-        ]);
+        let change = timed(&[("c1", [requests(200, "c1"), warns(40)].concat())], 60.0);
+        let control = timed(
+            &[
+                ("k1", [requests(200, "k1"), warns(4)].concat()),
+                ("k2", [requests(200, "k2"), warns(4)].concat()),
+            ],
+            60.0,
+        );
         let f = detect(&change, &control, &LogGroup::default(), &params());
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].detector, "surge");
         assert!(
-            f[0].explanation.contains("40.0/pod"),
+            f[0].explanation.contains("40.0/pod-minute"),
             "{}",
             f[0].explanation
         );

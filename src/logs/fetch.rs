@@ -58,11 +58,21 @@ pub async fn fetch(
         control: LogGroup::default(),
         before: LogGroup::default(),
     };
+    let now = Timestamp::now();
+    // Seconds of a pod's life between `start` and `end` (from when it became ready, if later):
+    // the opportunity its log had to show a template.
+    let watched = |p: &crate::rollout::GroupPod, start: Timestamp, end: Timestamp| {
+        let start = p.ready_since.map_or(start, |r| r.max(start));
+        (end.as_millisecond() - start.as_millisecond()).max(0) as f64 / 1000.0
+    };
     for p in groups.change.iter().take(max_pods) {
         let text = read(&api, &p.name, spec, from, false).await?;
         out.change
             .pods
             .insert(p.name.clone(), text.lines().map(String::from).collect());
+        out.change
+            .seconds
+            .insert(p.name.clone(), watched(p, from, now));
     }
     let before_start = change_started - jiff::SignedDuration::from_hours(1);
     for p in groups.control.iter().take(max_pods) {
@@ -70,6 +80,12 @@ pub async fn fetch(
         out.control
             .pods
             .insert(p.name.clone(), text.lines().map(String::from).collect());
+        out.control
+            .seconds
+            .insert(p.name.clone(), watched(p, from, now));
+        out.before
+            .seconds
+            .insert(p.name.clone(), watched(p, before_start, change_started));
         // With timestamps, so lines after the change started can be told apart and dropped.
         let text = read(&api, &p.name, spec, before_start, true).await?;
         let before: Vec<String> = text

@@ -1,5 +1,5 @@
 //! Log analysis: template mining, the log detectors, and reading pod logs.
 
 pub mod detect;
-pub mod drain;
 pub mod fetch;
+pub mod miner;
