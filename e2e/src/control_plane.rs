@@ -158,6 +158,9 @@ impl ControlPlane {
                 // throttle.
                 "--kube-api-qps=100".into(),
                 "--kube-api-burst=200".into(),
+                // Level 2, as most clusters run it: the controllers log what they do (scaling,
+                // creating pods), a real log the log detectors are tested on (e2e/tests/real_logs.rs).
+                "--v=2".into(),
                 "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={}", free_port()?),
             ];

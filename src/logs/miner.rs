@@ -132,6 +132,7 @@ enum Kind {
     Value,
     Open(u8),
     Close(u8),
+    Quote,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -178,7 +179,9 @@ fn is_date_word(token: &str) -> bool {
 
 /// Colon-separated hex groups: a MAC or IPv6 address, a time of day.
 fn is_colon_hex(t: &[u8]) -> bool {
-    t.contains(&b':') && t.iter().all(|b| *b == b':' || b.is_ascii_hexdigit())
+    t.contains(&b':')
+        && t.iter().filter(|b| b.is_ascii_hexdigit()).count() >= 2
+        && t.iter().all(|b| *b == b':' || b.is_ascii_hexdigit())
 }
 
 /// Whether a token is a value by its shape: any digit (numbers, ids, sizes, versions, IPs,
@@ -287,7 +290,7 @@ fn pieces(line: &str, out: &mut Vec<Piece>) {
             if let Some(s) = tok_start.take() {
                 push_token(s, i, out);
             }
-            if let Some(kind) = bracket(c) {
+            if let Some(kind) = bracket(c).or((c == b'"').then_some(Kind::Quote)) {
                 out.push(Piece {
                     kind,
                     start: i as u32,
@@ -323,7 +326,9 @@ fn push_part(line: &str, start: usize, end: usize, out: &mut Vec<Piece>) {
     });
 }
 
-/// Fold bracketed groups that hold a value into one value; drop the brackets themselves.
+/// Fold bracketed groups that hold a value into one value (`(1.16 KB)`, `[client 10.0.0.1]`,
+/// `(uid=0)`); a group with a quoted string in it is structure (a JSON object, a message), whose
+/// words stay words. Brackets and quotes are dropped.
 fn fold_brackets(pieces: &mut Vec<Piece>) {
     let mut out: Vec<Piece> = Vec::with_capacity(pieces.len());
     let mut opens: Vec<(usize, u8)> = Vec::new();
@@ -340,8 +345,10 @@ fn fold_brackets(pieces: &mut Vec<Piece>) {
                 };
                 let (at, _) = opens[pos];
                 opens.truncate(pos);
-                let has_value = out[at + 1..].iter().any(|x| x.kind == Kind::Value);
-                if has_value {
+                let inside = &out[at + 1..];
+                let has_value = inside.iter().any(|x| x.kind == Kind::Value);
+                let quoted = inside.iter().any(|x| x.kind == Kind::Quote);
+                if has_value && !quoted {
                     let start = out[at].start;
                     out.truncate(at);
                     out.push(Piece {
@@ -736,6 +743,15 @@ mod tests {
         ] {
             assert!(!is_variable(w), "{w}");
         }
+    }
+
+    #[test]
+    fn a_json_line_keeps_its_words() {
+        let mut m = Miner::new(Config::default());
+        assert_eq!(
+            m.key_words(r#"{"level":"error","ts":"2026-12-01T10:00:00Z","msg":"failed to apply request","took":"3ms"}"#),
+            ["level", "error", "ts", "<*>", "msg", "failed", "to", "apply", "request", "took", "<*>"]
+        );
     }
 
     #[test]
