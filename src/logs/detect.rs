@@ -200,17 +200,26 @@ pub fn detect(
         if c_control == 0 && c_before == 0 {
             // Never in the reference: new only if the reference had a fair chance to show it.
             // Were the template as frequent per pod-second there as in the change group, every
-            // one of its lines would fall in the change group with this probability.
+            // one of its lines would fall in the change group with this probability. An
+            // error-level template (rare in healthy software, and the first sign of most bad
+            // releases) needs only a reference watched at least as long as the change group
+            // (p <= 1/2 for one line); any other needs p < alpha.
             let share = time.change / (time.change + reference);
             let p_value = share.powi(c_change.min(i32::MAX as u64) as i32);
-            if c_change >= needed && p_value < p.alpha {
+            let level = if c.error_level { 0.5 } else { p.alpha };
+            let fair = if c.error_level {
+                p_value <= level
+            } else {
+                p_value < level
+            };
+            if c_change >= needed && fair {
                 findings.push(Finding {
                     metric: template,
                     detector: "new-template".into(),
                     groups: "change vs control and before".into(),
                     outcome: Some(Verdict::Fail),
                     score: Some(p_value),
-                    threshold: Some(p.alpha),
+                    threshold: Some(level),
                     explanation: format!(
                         "new{}: {} times in {} change pod(s) over {:.1} pod-minutes, never in {} control pod(s) over {:.1} pod-minutes nor before the change ({:.1} pod-minutes); as often there, it would have shown with p={}; e.g. {example:?}",
                         if c.error_level { " error-level template" } else { " template" },
@@ -374,17 +383,7 @@ mod tests {
             &[("k1", requests(3000, "k1")), ("k2", requests(3000, "k2"))],
             3600.0,
         );
-        // Equal rates would put the one line in the change group with p = 120/7560 = 0.016:
-        // not enough; the second line makes it 0.00025.
-        assert!(detect(&change, &control, &before, &params()).is_empty());
-        let twice = timed(
-            &[(
-                "c1",
-                [requests(100, "c1"), vec![exception(), exception()]].concat(),
-            )],
-            120.0,
-        );
-        let f = detect(&twice, &control, &before, &params());
+        let f = detect(&change, &control, &before, &params());
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].detector, "new-template");
         assert!(
@@ -392,14 +391,34 @@ mod tests {
             "{}",
             f[0].metric
         );
-        assert!((f[0].score.unwrap() - (120.0f64 / 7560.0).powi(2)).abs() < 1e-12);
-        // With a longer before window, one line is enough: 120/(120+240+14400) < 0.01.
-        let before = timed(
-            &[("k1", requests(3000, "k1")), ("k2", requests(3000, "k2"))],
-            7200.0,
+        // Equal rates would put the one line in the change group with p = 120/7560.
+        assert!((f[0].score.unwrap() - 120.0 / 7560.0).abs() < 1e-12);
+        // Against a reference as long as the canary window (p = 1/2): still new.
+        let f = detect(
+            &change,
+            &timed(&[("k1", requests(100, "k1"))], 120.0),
+            &LogGroup::default(),
+            &params(),
         );
-        let f = detect(&change, &control, &before, &params());
         assert_eq!(f.len(), 1, "{f:?}");
+    }
+
+    #[test]
+    fn an_exception_is_not_new_when_the_reference_was_shorter_than_the_canary_window() {
+        // The canary was read for 10 minutes, the one control pod for 2: the control pod had
+        // a fifth of the chance to show the exception.
+        let change = timed(
+            &[("c1", [requests(500, "c1"), vec![exception()]].concat())],
+            600.0,
+        );
+        let control = timed(&[("k1", requests(100, "k1"))], 120.0);
+        assert!(detect(&change, &control, &LogGroup::default(), &params()).is_empty());
+        // Three times, (600/720)^3 = 0.58: still no fair chance.
+        let thrice = timed(
+            &[("c1", [requests(500, "c1"), vec![exception(); 3]].concat())],
+            600.0,
+        );
+        assert!(detect(&thrice, &control, &LogGroup::default(), &params()).is_empty());
     }
 
     #[test]

@@ -65,6 +65,10 @@ type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 pub const WILD: u32 = u32::MAX;
 /// The blanked position in a family key.
 const BLANK: u32 = u32::MAX - 1;
+/// Every word seen after the vocabulary is full (see [`Miner::vocabulary`]).
+const UNSEEN: u32 = u32::MAX - 2;
+/// Distinct words kept per template allowed: the vocabulary's bound.
+const WORDS_PER_TEMPLATE: usize = 16;
 
 /// Miner settings. The defaults were chosen by cross-validation across loghub systems; see
 /// docs/performance.md.
@@ -121,6 +125,7 @@ pub struct Miner {
     overflow: Option<u32>,
     // Reused buffers: the hot path does not allocate per token.
     pieces: Vec<Piece>,
+    folded: Vec<Piece>,
     key: Vec<u32>,
     spans: Vec<(u32, u32)>,
     scratch: Vec<u32>,
@@ -329,8 +334,12 @@ fn push_part(line: &str, start: usize, end: usize, out: &mut Vec<Piece>) {
 /// Fold bracketed groups that hold a value into one value (`(1.16 KB)`, `[client 10.0.0.1]`,
 /// `(uid=0)`); a group with a quoted string in it is structure (a JSON object, a message), whose
 /// words stay words. Brackets and quotes are dropped.
-fn fold_brackets(pieces: &mut Vec<Piece>) {
-    let mut out: Vec<Piece> = Vec::with_capacity(pieces.len());
+fn fold_brackets(pieces: &mut Vec<Piece>, out: &mut Vec<Piece>) {
+    if !pieces.iter().any(|p| matches!(p.kind, Kind::Open(_))) {
+        pieces.retain(|p| matches!(p.kind, Kind::Word | Kind::Value));
+        return;
+    }
+    out.clear();
     let mut opens: Vec<(usize, u8)> = Vec::new();
     for p in pieces.iter() {
         match p.kind {
@@ -364,7 +373,7 @@ fn fold_brackets(pieces: &mut Vec<Piece>) {
         }
     }
     out.retain(|p| matches!(p.kind, Kind::Word | Kind::Value));
-    *pieces = out;
+    std::mem::swap(pieces, out);
 }
 
 impl Miner {
@@ -381,6 +390,7 @@ impl Miner {
             clusters: Vec::new(),
             overflow: None,
             pieces: Vec::with_capacity(64),
+            folded: Vec::with_capacity(64),
             key: Vec::with_capacity(64),
             spans: Vec::with_capacity(64),
             scratch: Vec::with_capacity(64),
@@ -390,6 +400,10 @@ impl Miner {
     fn intern(&mut self, token: &str) -> u32 {
         if let Some(id) = self.interner.get(token) {
             return *id;
+        }
+        // Bounded memory: once the vocabulary is full, new words are all one word.
+        if self.words.len() >= self.cfg.max_templates.saturating_mul(WORDS_PER_TEMPLATE) {
+            return UNSEEN;
         }
         let id = self.words.len() as u32;
         self.words.push(token.into());
@@ -401,7 +415,7 @@ impl Miner {
     fn make_key(&mut self, line: &str) {
         let mut ps = std::mem::take(&mut self.pieces);
         pieces(line, &mut ps);
-        fold_brackets(&mut ps);
+        fold_brackets(&mut ps, &mut self.folded);
         self.key.clear();
         self.spans.clear();
         for p in &ps {
@@ -591,6 +605,11 @@ impl Miner {
         (0..self.clusters.len() as u32).filter(|id| self.resolve(*id) == *id)
     }
 
+    /// Distinct words kept (at most `max_templates` × 16).
+    pub fn vocabulary(&self) -> usize {
+        self.words.len()
+    }
+
     /// Every cluster so far (merged ones have size 0; see [`Miner::resolve`]).
     pub fn clusters(&self) -> &[Cluster] {
         &self.clusters
@@ -604,6 +623,8 @@ impl Miner {
             .map(|t| {
                 if *t == WILD {
                     "<*>".to_string()
+                } else if *t == UNSEEN {
+                    "<unseen>".to_string()
                 } else {
                     self.words[*t as usize].to_string()
                 }
@@ -786,6 +807,24 @@ mod tests {
                 .collect();
             m.add(&format!("event {word} happened"));
         }
+        assert!(m.clusters().len() <= 11, "{}", m.clusters().len());
+        for i in 0..10_000 {
+            m.add(
+                &format!("user u{} logged in as w{}x", i * 7919 % 10_007, i)
+                    .replace(char::is_numeric, "q"),
+            );
+            m.add(&format!(
+                "session for {}",
+                "abcdefghij"
+                    .chars()
+                    .cycle()
+                    .skip(i % 10)
+                    .take(3 + i % 7)
+                    .collect::<String>()
+                    + &"z".repeat(i / 10)
+            ));
+        }
+        assert!(m.vocabulary() <= 10 * 16, "{}", m.vocabulary());
         assert!(m.clusters().len() <= 11, "{}", m.clusters().len());
     }
 
