@@ -181,6 +181,13 @@ fn cross_validated_grouping_accuracy_on_loghub_beside_the_reference_parsers() {
             grid[*g].distinct
         );
     }
+    for (s, system) in SYSTEMS.iter().enumerate() {
+        let others: Vec<usize> = (0..SYSTEMS.len()).filter(|o| *o != s).collect();
+        println!(
+            "graygate without {system}: distinct {}",
+            grid[choose(&table, &others)].distinct
+        );
+    }
     let pa_loso: Vec<f64> = (0..SYSTEMS.len())
         .map(|s| {
             let others: Vec<usize> = (0..SYSTEMS.len()).filter(|o| *o != s).collect();

@@ -663,6 +663,13 @@ mod tests {
         (m, ids)
     }
 
+    /// Every line in one template, rendered as `expected`.
+    fn one_template(lines: &[&str], expected: &str) {
+        let (m, ids) = mine(lines);
+        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+        assert_eq!(m.template(ids[0]), expected);
+    }
+
     #[test]
     fn values_are_masked_and_separators_kept() {
         let (m, ids) = mine(&[
@@ -681,31 +688,27 @@ mod tests {
     #[test]
     fn a_value_of_several_tokens_or_none_is_one_variable() {
         // An optional size in parentheses, a unit, a time spelled in three tokens.
-        let (m, ids) = mine(&[
-            "proxy close, 0 bytes sent, 12 bytes received, lifetime 00:01",
-            "proxy close, 1190 bytes (1.16 KB) sent, 1727 bytes (1.68 KB) received, lifetime 00:01",
-            "proxy close, 403 bytes sent, 8 bytes (1.68 MB) received, lifetime 02:01",
-        ]);
-        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
-        assert_eq!(
-            m.template(ids[0]),
-            "proxy close, <*> bytes sent, <*> bytes received, lifetime <*>"
+        one_template(
+            &[
+                "proxy close, 0 bytes sent, 12 bytes received, lifetime 00:01",
+                "proxy close, 1190 bytes (1.16 KB) sent, 1727 bytes (1.68 KB) received, lifetime 00:01",
+                "proxy close, 403 bytes sent, 8 bytes (1.68 MB) received, lifetime 02:01",
+            ],
+            "proxy close, <*> bytes sent, <*> bytes received, lifetime <*>",
         );
     }
 
     #[test]
     fn a_position_with_many_distinct_words_is_a_variable() {
-        let (m, ids) = mine(&[
-            "chrome.exe - proxy.example.org:5070 open through proxy",
-            "firefox.exe - proxy.example.org:5070 open through proxy",
-            "git.exe - proxy.example.org:5070 open through proxy",
-            "Dropbox.exe - proxy.example.org:5070 open through proxy",
-            "slack.exe - proxy.example.org:5070 open through proxy",
-        ]);
-        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
-        assert_eq!(
-            m.template(ids[0]),
-            "<*> - proxy.example.org:<*> open through proxy"
+        one_template(
+            &[
+                "chrome.exe - proxy.example.org:5070 open through proxy",
+                "firefox.exe - proxy.example.org:5070 open through proxy",
+                "git.exe - proxy.example.org:5070 open through proxy",
+                "Dropbox.exe - proxy.example.org:5070 open through proxy",
+                "slack.exe - proxy.example.org:5070 open through proxy",
+            ],
+            "<*> - proxy.example.org:<*> open through proxy",
         );
     }
 
@@ -722,14 +725,12 @@ mod tests {
 
     #[test]
     fn a_word_where_values_also_stand_is_a_value() {
-        let (m, ids) = mine(&[
-            "reverse mapping checking getaddrinfo for 191-210-223-172.example.br failed",
-            "reverse mapping checking getaddrinfo for ns.example.com failed",
-        ]);
-        assert_eq!(ids[0], ids[1]);
-        assert_eq!(
-            m.template(ids[0]),
-            "reverse mapping checking getaddrinfo for <*> failed"
+        one_template(
+            &[
+                "reverse mapping checking getaddrinfo for 191-210-223-172.example.br failed",
+                "reverse mapping checking getaddrinfo for ns.example.com failed",
+            ],
+            "reverse mapping checking getaddrinfo for <*> failed",
         );
     }
 
