@@ -643,13 +643,19 @@ pub fn judge(metrics: &[(Metric, MetricData)], p: &Params) -> Outcome {
             Verdict::Inconclusive => {}
         }
     }
+    let idle = idle_canary(metrics, p);
+    if let Some(d) = &idle {
+        findings.push(to_finding("canary activity", "change vs control", d));
+    }
     findings.sort_by_key(severity);
     let first_failure = findings
         .iter()
         .find(|f| f.outcome == Some(Verdict::Fail))
         .map(|f| format!(" — {} [{}]: {}", f.metric, f.detector, f.explanation))
         .unwrap_or_default();
-    let (verdict, summary) = if !failed.is_empty() {
+    let (verdict, summary) = if let Some(d) = idle.filter(|d| d.outcome == Verdict::Fail) {
+        (Verdict::Fail, d.explanation)
+    } else if !failed.is_empty() {
         let names: Vec<&str> = failed.iter().map(|m| m.name.as_str()).collect();
         let critical = if failed.iter().any(|m| m.critical) {
             "critical "
@@ -687,6 +693,49 @@ pub fn judge(metrics: &[(Metric, MetricData)], p: &Params) -> Outcome {
         summary,
         findings,
     }
+}
+
+/// A group's samples at or after `from` (all of them without a bound).
+fn values_from(g: &GroupData, from: Option<f64>) -> Vec<f64> {
+    g.0.values()
+        .flatten()
+        .filter(|(t, _)| from.is_none_or(|f| *t >= f))
+        .map(|(_, v)| *v)
+        .collect()
+}
+
+/// Whether the canary does any work, from the activity metrics (latency, CPU, and the request
+/// rate behind every ratio metric), compared with the control pods; `None` without a control
+/// group in use.
+fn idle_canary(metrics: &[(Metric, MetricData)], p: &Params) -> Option<detect::Detection> {
+    if !p.use_control {
+        return None;
+    }
+    let mut activity = Vec::new();
+    for (m, data) in metrics {
+        let (name, g) = match data {
+            MetricData::Plain(g) if matches!(m.kind, MetricKind::Latency | MetricKind::Cpu) => {
+                (m.name.clone(), g)
+            }
+            MetricData::Ratio { denominator, .. } => {
+                (format!("{} (its request rate)", m.name), denominator)
+            }
+            MetricData::Plain(_) => continue,
+        };
+        let Some(control) = g.control.as_ref().filter(|c| !c.is_empty()) else {
+            continue;
+        };
+        activity.push(detect::idle::Activity {
+            name,
+            change: values_from(&g.change, p.skip_change_before),
+            control: values_from(control, p.skip_change_before),
+        });
+    }
+    if activity.is_empty() {
+        return None;
+    }
+    let d = detect::idle::idle(&activity);
+    (d.outcome != Verdict::Inconclusive).then_some(d)
 }
 
 /// The kind's name as a user writes it.

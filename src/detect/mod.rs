@@ -2,6 +2,7 @@
 //! or inconclusive, with a score, the threshold it was held against and one line of explanation.
 
 pub mod dtw;
+pub mod idle;
 pub mod kde;
 pub mod mann_whitney;
 pub mod peers;
