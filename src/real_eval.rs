@@ -2,10 +2,11 @@
 //! the reference judges the datasets' READMEs describe, with every tunable default
 //! cross-validated across halves of the data (tuned on one half, measured on the other).
 
-use crate::analysis::backtest::{Case, Confusion, parse_cases, ratio, run};
+use crate::analysis::backtest::{Case, Confusion, parse_cases, ratio, replay};
 use crate::analysis::judge::{GroupData, MetricData};
+use crate::analysis::recorded::Tuning;
 use crate::api::{AnalysisSpec, Verdict};
-use crate::cli::analyze::{Tuning, load_spec};
+use crate::cli::analyze::load_spec;
 use crate::detect::mann_whitney::{self, Alternative, Method};
 use crate::detect::{is_worse, mean, median, peers};
 use std::path::Path;
@@ -35,7 +36,13 @@ pub struct Dataset {
 pub fn datasets(data: &Path, examples: &Path) -> Result<Vec<Dataset>, String> {
     let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
     let spec = |n: &str| load_spec(&read(&examples.join(n))?).map_err(|e| format!("{n}: {}", e.0));
-    let changerca = parse_cases(&read(&data.join("changerca/cases-first-batch.jsonl"))?)?;
+    let mut changerca = parse_cases(&read(&data.join("changerca/cases-first-batch.jsonl"))?)?;
+    // Replayed with the workload each case changed (the service, after the experiment's name),
+    // so that every case is judged with the releases of its service that came before it.
+    for c in &mut changerca {
+        let service = c.id.rsplit('/').next().unwrap_or_default();
+        c.workload = Some(format!("Deployment/{service}"));
+    }
     let kontrast = parse_cases(&read(&data.join("kontrast/cases-dev.jsonl"))?)?;
     let day_folds = changerca
         .iter()
@@ -233,10 +240,10 @@ pub fn defaults() -> Tuning {
 }
 
 /// Verdicts of every case of every dataset under one tuning.
-fn verdicts(sets: &[Dataset], t: &Tuning) -> Result<Vec<Vec<Verdict>>, String> {
+fn verdicts(sets: &[Dataset], t: &Tuning, history: bool) -> Result<Vec<Vec<Verdict>>, String> {
     sets.iter()
         .map(|d| {
-            Ok(run(&d.spec, &d.cases, t)?
+            Ok(replay(&d.spec, &d.cases, t, history)?
                 .into_iter()
                 .map(|r| r.verdict)
                 .collect())
@@ -276,8 +283,11 @@ fn rank(sets: &[Dataset], v: &[Vec<Verdict>], fold: usize) -> (bool, f64, f64) {
 pub struct Report {
     /// Per dataset: graygate with the defaults on every case.
     pub defaults: Vec<Confusion>,
-    /// Per dataset: cross-validated (each half judged with the tuning chosen on the other).
+    /// Per dataset: cross-validated (each half judged with the tuning chosen on the other),
+    /// cases replayed with their workload's history.
     pub cross_validated: Vec<Confusion>,
+    /// The same without history (each case judged alone).
+    pub without_history: Vec<Confusion>,
     /// Per fold: the tuning chosen on it.
     pub chosen: Vec<Tuning>,
     /// Per dataset, per reference judge: its confusion.
@@ -294,12 +304,16 @@ fn describe(t: &Tuning) -> String {
     )
 }
 
-/// Run the whole evaluation.
-pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
+/// Cross-validation: each half judged with the tuning chosen on the other; the confusion per
+/// dataset and the tuning chosen on each half.
+fn cross_validate(
+    sets: &[Dataset],
+    history: bool,
+) -> Result<(Vec<Confusion>, Vec<Tuning>), String> {
     let grid = grid();
     let all: Vec<Vec<Vec<Verdict>>> = grid
         .iter()
-        .map(|t| verdicts(sets, t))
+        .map(|t| verdicts(sets, t, history))
         .collect::<Result<_, _>>()?;
     let mut cross_validated: Vec<Confusion> = sets.iter().map(|_| Confusion::default()).collect();
     let mut chosen = Vec::new();
@@ -320,7 +334,14 @@ pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
             cross_validated[i].add(&confusion(d, &all[best][i], Some(1 - tune_on)));
         }
     }
-    let default_verdicts = verdicts(sets, &defaults())?;
+    Ok((cross_validated, chosen))
+}
+
+/// Run the whole evaluation.
+pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
+    let (cross_validated, chosen) = cross_validate(sets, true)?;
+    let (without_history, _) = cross_validate(sets, false)?;
+    let default_verdicts = verdicts(sets, &defaults(), true)?;
     let defaults: Vec<Confusion> = sets
         .iter()
         .zip(&default_verdicts)
@@ -370,6 +391,12 @@ pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
             "**graygate, cross-validated** (each half judged with the settings chosen on the other)",
             &cross_validated[i],
         ));
+        if sets[i].cases.iter().any(|c| c.workload.is_some()) {
+            text.push_str(&row(
+                "graygate, cross-validated, without history (each case judged alone)",
+                &without_history[i],
+            ));
+        }
         text.push_str(&row(
             "graygate, shipped defaults (in-sample: chosen with these cases in view)",
             &defaults[i],
@@ -388,6 +415,7 @@ pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
     Ok(Report {
         defaults,
         cross_validated,
+        without_history,
         chosen,
         references,
         text,

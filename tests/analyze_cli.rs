@@ -293,3 +293,102 @@ fn a_bad_case_line_exits_3_naming_the_line() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("line 4: metrics.errors.change[0]"), "{err}");
 }
+
+/// One labelled change of a workload whose young canary pods run `canary_factor` × the control's
+/// latency for the whole window (control pods at 100, 104 and 96 ms, 10 one-minute samples).
+fn slow_canary_case(i: usize, label: &str, canary_factor: f64, workload: bool) -> String {
+    let t0 = 1_700_000_000 + i as i64 * 3600;
+    let series = |level: f64, wiggle: f64| {
+        (0..10)
+            .map(|k| {
+                let v = level * (1.0 + wiggle * if k % 2 == 0 { 1.0 } else { -1.0 });
+                format!("[{}, {v}]", t0 + 60 * k)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let workload = if workload {
+        r#""workload": "Deployment/jvm", "#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"id": "change-{i}", "label": "{label}", {workload}"window": [{t0}, {}], "metrics": {{"latency": {{"change": {{"jvm-v{i}-a": [{}]}}, "control": {{"jvm-a": [{}], "jvm-b": [{}], "jvm-c": [{}]}}}}}}}}"#,
+        t0 + 600,
+        series(100.0 * canary_factor, 0.03),
+        series(100.0, 0.02),
+        series(104.0, 0.02),
+        series(96.0, 0.02),
+    )
+}
+
+#[test]
+fn a_replay_with_the_workload_learns_that_its_canaries_are_always_slower() {
+    let dir = tempdir();
+    let spec = dir.join("spec.yaml");
+    std::fs::write(
+        &spec,
+        "metrics:\n- {name: latency, query: 'x{pod=~\"{{pods}}\"}', direction: increase}\n",
+    )
+    .unwrap();
+    // Six healthy releases whose canary runs 2.2× the control, then a bad one at 6×. The file
+    // lists them out of order: the replay goes by window start.
+    let cases = |workload: bool| {
+        let mut lines: Vec<String> = (0..6)
+            .map(|i| slow_canary_case(i, "good", 2.2, workload))
+            .collect();
+        lines.push(slow_canary_case(6, "bad", 6.0, workload));
+        lines.reverse();
+        let path = dir.join(format!("cases-{workload}.jsonl"));
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let (code, out, err) = graygate(&[
+            "analyze",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--cases",
+            path.to_str().unwrap(),
+            "--output",
+            "json",
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    (
+                        r["verdict"].as_str().unwrap().to_string(),
+                        r["summary"].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let alone = cases(false);
+    for i in 0..6 {
+        assert_eq!(alone[&format!("change-{i}")].0, "Fail", "{alone:?}");
+    }
+    let replayed = cases(true);
+    for i in 0..3 {
+        // Fewer than three released changes before them: judged as before.
+        assert_eq!(replayed[&format!("change-{i}")].0, "Fail", "{replayed:?}");
+    }
+    for i in 3..6 {
+        let (verdict, summary) = &replayed[&format!("change-{i}")];
+        assert_eq!(verdict, "Pass", "change-{i}: {summary}");
+        assert!(
+            summary.contains("latency departed as the workload's released changes did (history)"),
+            "{summary}"
+        );
+    }
+    let (verdict, summary) = &replayed["change-6"];
+    assert_eq!(verdict, "Fail", "the bad change still fails: {summary}");
+    assert!(
+        summary.contains("history: in the last 6 released changes of Deployment/jvm the canary's latency ran 2.18–2.18× the control")
+            && summary.contains("this one 5.94× — beyond"),
+        "{summary}"
+    );
+}

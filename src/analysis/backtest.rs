@@ -1,12 +1,18 @@
 //! Backtesting a spec on labelled past changes: `graygate analyze --cases FILE.jsonl`.
 //!
-//! Each line is an `analyze --input` object plus `"label": "bad"|"good"` and optionally `"id"`
-//! and `"fault"`. Every case is judged exactly as production would judge it; the result is the
-//! confusion table a team reads before trusting its spec.
+//! Each line is an `analyze --input` object plus `"label": "bad"|"good"` and optionally `"id"`,
+//! `"fault"` and `"workload"`. Every case is judged exactly as production would judge it; the
+//! result is the confusion table a team reads before trusting its spec.
+//!
+//! Cases that name their `workload` are replayed in the order of their window's start, and each
+//! is judged with its workload's history: the earlier cases of the same workload labelled good
+//! (the releases a team kept), the last [`DEFAULT_KEEP`] of them, as the operator keeps the
+//! records of released changes.
 
+use crate::analysis::history::{DEFAULT_KEEP, History};
 use crate::analysis::input::{Recorded, recorded};
+use crate::analysis::recorded::{Tuning, judge_recorded, record_of};
 use crate::api::{AnalysisSpec, Verdict};
-use crate::cli::analyze::{Tuning, judge_recorded};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -21,6 +27,8 @@ pub struct Case {
     pub bad: bool,
     /// The kind of fault, for bad changes that say.
     pub fault: Option<String>,
+    /// The workload it changed, when the file says: its earlier good cases are its history.
+    pub workload: Option<String>,
     /// The recorded data.
     pub recorded: Recorded,
 }
@@ -51,12 +59,22 @@ pub fn parse_cases(text: &str) -> Result<Vec<Case>, String> {
             Some(other) => other.to_string(),
         };
         let fault = v.get("fault").and_then(Value::as_str).map(String::from);
+        let workload = match v.get("workload") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(w)) if !w.is_empty() => Some(w.clone()),
+            Some(_) => {
+                return Err(format!(
+                    "line {line}: workload: expected a non-empty string such as \"Deployment/web\""
+                ));
+            }
+        };
         let recorded = recorded(&v).map_err(|e| format!("line {line}: {e}"))?;
         out.push(Case {
             line,
             id,
             bad,
             fault,
+            workload,
             recorded,
         });
     }
@@ -81,26 +99,56 @@ pub struct CaseResult {
     pub summary: String,
 }
 
-/// Judge every case with the spec (and, for cross-validation, a tuning).
+/// Judge every case with the spec (and, for cross-validation, a tuning). Cases with a workload
+/// are judged in the order of their window's start with that workload's history; the results
+/// keep the file's order.
 pub fn run(
     spec: &AnalysisSpec,
     cases: &[Case],
     tuning: &Tuning,
 ) -> Result<Vec<CaseResult>, String> {
-    cases
-        .iter()
-        .map(|c| {
-            let out = judge_recorded(spec, c.recorded.clone(), tuning)
-                .map_err(|e| format!("line {} ({}): {}", c.line, c.id, e.0))?;
-            Ok(CaseResult {
-                id: c.id.clone(),
-                bad: c.bad,
-                fault: c.fault.clone(),
-                verdict: out.verdict,
-                summary: out.summary,
-            })
-        })
-        .collect()
+    replay(spec, cases, tuning, true)
+}
+
+/// [`run`], with or without the workloads' history (the evaluation reports both).
+pub fn replay(
+    spec: &AnalysisSpec,
+    cases: &[Case],
+    tuning: &Tuning,
+    with_history: bool,
+) -> Result<Vec<CaseResult>, String> {
+    let start = |c: &Case| c.recorded.window.map_or(f64::NEG_INFINITY, |w| w.0);
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    order.sort_by(|a, b| start(&cases[*a]).total_cmp(&start(&cases[*b])));
+    let mut histories: BTreeMap<&str, History> = BTreeMap::new();
+    let mut results: Vec<Option<CaseResult>> = vec![None; cases.len()];
+    for i in order {
+        let c = &cases[i];
+        let fail = |e: String| format!("line {} ({}): {}", c.line, c.id, e);
+        let workload = c.workload.as_deref().filter(|_| with_history);
+        let history = workload.and_then(|w| histories.get(w));
+        let out = judge_recorded(spec, c.recorded.clone(), tuning, history).map_err(fail)?;
+        if let Some(w) = workload
+            && !c.bad
+        {
+            let record = record_of(spec, c.recorded.clone(), tuning, &c.id).map_err(fail)?;
+            histories
+                .entry(w)
+                .or_insert_with(|| History {
+                    workload: w.to_string(),
+                    records: Vec::new(),
+                })
+                .push(record, DEFAULT_KEEP);
+        }
+        results[i] = Some(CaseResult {
+            id: c.id.clone(),
+            bad: c.bad,
+            fault: c.fault.clone(),
+            verdict: out.verdict,
+            summary: out.summary,
+        });
+    }
+    Ok(results.into_iter().flatten().collect())
 }
 
 /// Counts of a backtest.

@@ -367,6 +367,80 @@ fn ratio_groups(num: &Groups, den: &Groups) -> Groups {
     }
 }
 
+/// The change and reference as peer units, and the slot width, for `peers` and for history
+/// records; `None` without change samples.
+fn peer_inputs(
+    values: &Groups,
+    reference: &GroupData,
+    p: &Params,
+) -> Option<(Vec<peers::Unit>, Vec<peers::Unit>, f64)> {
+    let t0 = values
+        .change
+        .0
+        .values()
+        .flatten()
+        .map(|(t, _)| *t)
+        .fold(f64::INFINITY, f64::min);
+    if !t0.is_finite() {
+        return None;
+    }
+    let slot = p.slot_secs.max(
+        values
+            .change
+            .0
+            .values()
+            .map(|s| spacing(s))
+            .fold(0.0, f64::max),
+    );
+    let change = peer_units(&values.change, t0, slot, p.skip_change_before);
+    let refs = peer_units(reference, t0, slot, None);
+    Some((change, refs, slot))
+}
+
+/// A metric's values: plain, or numerator ÷ denominator per pod and time.
+fn metric_values(data: &MetricData) -> Groups {
+    match data {
+        MetricData::Plain(g) => g.clone(),
+        MetricData::Ratio {
+            numerator,
+            denominator,
+        } => ratio_groups(numerator, denominator),
+    }
+}
+
+/// What a judged change leaves for the history of its workload: per value metric judged by
+/// `peers` against a control group, the canary's value ÷ the control's per slot since its first
+/// sample.
+pub fn record(
+    metrics: &[(Metric, MetricData)],
+    p: &Params,
+    change: &str,
+) -> super::history::Record {
+    let mut out = super::history::Record {
+        change: change.to_string(),
+        slot_secs: 0.0,
+        ratios: BTreeMap::new(),
+    };
+    for (m, data) in metrics {
+        if !m.detectors.iter().any(|d| d == "peers") {
+            continue;
+        }
+        let values = metric_values(data);
+        let Some(control) = values.control.as_ref().filter(|c| !c.is_empty()) else {
+            continue;
+        };
+        let Some((change, refs, slot)) = peer_inputs(&values, control, p) else {
+            continue;
+        };
+        let ratios = peers::slot_ratios(&change, &refs);
+        if !ratios.is_empty() {
+            out.slot_secs = slot;
+            out.ratios.insert(m.name.clone(), ratios);
+        }
+    }
+    out
+}
+
 /// Run one detector; returns the detection and the groups it compared.
 fn run_detector(
     name: &str,
@@ -375,6 +449,7 @@ fn run_detector(
     values: &Groups,
     reference: Option<(&'static str, &GroupData)>,
     p: &Params,
+    history: Option<&super::history::History>,
 ) -> (Detection, String) {
     let change = values.change.values();
     let missing = |what: &str| {
@@ -471,40 +546,35 @@ fn run_detector(
             let Some((label, reference)) = reference else {
                 return (missing("reference"), "change".to_string());
             };
-            let t0 = values
-                .change
-                .0
-                .values()
-                .flatten()
-                .map(|(t, _)| *t)
-                .fold(f64::INFINITY, f64::min);
-            if !t0.is_finite() {
+            let Some((change, refs, slot)) = peer_inputs(values, reference, p) else {
                 return (missing("change"), format!("change vs {label}"));
+            };
+            let params = peers::Params {
+                direction: m.direction,
+                min_delta: m.min_delta,
+                far: p.far,
+                far_samples: p.far_samples,
+                long: p.long,
+            };
+            let plain = detect::peers::detect(&change, &refs, &params);
+            // The workload's released changes, against the control group of the same time.
+            let learned = history
+                .filter(|_| label == "control")
+                .and_then(|h| Some((h, h.metric(&m.name, m.direction, slot)?)));
+            let Some((h, mh)) = learned else {
+                return (plain, format!("change vs {label}"));
+            };
+            let mut d = detect::peers::detect_with(&change, &refs, &params, Some(&mh.envelope));
+            let this = super::history::median_ratio(&detect::peers::slot_ratios(&change, &refs));
+            let within = d.outcome != Verdict::Fail;
+            let sentence = mh.sentence(&h.workload, &m.name, this, within);
+            if plain.outcome == Verdict::Fail && within {
+                d.suppressed_by = Some("history");
+                d.explanation = format!("{}; {sentence}", plain.explanation);
+            } else {
+                d.explanation = format!("{}; {sentence}", d.explanation);
             }
-            let slot = p.slot_secs.max(
-                values
-                    .change
-                    .0
-                    .values()
-                    .map(|s| spacing(s))
-                    .fold(0.0, f64::max),
-            );
-            let change = peer_units(&values.change, t0, slot, p.skip_change_before);
-            let refs = peer_units(reference, t0, slot, None);
-            (
-                detect::peers::detect(
-                    &change,
-                    &refs,
-                    &peers::Params {
-                        direction: m.direction,
-                        min_delta: m.min_delta,
-                        far: p.far,
-                        far_samples: p.far_samples,
-                        long: p.long,
-                    },
-                ),
-                format!("change vs {label}"),
-            )
+            (d, format!("change vs {label} and history"))
         }
         "three-sigma" => match &values.background {
             Some(bg) if !bg.is_empty() => (
@@ -581,18 +651,25 @@ fn environmental(values: &Groups) -> Option<String> {
 /// demands strong evidence), is inconclusive when a critical metric or every metric lacks data,
 /// and passes otherwise.
 pub fn judge(metrics: &[(Metric, MetricData)], p: &Params) -> Outcome {
+    judge_with_history(metrics, p, None)
+}
+
+/// [`judge`], with the workload's released changes as the history group: a `peers` departure
+/// that every released change showed at the same age is not evidence (see
+/// [`history`](super::history)).
+pub fn judge_with_history(
+    metrics: &[(Metric, MetricData)],
+    p: &Params,
+    history: Option<&super::history::History>,
+) -> Outcome {
     let mut findings = Vec::new();
+    // Metrics that would have failed but for the workload's history.
+    let mut explained: Vec<String> = Vec::new();
     let mut failed: Vec<&Metric> = Vec::new();
     let mut critical_inconclusive = Vec::new();
     let mut decided = 0;
     for (m, data) in metrics {
-        let values = match data {
-            MetricData::Plain(g) => g.clone(),
-            MetricData::Ratio {
-                numerator,
-                denominator,
-            } => ratio_groups(numerator, denominator),
-        };
+        let values = metric_values(data);
         let control = values
             .control
             .as_ref()
@@ -606,7 +683,7 @@ pub fn judge(metrics: &[(Metric, MetricData)], p: &Params) -> Outcome {
         });
         let mut outcomes = Vec::new();
         for name in &m.detectors {
-            let (mut d, groups) = run_detector(name, m, data, &values, reference, p);
+            let (mut d, groups) = run_detector(name, m, data, &values, reference, p, history);
             if d.outcome == Verdict::Fail
                 && let Some(why) = environmental(&values)
             {
@@ -622,6 +699,9 @@ pub fn judge(metrics: &[(Metric, MetricData)], p: &Params) -> Outcome {
                     d.explanation,
                     kind_name(m.kind)
                 );
+            }
+            if d.suppressed_by == Some("history") && !m.advisory && !explained.contains(&m.name) {
+                explained.push(m.name.clone());
             }
             outcomes.push(d.outcome);
             findings.push(to_finding(&m.name, &groups, &d));
@@ -683,9 +763,17 @@ pub fn judge(metrics: &[(Metric, MetricData)], p: &Params) -> Outcome {
             "not enough data for any metric".to_string(),
         )
     } else {
+        let history = if explained.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} departed as the workload's released changes did (history)",
+                explained.join(", ")
+            )
+        };
         (
             Verdict::Pass,
-            format!("{decided} metrics compared, none worse"),
+            format!("{decided} metrics compared, none worse{history}"),
         )
     };
     Outcome {

@@ -2,9 +2,11 @@
 
 pub mod backtest;
 pub mod defaults;
+pub mod history;
 pub mod input;
 pub mod judge;
 pub mod prometheus;
+pub mod recorded;
 pub mod template;
 
 use crate::api::{AnalysisSpec, ChangeRequest};

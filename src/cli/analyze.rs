@@ -1,11 +1,11 @@
 //! `graygate analyze`: the production analysis on recorded series or against a live
 //! Prometheus (backtesting a past change). Exit 0 pass, 1 fail, 2 inconclusive, 3 bad input.
 
-use crate::analysis::defaults::default_metrics;
-use crate::analysis::judge::{self, Groups, Metric, MetricData};
+use crate::analysis::judge;
 use crate::analysis::prometheus::{GroupWindow, QueryPlan, analyze, client};
+use crate::analysis::recorded::{Tuning, judge_recorded};
 use crate::analysis::template::pods_regex;
-use crate::api::{AnalysisSpec, Finding, MetricSpec, Verdict};
+use crate::api::{AnalysisSpec, Finding, Verdict};
 use crate::controller::state::Judgement;
 use std::path::PathBuf;
 
@@ -96,12 +96,6 @@ pub fn load_spec(text: &str) -> Result<AnalysisSpec, BadInput> {
     Ok(spec)
 }
 
-fn spec_metrics(spec: &AnalysisSpec) -> Vec<MetricSpec> {
-    spec.metrics
-        .clone()
-        .unwrap_or_else(|| default_metrics().into_iter().map(|(m, _)| m).collect())
-}
-
 fn parse_time(s: &str, flag: &str) -> Result<jiff::Timestamp, BadInput> {
     if let Ok(secs) = s.parse::<f64>() {
         return jiff::Timestamp::from_millisecond((secs * 1000.0) as i64)
@@ -114,86 +108,7 @@ fn parse_time(s: &str, flag: &str) -> Result<jiff::Timestamp, BadInput> {
 /// Judge recorded data.
 pub fn judge_input(spec: &AnalysisSpec, input: &str) -> Result<judge::Outcome, BadInput> {
     let recorded = crate::analysis::input::parse_recorded(input).map_err(BadInput)?;
-    judge_recorded(spec, recorded, &Tuning::default())
-}
-
-/// Settings a backtest may vary instead of the defaults (for cross-validation).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Tuning {
-    /// Minimum effect of latency and other value metrics that do not set `minDelta`.
-    pub value_min_delta: Option<f64>,
-    /// `peers` far factor, far slots and run length.
-    pub peers: Option<(f64, usize, usize)>,
-}
-
-/// The warm-up `analyze` skips after the window's start when the spec sets none.
-pub const DEFAULT_WARMUP_SECS: f64 = 60.0;
-
-/// Judge recorded data: the change group's samples in the warm-up after `window[0]` are skipped.
-pub fn judge_recorded(
-    spec: &AnalysisSpec,
-    recorded: crate::analysis::input::Recorded,
-    tuning: &Tuning,
-) -> Result<judge::Outcome, BadInput> {
-    let mut data = recorded.metrics;
-    let metrics = spec_metrics(spec);
-    for name in data.keys() {
-        if !metrics.iter().any(|m| &m.name == name) {
-            let known: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
-            return Err(BadInput(format!(
-                "metrics.{name}: not a metric of the spec (known: {})",
-                known.join(", ")
-            )));
-        }
-    }
-    let mut judged = Vec::new();
-    for m in &metrics {
-        let ratio = m.numerator.is_some();
-        let d = match data.remove(&m.name) {
-            Some(MetricData::Ratio { .. }) if !ratio => {
-                return Err(BadInput(format!(
-                    "metrics.{}: the spec has a query, the input numerator/denominator",
-                    m.name
-                )));
-            }
-            Some(MetricData::Plain(_)) if ratio => {
-                return Err(BadInput(format!(
-                    "metrics.{}: the spec is a ratio metric; give numerator and denominator",
-                    m.name
-                )));
-            }
-            Some(d) => d,
-            None if ratio => MetricData::Ratio {
-                numerator: Groups::default(),
-                denominator: Groups::default(),
-            },
-            None => MetricData::Plain(Groups::default()),
-        };
-        let mut metric = Metric::from_spec(m);
-        if let Some(delta) = tuning.value_min_delta
-            && m.min_delta.is_none()
-            && !ratio
-            && matches!(
-                metric.kind,
-                crate::api::MetricKind::Latency | crate::api::MetricKind::Other
-            )
-        {
-            metric.min_delta = delta;
-        }
-        judged.push((metric, d));
-    }
-    let mut params = judge::Params::from_spec(spec);
-    if let Some((far, far_samples, long)) = tuning.peers {
-        params.far = far;
-        params.far_samples = far_samples;
-        params.long = long;
-    }
-    let warmup = spec
-        .warmup
-        .map(|w| w.as_millis_i64() as f64 / 1000.0)
-        .unwrap_or(DEFAULT_WARMUP_SECS);
-    params.skip_change_before = recorded.window.map(|(from, _)| from + warmup);
-    Ok(judge::judge(&judged, &params))
+    judge_recorded(spec, recorded, &Tuning::default(), None).map_err(BadInput)
 }
 
 fn print(verdict: Verdict, summary: &str, findings: &[Finding], output: Output) {

@@ -98,8 +98,58 @@ fn bad_part(direction: Direction, diff: f64) -> f64 {
     }
 }
 
+/// What the workload's earlier released changes showed, per slot since their canary's first
+/// sample: the largest relative departure in the bad direction (departure ÷ |typical value|).
+/// At a slot it holds, the band is at least that share of the references' typical value.
+pub type Envelope = BTreeMap<i64, f64>;
+
+/// Per slot where change and references line up: the change's value ÷ the references' typical
+/// value (what a history record keeps). Empty when no slot lines up.
+pub fn slot_ratios(change: &[Unit], reference: &[Unit]) -> BTreeMap<i64, f64> {
+    let mut out = BTreeMap::new();
+    let first = change.iter().filter_map(|u| u.keys().next()).min().copied();
+    for (s, value, typical) in aligned(change, reference) {
+        if typical != 0.0 && value.is_finite() {
+            // Keyed by slots since the change's first slot: its age.
+            out.insert(s - first.unwrap_or(0), value / typical);
+        }
+    }
+    out
+}
+
+/// (slot, change median, reference median) where both have data.
+fn aligned(change: &[Unit], reference: &[Unit]) -> Vec<(i64, f64, f64)> {
+    let collect = |units: &[Unit]| {
+        let mut at: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+        for u in units {
+            for (s, v) in u {
+                if v.is_finite() {
+                    at.entry(*s).or_default().push(*v);
+                }
+            }
+        }
+        at
+    };
+    let (c, r) = (collect(change), collect(reference));
+    c.iter()
+        .filter_map(|(s, cv)| Some((*s, median(cv), median(r.get(s)?))))
+        .collect()
+}
+
 /// Measure how far the change departs from the references, slot by slot.
 pub fn departure(change: &[Unit], reference: &[Unit], p: &Params) -> Departure {
+    departure_with(change, reference, p, None)
+}
+
+/// [`departure`], with the band at each slot widened to what the workload's released changes
+/// showed at the same age (`envelope`, keyed by slots since the change's first slot).
+pub fn departure_with(
+    change: &[Unit],
+    reference: &[Unit],
+    p: &Params,
+    envelope: Option<&Envelope>,
+) -> Departure {
+    let first_slot = change.iter().filter_map(|u| u.keys().next()).min().copied();
     let mut change_at: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
     for u in change {
         for (s, v) in u {
@@ -167,6 +217,10 @@ pub fn departure(change: &[Unit], reference: &[Unit], p: &Params) -> Departure {
         }
         let value = median(values);
         let dep = bad_part(p.direction, value - typical);
+        let age = s - first_slot.unwrap_or(*s);
+        let band = envelope
+            .and_then(|e| e.get(&age))
+            .map_or(band, |h| band.max(h.max(0.0) * typical.abs()));
         let e = if band > 0.0 {
             dep / band
         } else if dep > 0.0 {
@@ -200,7 +254,17 @@ pub fn departure(change: &[Unit], reference: &[Unit], p: &Params) -> Departure {
 
 /// Judge the change against its references.
 pub fn detect(change: &[Unit], reference: &[Unit], p: &Params) -> Detection {
-    let d = departure(change, reference, p);
+    detect_with(change, reference, p, None)
+}
+
+/// [`detect`] with the band widened by the workload's history where it holds.
+pub fn detect_with(
+    change: &[Unit],
+    reference: &[Unit],
+    p: &Params,
+    envelope: Option<&Envelope>,
+) -> Detection {
+    let d = departure_with(change, reference, p, envelope);
     let needed = p.far_samples.min(p.long).max(1);
     if d.slots < needed {
         return Detection::inconclusive(

@@ -1,0 +1,219 @@
+//! The history group: how the workload's own earlier released changes looked at the same age.
+//!
+//! Young canary pods of a healthy release are often slower, hungrier or busier than the long-
+//! running control pods (JIT warm-up, cold caches, new connection pools), and by a margin that is
+//! a property of the workload, not of the change. So every released change leaves a compact
+//! [`Record`]: per metric and per slot since its canary's first sample, the canary's value ÷ the
+//! control pods' typical value. A later change of the same workload is held against the larger
+//! of its peer band and what its released predecessors showed at the same age
+//! ([`Envelope`](crate::detect::peers::Envelope)); without [`MIN_RECORDS`] records at a slot the
+//! judgement there is unchanged.
+
+use crate::api::Direction;
+use crate::detect::fmt_num;
+use crate::detect::peers::Envelope;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Records needed at a slot before history widens the band there.
+pub const MIN_RECORDS: usize = 3;
+/// Released changes kept per workload by default.
+pub const DEFAULT_KEEP: usize = 10;
+
+/// One released change: per metric, per slot since the canary's first sample, the canary's
+/// value ÷ the control's typical value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The change it came from.
+    pub change: String,
+    /// Slot width in seconds (records of another width are not compared).
+    pub slot_secs: f64,
+    /// Metric → slot age → ratio.
+    pub ratios: BTreeMap<String, BTreeMap<i64, f64>>,
+}
+
+/// The released changes a judgement may learn from.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// The workload, as people name it (`Deployment/ad`).
+    pub workload: String,
+    /// Its released changes, oldest first.
+    pub records: Vec<Record>,
+}
+
+/// What history says about one metric.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricHistory {
+    /// The band widening per slot age.
+    pub envelope: Envelope,
+    /// Records that hold the metric.
+    pub records: usize,
+    /// The lowest and highest median ratio of those records.
+    pub range: (f64, f64),
+    /// Minutes the records cover (the widest).
+    pub minutes: f64,
+}
+
+fn bad_part(direction: Direction, ratio: f64) -> f64 {
+    match direction {
+        Direction::Increase => ratio - 1.0,
+        Direction::Decrease => 1.0 - ratio,
+        Direction::Either => (ratio - 1.0).abs(),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl History {
+    /// Keep a released change's record, at most `keep` (oldest dropped first).
+    pub fn push(&mut self, record: Record, keep: usize) {
+        self.records.push(record);
+        let excess = self.records.len().saturating_sub(keep.max(1));
+        self.records.drain(..excess);
+    }
+
+    /// The envelope of one metric for slots of `slot_secs`, when at least [`MIN_RECORDS`]
+    /// records hold it.
+    pub fn metric(
+        &self,
+        name: &str,
+        direction: Direction,
+        slot_secs: f64,
+    ) -> Option<MetricHistory> {
+        let series: Vec<&BTreeMap<i64, f64>> = self
+            .records
+            .iter()
+            .filter(|r| (r.slot_secs - slot_secs).abs() < 1e-9)
+            .filter_map(|r| r.ratios.get(name))
+            .filter(|s| !s.is_empty())
+            .collect();
+        if series.len() < MIN_RECORDS {
+            return None;
+        }
+        let mut at: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+        for s in &series {
+            for (age, r) in *s {
+                if r.is_finite() {
+                    at.entry(*age).or_default().push(bad_part(direction, *r));
+                }
+            }
+        }
+        let envelope: Envelope = at
+            .into_iter()
+            .filter(|(_, v)| v.len() >= MIN_RECORDS)
+            .map(|(age, v)| (age, v.into_iter().fold(0.0, f64::max)))
+            .collect();
+        if envelope.is_empty() {
+            return None;
+        }
+        let medians: Vec<f64> = series
+            .iter()
+            .map(|s| median(s.values().copied().collect()))
+            .collect();
+        let lo = medians.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = medians.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let slots = series.iter().map(|s| s.len()).max().unwrap_or(0);
+        Some(MetricHistory {
+            envelope,
+            records: series.len(),
+            range: (lo, hi),
+            minutes: slots as f64 * slot_secs / 60.0,
+        })
+    }
+}
+
+impl MetricHistory {
+    /// One sentence a person checks at a glance.
+    pub fn sentence(
+        &self,
+        workload: &str,
+        metric: &str,
+        this: Option<f64>,
+        within: bool,
+    ) -> String {
+        let this = this
+            .map(|r| {
+                format!(
+                    "; this one {r:.2}× — {}",
+                    if within { "within" } else { "beyond" }
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "history: in the last {} released changes of {workload} the canary's {metric} ran {:.2}–{:.2}× the control in its first {} min{this}",
+            self.records,
+            self.range.0,
+            self.range.1,
+            fmt_num(self.minutes.round())
+        )
+    }
+}
+
+/// The median of a change's slot ratios (for the sentence).
+pub fn median_ratio(ratios: &BTreeMap<i64, f64>) -> Option<f64> {
+    let v: Vec<f64> = ratios.values().copied().filter(|r| r.is_finite()).collect();
+    (!v.is_empty()).then(|| median(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(change: &str, ratios: &[f64]) -> Record {
+        Record {
+            change: change.into(),
+            slot_secs: 60.0,
+            ratios: [(
+                "Latency".to_string(),
+                ratios
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (i as i64, *r))
+                    .collect(),
+            )]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn three_records_make_an_envelope_of_the_largest_departure_per_age() {
+        let mut h = History {
+            workload: "Deployment/ad".into(),
+            records: vec![record("a", &[1.3, 2.5]), record("b", &[1.8, 1.1])],
+        };
+        assert!(h.metric("Latency", Direction::Increase, 60.0).is_none());
+        h.push(record("c", &[2.0, 0.9, 1.4]), DEFAULT_KEEP);
+        let m = h.metric("Latency", Direction::Increase, 60.0).unwrap();
+        // Age 0: 0.3, 0.8, 1.0 → 1.0; age 1: 1.5, 0.1, -0.1 → 1.5; age 2 has one record only.
+        assert_eq!(m.envelope.len(), 2);
+        assert!((m.envelope[&0] - 1.0).abs() < 1e-12);
+        assert!((m.envelope[&1] - 1.5).abs() < 1e-12);
+        assert_eq!(m.records, 3);
+        assert_eq!(
+            m.sentence("Deployment/ad", "Latency", Some(1.9), true),
+            "history: in the last 3 released changes of Deployment/ad the canary's Latency ran 1.40–1.90× the control in its first 3 min; this one 1.90× — within"
+        );
+        // Another slot width is another measurement.
+        assert!(h.metric("Latency", Direction::Increase, 30.0).is_none());
+    }
+
+    #[test]
+    fn only_the_last_kept_records_count() {
+        let mut h = History::default();
+        for i in 0..5 {
+            h.push(record(&i.to_string(), &[1.0]), 3);
+        }
+        let kept: Vec<&str> = h.records.iter().map(|r| r.change.as_str()).collect();
+        assert_eq!(kept, ["2", "3", "4"]);
+    }
+}
