@@ -253,6 +253,36 @@ async fn pause_resume_abort_and_retry_through_kubectl() {
         "{err}"
     );
 
+    // A person says what the stopped change really was; the verdict lands in status with an
+    // Event, and survives the retry below.
+    let marked = kubectl_graygate(&w, kc, &["feedback", "v3", "false-alarm", "-n", "p2"]);
+    assert!(ok(&marked).contains("marked false-alarm"));
+    let bad = kubectl_graygate(&w, kc, &["feedback", "v3", "maybe", "-n", "p2"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("false-alarm, real-fault, drill"),
+        "{bad:?}"
+    );
+    w.wait_for("the feedback in status", LONG, || async {
+        let cr = w.change_request("p2", "v3").await?;
+        Ok(cr
+            .and_then(|c| c.status)
+            .and_then(|s| s.feedback)
+            .filter(|f| {
+                f.verdict == graygate::api::FeedbackVerdict::FalseAlarm
+                    && f.phase == Phase::RolledBack
+            })
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+    assert!(
+        w.event_reasons("p2", "v3")
+            .await
+            .unwrap()
+            .contains(&"FeedbackRecorded".to_string())
+    );
+
     // retry starts the same change again from the first batch.
     ok(&run("retry"));
     w.wait_for("the change to start again", LONG, || async {

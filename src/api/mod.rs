@@ -28,6 +28,8 @@ pub const ANN_RESUME: &str = "graygate.io/resume";
 pub const ANN_ABORT: &str = "graygate.io/abort";
 /// Annotation whose new value restarts a failed or rolled-back change from the first batch.
 pub const ANN_RETRY: &str = "graygate.io/retry";
+/// Annotation with a person's verdict on the change: `false-alarm`, `real-fault` or `drill`.
+pub const ANN_FEEDBACK: &str = "graygate.io/feedback";
 /// Label put on every pod of the change group (value: the ChangeRequest's name).
 pub const LABEL_CHANGE: &str = "graygate.io/change";
 /// Finalizer that lets graygate roll back before a ChangeRequest goes away.
@@ -397,9 +399,57 @@ pub struct ChangeRequestStatus {
     /// Last seen values of the resume, abort and retry annotations, so each is acted on once.
     #[serde(default, skip_serializing_if = "HandledSignals::is_empty")]
     pub handled: HandledSignals,
+    /// A person's verdict on the change (`graygate.io/feedback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<Feedback>,
     /// Ready, Progressing and Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// What a person said the change was, after the fact.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeedbackVerdict {
+    /// The change was fine: graygate stopped it for nothing (or would have).
+    FalseAlarm,
+    /// The change was broken.
+    RealFault,
+    /// A deliberate exercise (an injected fault, a game day).
+    Drill,
+}
+
+impl FeedbackVerdict {
+    /// The annotation value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedbackVerdict::FalseAlarm => "false-alarm",
+            FeedbackVerdict::RealFault => "real-fault",
+            FeedbackVerdict::Drill => "drill",
+        }
+    }
+
+    /// Parse an annotation value (surrounding whitespace ignored).
+    pub fn parse(v: &str) -> Option<FeedbackVerdict> {
+        match v.trim() {
+            "false-alarm" => Some(FeedbackVerdict::FalseAlarm),
+            "real-fault" => Some(FeedbackVerdict::RealFault),
+            "drill" => Some(FeedbackVerdict::Drill),
+            _ => None,
+        }
+    }
+}
+
+/// A person's verdict, as recorded in status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Feedback {
+    /// `false-alarm`, `real-fault` or `drill`.
+    pub verdict: FeedbackVerdict,
+    /// When graygate recorded it.
+    pub recorded_at: Time,
+    /// The phase the change was in then.
+    pub phase: Phase,
 }
 
 /// Annotation values graygate has already acted on.
@@ -414,11 +464,17 @@ pub struct HandledSignals {
     /// Last `graygate.io/retry` value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<String>,
+    /// Last `graygate.io/feedback` value acted on (a wrong one is reported once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
 }
 
 impl HandledSignals {
     fn is_empty(&self) -> bool {
-        self.resume.is_none() && self.abort.is_none() && self.retry.is_none()
+        self.resume.is_none()
+            && self.abort.is_none()
+            && self.retry.is_none()
+            && self.feedback.is_none()
     }
 }
 

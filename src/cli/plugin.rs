@@ -5,8 +5,8 @@
 //! person could write into Git, and the API server's audit log records who did it.
 
 use crate::api::{
-    ANN_ABORT, ANN_APPROVE, ANN_PAUSE, ANN_RESUME, ANN_RETRY, BatchStatus, ChangeRequest,
-    ChangeRequestStatus, Phase,
+    ANN_ABORT, ANN_APPROVE, ANN_FEEDBACK, ANN_PAUSE, ANN_RESUME, ANN_RETRY, BatchStatus,
+    ChangeRequest, ChangeRequestStatus, FeedbackVerdict, Phase,
 };
 use futures::TryStreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -92,6 +92,35 @@ pub enum Verb {
         /// The ChangeRequest.
         name: String,
     },
+    /// Record what the change really was (sets graygate.io/feedback): a stopped change that was
+    /// fine is a false-alarm; a real-fault or drill never teaches the workload's history.
+    Feedback {
+        /// The ChangeRequest.
+        name: String,
+        /// false-alarm, real-fault or drill.
+        verdict: FeedbackArg,
+    },
+}
+
+/// The verdicts `feedback` takes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedbackArg {
+    /// The change was fine.
+    FalseAlarm,
+    /// The change was broken.
+    RealFault,
+    /// A deliberate exercise.
+    Drill,
+}
+
+impl FeedbackArg {
+    fn verdict(self) -> FeedbackVerdict {
+        match self {
+            FeedbackArg::FalseAlarm => FeedbackVerdict::FalseAlarm,
+            FeedbackArg::RealFault => FeedbackVerdict::RealFault,
+            FeedbackArg::Drill => FeedbackVerdict::Drill,
+        }
+    }
 }
 
 /// A user-facing failure: printed as `error: …`, exit code 1.
@@ -325,6 +354,18 @@ async fn run_inner(args: PluginArgs) -> Result<()> {
             let annotations = json!({ ANN_RETRY: token(now) });
             scope
                 .steer(&name, allowed, annotations, "will start again from batch 1")
+                .await
+        }
+        Verb::Feedback { name, verdict } => {
+            let v = verdict.verdict().as_str();
+            // Any phase: a person may judge a running change, or one that ended long ago.
+            scope
+                .steer(
+                    &name,
+                    |_| Ok(()),
+                    json!({ ANN_FEEDBACK: v }),
+                    &format!("marked {v}"),
+                )
                 .await
         }
     }

@@ -87,6 +87,8 @@ pub struct Signals {
     pub abort: Option<String>,
     /// `graygate.io/retry` value.
     pub retry: Option<String>,
+    /// `graygate.io/feedback` value.
+    pub feedback: Option<String>,
 }
 
 impl Signals {
@@ -99,6 +101,7 @@ impl Signals {
             resume: non_empty(ANN_RESUME),
             abort: non_empty(ANN_ABORT),
             retry: non_empty(ANN_RETRY),
+            feedback: non_empty(ANN_FEEDBACK),
         }
     }
 }
@@ -363,6 +366,7 @@ impl Machine<'_> {
             self.on_delete();
             return;
         }
+        self.handle_feedback();
         self.handle_retry();
         if self.handle_spec_change() {
             return;
@@ -457,6 +461,56 @@ impl Machine<'_> {
         self.obs.workload.as_ref().is_some_and(|w| w.step_reached)
     }
 
+    /// Record a person's verdict on the change, in any phase; a value that is none of the three
+    /// is reported once, naming the annotation, and changes nothing.
+    fn handle_feedback(&mut self) {
+        let Some(raw) = &self.obs.signals.feedback else {
+            return;
+        };
+        match FeedbackVerdict::parse(raw) {
+            Some(v) if self.st.feedback.as_ref().map(|f| f.verdict) != Some(v) => {
+                self.st.feedback = Some(Feedback {
+                    verdict: v,
+                    recorded_at: Time(self.obs.now),
+                    phase: self.st.phase,
+                });
+                self.st.handled.feedback = Some(raw.clone());
+                let meaning = match v {
+                    FeedbackVerdict::FalseAlarm => {
+                        "the change was fine; it counts as a released change in its workload's history"
+                    }
+                    FeedbackVerdict::RealFault => {
+                        "the change was broken; it never enters its workload's history"
+                    }
+                    FeedbackVerdict::Drill => {
+                        "a deliberate exercise; it never enters its workload's history"
+                    }
+                };
+                self.note(
+                    false,
+                    "FeedbackRecorded",
+                    format!(
+                        "marked {} while {}: {meaning}",
+                        v.as_str(),
+                        self.st.phase.as_str()
+                    ),
+                );
+            }
+            Some(_) => {}
+            None if self.st.handled.feedback.as_ref() != Some(raw) => {
+                self.st.handled.feedback = Some(raw.clone());
+                self.note(
+                    true,
+                    "FeedbackInvalid",
+                    format!(
+                        "annotation {ANN_FEEDBACK}={raw:?} is none of false-alarm, real-fault, drill; nothing recorded"
+                    ),
+                );
+            }
+            None => {}
+        }
+    }
+
     fn handle_retry(&mut self) {
         let Some(token) = &self.obs.signals.retry else {
             return;
@@ -467,8 +521,11 @@ impl Machine<'_> {
         self.st.handled.retry = Some(token.clone());
         if matches!(self.st.phase, Phase::Failed | Phase::RolledBack) {
             let handled = std::mem::take(&mut self.st.handled);
+            let feedback = self.st.feedback.take();
             self.st = ChangeRequestStatus {
                 handled,
+                // The person's verdict on the stopped run stays with the change.
+                feedback,
                 conditions: std::mem::take(&mut self.st.conditions),
                 ..Default::default()
             };

@@ -442,6 +442,49 @@ fn retry_restarts_a_rolled_back_change() {
     assert_eq!(d2.status.phase, Phase::Progressing);
 }
 
+#[test]
+fn feedback_is_recorded_in_any_phase_and_a_wrong_value_is_reported_once() {
+    let s = spec(BASIC);
+    let mut o = obs(5);
+    o.signals.abort = Some("a".into());
+    let d = decide("chg", &s, &started(&s), &o);
+    o.workload = Some(workload(true, 0));
+    let rolled = decide("chg", &s, &d.status, &o).status;
+    assert_eq!(rolled.phase, Phase::RolledBack);
+    // A typo: an Event naming the annotation, nothing recorded, and only once.
+    let mut o = obs(20);
+    o.signals.abort = Some("a".into());
+    o.signals.feedback = Some("false alarm".into());
+    let d = decide("chg", &s, &rolled, &o);
+    assert_eq!(reasons(&d), vec!["FeedbackInvalid"]);
+    assert!(d.notes[0].warning);
+    assert!(
+        d.notes[0].message.contains("graygate.io/feedback"),
+        "{}",
+        d.notes[0].message
+    );
+    assert_eq!(d.status.feedback, None);
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    assert!(decide("chg", &s, &d.status, &o).notes.is_empty());
+    // The right value: recorded with the phase it was given in, once.
+    o.signals.feedback = Some("false-alarm".into());
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(reasons(&d), vec!["FeedbackRecorded"]);
+    let f = d.status.feedback.clone().unwrap();
+    assert_eq!(f.verdict, FeedbackVerdict::FalseAlarm);
+    assert_eq!(f.phase, Phase::RolledBack);
+    assert_eq!(f.recorded_at, Time(t(20)));
+    assert!(decide("chg", &s, &d.status, &o).notes.is_empty());
+    // A retry keeps the verdict on the run it stopped.
+    o.signals.retry = Some("r1".into());
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(
+        d.status.feedback.map(|f| f.verdict),
+        Some(FeedbackVerdict::FalseAlarm)
+    );
+}
+
 fn analysis_spec(extra: &str) -> ChangeRequestSpec {
     spec(&format!(
         "{BASIC}analysis: {{interval: 10s, failureLimit: 2}}\n{extra}"
