@@ -3,9 +3,9 @@
 //! drift, variance only, errors from zero, latency tail), each as one judgement's data for an
 //! error ratio and a p99 latency, plus a Kayenta-style Mann-Whitney judge as the baseline.
 
-use crate::analysis::judge::{self, GroupData, Groups, Metric, MetricData};
-use crate::api::Verdict;
-use crate::detect::mann_whitney::{self, Alternative, Method};
+use graygate::analysis::judge::{self, GroupData, Groups, Metric, MetricData};
+use graygate::api::Verdict;
+use graygate::detect::mann_whitney::{self, Alternative, Method};
 use std::collections::BTreeMap;
 
 /// Case types, good ones first.
@@ -129,7 +129,7 @@ fn counts(rng: &mut Rng, rps: f64, error: f64, n: usize, shared: &[f64]) -> (Ser
 
 /// A metric of the built-in set, with the defaults production fills in.
 fn default_metric(name: &str) -> Metric {
-    crate::analysis::defaults::default_metrics()
+    graygate::analysis::defaults::default_metrics()
         .into_iter()
         .find(|(m, _)| m.name == name)
         .map(|(m, _)| Metric::from_spec(&m))
@@ -288,7 +288,7 @@ pub fn kayenta_judge(metrics: &[(Metric, MetricData)]) -> Verdict {
         }
         let r = mann_whitney::mann_whitney_u(&x, &y, Alternative::TwoSided, Method::Auto);
         let shift = mann_whitney::hodges_lehmann(&x, &y);
-        if r.p_value < 0.02 && crate::detect::is_worse(m.direction, shift, 0.0) {
+        if r.p_value < 0.02 && graygate::detect::is_worse(m.direction, shift, 0.0) {
             return Verdict::Fail;
         }
     }

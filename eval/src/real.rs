@@ -2,13 +2,13 @@
 //! the reference judges the datasets' READMEs describe, with every tunable default
 //! cross-validated across halves of the data (tuned on one half, measured on the other).
 
-use crate::analysis::backtest::{Case, Confusion, parse_cases, ratio, replay};
-use crate::analysis::judge::{GroupData, MetricData};
-use crate::analysis::recorded::Tuning;
-use crate::api::{AnalysisSpec, Verdict};
-use crate::cli::analyze::load_spec;
-use crate::detect::mann_whitney::{self, Alternative, Method};
-use crate::detect::{is_worse, mean, median, peers};
+use graygate::analysis::backtest::{Case, Confusion, parse_cases, ratio, replay};
+use graygate::analysis::judge::{GroupData, MetricData};
+use graygate::analysis::recorded::Tuning;
+use graygate::api::{AnalysisSpec, Verdict};
+use graygate::cli::analyze::load_spec;
+use graygate::detect::mann_whitney::{self, Alternative, Method};
+use graygate::detect::{is_worse, mean, median, peers};
 use std::path::Path;
 
 /// A reference judge: labelled case in, verdict out.
@@ -81,7 +81,7 @@ pub fn datasets(data: &Path, examples: &Path) -> Result<Vec<Dataset>, String> {
     ])
 }
 
-fn plain<'a>(c: &'a Case, metric: &str) -> Option<&'a crate::analysis::judge::Groups> {
+fn plain<'a>(c: &'a Case, metric: &str) -> Option<&'a graygate::analysis::judge::Groups> {
     match c.recorded.metrics.get(metric)? {
         MetricData::Plain(g) => Some(g),
         MetricData::Ratio { .. } => None,
@@ -155,7 +155,7 @@ pub fn three_sigma_median(c: &Case, _: &AnalysisSpec) -> Verdict {
     if x.is_empty() || r.is_empty() {
         return Verdict::Inconclusive;
     }
-    let (centre, scale) = crate::detect::three_sigma::centre_scale(&r, true);
+    let (centre, scale) = graygate::detect::three_sigma::centre_scale(&r, true);
     if (median(&x) - centre).abs() > 3.0 * scale {
         Verdict::Fail
     } else {

@@ -2,13 +2,13 @@
 //! Kontrast KPI changes), cross-validated across halves, beside the reference judges.
 //! Fails under CI=true when the data is missing; elsewhere skips with a notice.
 
-use graygate::real_eval::{datasets, evaluate};
+use graygate_eval::real::{datasets, evaluate};
 use std::path::Path;
 
 #[test]
 fn cross_validated_verdicts_meet_the_targets_on_real_changes() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let data = root.join("../shared/data");
+    let data = root.join("../../shared/data");
     if !data.join("changerca").is_dir() || !data.join("kontrast").is_dir() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -21,7 +21,7 @@ fn cross_validated_verdicts_meet_the_targets_on_real_changes() {
         );
         return;
     }
-    let sets = datasets(&data, &root.join("examples/backtest")).unwrap();
+    let sets = datasets(&data, &root.join("../examples/backtest")).unwrap();
     let report = evaluate(&sets).unwrap();
     println!("{}", report.text);
     for (i, d) in sets.iter().enumerate() {

@@ -4,7 +4,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use graygate::analysis::judge::{self, GroupData, Groups, Metric, MetricData};
 use graygate::api::Direction;
 use graygate::detect::{dtw, kde, mann_whitney};
-use graygate::eval::Rng;
+use graygate_eval::synthetic::Rng;
 use std::hint::black_box;
 
 fn sample(rng: &mut Rng, n: usize, mean: f64) -> Vec<f64> {
@@ -106,9 +106,9 @@ fn benches(c: &mut Criterion) {
         "batch judgement: 50 metrics x 4 groups x 600 points, default detector (peers)",
         |b| b.iter(|| judge::judge(black_box(&data), &judge::Params::default())),
     );
-    let cases = graygate::eval::generate(7, 10);
+    let cases = graygate_eval::synthetic::generate(7, 10);
     c.bench_function("evaluation: 110 labelled cases, both judges", |b| {
-        b.iter(|| graygate::eval::evaluate(black_box(&cases)))
+        b.iter(|| graygate_eval::synthetic::evaluate(black_box(&cases)))
     });
 }
 

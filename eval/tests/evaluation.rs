@@ -1,7 +1,7 @@
 //! The default detector set against the labelled scenarios, beside a Kayenta-style baseline:
 //! at least 95% of bad changes failed, at most 2% of good ones, and better than the baseline on both.
 
-use graygate::eval::{evaluate, generate, report};
+use graygate_eval::synthetic::{evaluate, generate, report};
 
 #[test]
 fn default_judge_meets_its_targets_and_beats_the_baseline() {
@@ -9,7 +9,7 @@ fn default_judge_meets_its_targets_and_beats_the_baseline() {
     assert!(cases.len() >= 1000);
     let rows = evaluate(&cases);
     println!("{}", report(&rows));
-    let share = |bad: bool, f: fn(&graygate::eval::Row) -> usize| {
+    let share = |bad: bool, f: fn(&graygate_eval::synthetic::Row) -> usize| {
         let n: usize = rows.iter().filter(|r| r.bad == bad).map(|r| r.cases).sum();
         rows.iter().filter(|r| r.bad == bad).map(f).sum::<usize>() as f64 / n as f64
     };
