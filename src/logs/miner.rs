@@ -67,6 +67,10 @@ pub const WILD: u32 = u32::MAX;
 const BLANK: u32 = u32::MAX - 1;
 /// Every word seen after the vocabulary is full (see [`Miner::vocabulary`]).
 const UNSEEN: u32 = u32::MAX - 2;
+/// Elements of a key at most; the rest of a longer line is one value.
+const MAX_KEY: usize = 128;
+/// Keys longer than this join no family (each family entry holds a copy of the key).
+const MAX_FAMILY_KEY: usize = 48;
 /// Distinct words kept per template allowed: the vocabulary's bound.
 const WORDS_PER_TEMPLATE: usize = 16;
 
@@ -420,6 +424,19 @@ impl Miner {
         self.spans.clear();
         for p in &ps {
             let (a, b) = (p.start, p.end);
+            // Bounded work and memory per line: past MAX_KEY elements, the rest of the line is
+            // one value (a stack dump on one line, a huge payload).
+            if self.key.len() >= MAX_KEY {
+                if self.key.last() == Some(&WILD) {
+                    if let Some(s) = self.spans.last_mut() {
+                        s.1 = line.len() as u32;
+                    }
+                } else {
+                    self.key.push(WILD);
+                    self.spans.push((a, line.len() as u32));
+                }
+                break;
+            }
             if p.kind == Kind::Value {
                 if self.key.last() == Some(&WILD) {
                     if let Some(s) = self.spans.last_mut() {
@@ -502,7 +519,12 @@ impl Miner {
         }
         // A family already merged at some position.
         let mut blanked: Vec<u32> = key.to_vec();
-        for i in 0..key.len() {
+        let positions = if key.len() > MAX_FAMILY_KEY {
+            0
+        } else {
+            key.len()
+        };
+        for i in 0..positions {
             blanked[i] = BLANK;
             if let Some(id) = self.families.get(blanked.as_slice()).and_then(|f| f.merged) {
                 self.scratch = skeleton;
@@ -534,6 +556,9 @@ impl Miner {
     /// Enter a new key into its families; merge a family whose position shows enough distinct
     /// words, or a value beside a word.
     fn join_families(&mut self, key: &[u32], id: u32) {
+        if key.len() > MAX_FAMILY_KEY {
+            return;
+        }
         let mut blanked: Vec<u32> = key.to_vec();
         for i in 0..key.len() {
             blanked[i] = BLANK;
@@ -827,6 +852,22 @@ mod tests {
         }
         assert!(m.vocabulary() <= 10 * 16, "{}", m.vocabulary());
         assert!(m.clusters().len() <= 11, "{}", m.clusters().len());
+    }
+
+    #[test]
+    fn a_huge_line_costs_a_bounded_key() {
+        let mut m = Miner::new(Config::default());
+        let long: String = (0..20_000)
+            .map(|i| format!("word{} w ", char::from(b'a' + (i % 26) as u8)))
+            .collect();
+        let a = m.add(&long);
+        let b = m.add(&(long.clone() + " extra words at the end"));
+        assert_eq!(m.key_words(&long).len(), MAX_KEY + 1);
+        assert_eq!(
+            a, b,
+            "lines equal in their first {MAX_KEY} elements are one template"
+        );
+        assert!(m.families.is_empty(), "a long key joins no family");
     }
 
     #[test]
