@@ -392,3 +392,21 @@ fn a_replay_with_the_workload_learns_that_its_canaries_are_always_slower() {
         "{summary}"
     );
 }
+
+#[test]
+fn text_logs_written_to_a_file_carry_no_colour_codes() {
+    // Standard error is a pipe here, as it is for a file or a log collector.
+    let (code, _, err) = graygate(&[
+        "--log-format",
+        "text",
+        "run",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("ERROR") && err.contains("/nonexistent/kubeconfig"),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "ANSI escape codes in {err:?}");
+}
