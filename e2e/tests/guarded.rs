@@ -871,3 +871,41 @@ async fn a_helm_upgrade_of_a_guarded_deployment_goes_out_in_batches() {
     assert_ne!(d.spec.as_ref().unwrap().paused, Some(true));
     assert_within_rbac(&w);
 }
+
+/// A ChangePolicy whose selector the API server would never take (`bad key!`) is marked invalid,
+/// naming the field, and guards nothing (it used to say Ready, guarding 0 workloads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_with_an_invalid_label_key_is_invalid_and_guards_nothing() {
+    let ns = "g7";
+    let (w, _) = webhook_world(ns, "Ignore").await;
+    apply_web(&w, ns, 2).await;
+    let bad = format!(
+        "apiVersion: graygate.io/v1alpha1\nkind: ChangePolicy\nmetadata: {{name: bad-selector, namespace: {ns}}}\nspec:\n  workloads: {{matchLabels: {{\"bad key!\": x}}}}\n  change:\n    batches: [{{percent: 100, bake: 2s}}]\n"
+    );
+    w.apply(&bad).await.unwrap();
+    let api: Api<graygate::api::ChangePolicy> = Api::namespaced(w.client.clone(), ns);
+    let ready = w
+        .wait_for("the policy's Ready condition", LONG, || async {
+            let p = api.get("bad-selector").await?;
+            Ok(p.status
+                .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready")))
+        })
+        .await
+        .unwrap();
+    assert_eq!(ready.status, "False", "{ready:?}");
+    assert_eq!(ready.reason, "InvalidSpec", "{ready:?}");
+    assert!(
+        ready
+            .message
+            .contains("spec.workloads.matchLabels: \"bad key!\" is not a valid label key"),
+        "{ready:?}"
+    );
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert!(
+        !d.metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key(LABEL_GUARDED_BY),
+        "an invalid policy labels nothing"
+    );
+}

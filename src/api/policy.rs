@@ -74,7 +74,61 @@ pub struct WorkloadSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
+/// Whether `s` is a Kubernetes name segment: 1–63 characters, letters and digits at both ends,
+/// `-`, `_` and `.` between.
+fn is_name_segment(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// Whether `s` is a DNS subdomain (a label key's prefix): lowercase, dot-separated, ≤ 253.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|part| {
+            let b = part.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        })
+}
+
 impl WorkloadSelector {
+    /// Check the selector as the API server checks a label selector; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for (k, v) in &self.match_labels {
+            let (prefix, name) = match k.split_once('/') {
+                Some((p, n)) => (Some(p), n),
+                None => (None, k.as_str()),
+            };
+            if !is_name_segment(name) || prefix.is_some_and(|p| !is_dns_subdomain(p)) {
+                return Err(format!(
+                    "spec.workloads.matchLabels: {k:?} is not a valid label key (an optional DNS prefix and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+                ));
+            }
+            if !v.is_empty() && !is_name_segment(v) {
+                return Err(format!(
+                    "spec.workloads.matchLabels.{k}: {v:?} is not a valid label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+                ));
+            }
+        }
+        for (i, n) in self.names.iter().enumerate() {
+            if !is_dns_subdomain(n) {
+                return Err(format!(
+                    "spec.workloads.names[{i}]: {n:?} is not a valid workload name (lowercase letters, digits, '-' and '.')"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Does a workload of this kind, name and labels fall under the selector?
     pub fn selects(&self, kind: TargetKind, name: &str, labels: &BTreeMap<String, String>) -> bool {
         if !self.kinds.is_empty() && !self.kinds.contains(&kind) {
@@ -172,4 +226,43 @@ pub struct GuardedWorkload {
     /// When graygate last saw the template change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selector_with_an_invalid_label_key_or_value_is_refused_naming_the_field() {
+        let sel = |k: &str, v: &str| WorkloadSelector {
+            match_labels: [(k.to_string(), v.to_string())].into(),
+            ..Default::default()
+        };
+        assert!(sel("app", "web").validate().is_ok());
+        assert!(
+            sel("app.kubernetes.io/name", "web-1.2_x")
+                .validate()
+                .is_ok()
+        );
+        assert!(sel("tier", "").validate().is_ok());
+        let e = sel("bad key!", "x").validate().unwrap_err();
+        assert!(
+            e.starts_with("spec.workloads.matchLabels: \"bad key!\""),
+            "{e}"
+        );
+        assert!(sel("Example.com/app", "x").validate().is_err());
+        assert!(sel(&"a".repeat(64), "x").validate().is_err());
+        let e = sel("app", "web server").validate().unwrap_err();
+        assert!(e.starts_with("spec.workloads.matchLabels.app:"), "{e}");
+        let names = WorkloadSelector {
+            names: vec!["web".into(), "Web_1".into()],
+            ..Default::default()
+        };
+        assert!(
+            names
+                .validate()
+                .unwrap_err()
+                .starts_with("spec.workloads.names[1]:")
+        );
+    }
 }

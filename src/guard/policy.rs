@@ -345,10 +345,15 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
         )
         .await?;
     }
-    // The settings every generated change gets must make a valid ChangeRequest.
+    // The selector must be one the API server would take, and the settings every generated
+    // change gets must make a valid ChangeRequest.
     let probe = spec_for(policy, TargetKind::Deployment, "probe", json!({"spec": {}}));
-    if let Err(e) = check_spec(&probe) {
-        let msg = format!("spec.change: {e}");
+    let invalid = policy.spec.workloads.validate().err().or_else(|| {
+        check_spec(&probe)
+            .err()
+            .map(|e| format!("spec.change: {e}"))
+    });
+    if let Some(msg) = invalid {
         write_status(ctx, ns, &name, json!({"observedGeneration": policy.metadata.generation, "conditions": [condition(false, "InvalidSpec", &msg)]})).await?;
         return Ok(());
     }
