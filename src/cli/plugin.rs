@@ -468,9 +468,15 @@ pub fn list(items: &[ChangeRequest], with_namespace: bool, now: jiff::Timestamp)
     out
 }
 
-fn batch_row(b: &BatchStatus, now: jiff::Timestamp) -> Vec<String> {
+/// One batch's row; `stopped` when the change no longer runs (rolled back, superseded, failed,
+/// ended), so a batch it left without a verdict does not look as if it were still baking.
+fn batch_row(b: &BatchStatus, now: jiff::Timestamp, stopped: bool) -> Vec<String> {
     let verdict = match (b.verdict, b.last_judgement) {
         (Some(v), _) => v.as_str().to_string(),
+        (None, Some(v)) if stopped && b.started_at.is_some() => {
+            format!("stopped ({} so far)", v.as_str())
+        }
+        (None, None) if stopped && b.started_at.is_some() => "stopped".into(),
         (None, Some(v)) => format!("({} so far)", v.as_str()),
         (None, None) if b.ready_at.is_some() => "baking".into(),
         (None, None) if b.started_at.is_some() => "rolling out".into(),
@@ -542,7 +548,12 @@ pub fn status(cr: &ChangeRequest, now: jiff::Timestamp) -> String {
     }
     if !st.batches.is_empty() {
         out.push_str("\nBatches:\n");
-        let rows: Vec<Vec<String>> = st.batches.iter().map(|b| batch_row(b, now)).collect();
+        let stopped = st.phase.is_terminal() || st.phase == Phase::RollingBack;
+        let rows: Vec<Vec<String>> = st
+            .batches
+            .iter()
+            .map(|b| batch_row(b, now, stopped))
+            .collect();
         for l in super::table::lines(
             &[
                 "BATCH",
@@ -633,6 +644,26 @@ status: {status}
                 "5m"
             ]
         );
+    }
+
+    #[test]
+    fn a_batch_an_ended_change_left_without_a_verdict_shows_stopped_not_baking() {
+        let c = cr(r#"
+  phase: RolledBack
+  reason: Aborted
+  batch: 1/3
+  currentBatch: 1
+  startedAt: "2026-11-21T10:01:00Z"
+  batches:
+  - {index: 1, replicas: 1, podsReady: 1, startedAt: "2026-11-21T10:01:00Z", readyAt: "2026-11-21T10:01:10Z", judgements: 2, lastJudgement: Pass}
+"#);
+        let text = status(&c, now());
+        let batch1 = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("1 "))
+            .unwrap();
+        assert!(batch1.contains("stopped (Pass so far)"), "{text}");
+        assert!(!text.contains("baking"), "{text}");
     }
 
     #[test]
