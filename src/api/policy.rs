@@ -74,29 +74,31 @@ pub struct WorkloadSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
-/// Whether `s` is a Kubernetes name segment: 1–63 characters, letters and digits at both ends,
-/// `-`, `_` and `.` between.
-fn is_name_segment(s: &str) -> bool {
-    let b = s.as_bytes();
+/// 1–63 bytes of `allowed`, starting and ending with a letter or digit.
+fn is_segment(b: &[u8], allowed: impl Fn(u8) -> bool) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter().all(|c| allowed(*c))
 }
 
-/// Whether `s` is a DNS subdomain (a label key's prefix): lowercase, dot-separated, ≤ 253.
+/// Whether `s` is a Kubernetes name segment (a label key's name, a label value): letters,
+/// digits, `-`, `_` and `.`.
+fn is_name_segment(s: &str) -> bool {
+    is_segment(s.as_bytes(), |c| {
+        c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')
+    })
+}
+
+/// Whether `s` is a DNS subdomain (a label key's prefix, a workload name): lowercase labels
+/// joined by dots, at most 253 characters.
 fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253
         && s.split('.').all(|part| {
-            let b = part.as_bytes();
-            !b.is_empty()
-                && b.len() <= 63
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            is_segment(part.as_bytes(), |c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'
+            })
         })
 }
 

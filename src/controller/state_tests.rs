@@ -410,15 +410,21 @@ fn abort_before_start_changes_nothing() {
     assert!(d.actions.is_empty());
 }
 
+/// A change aborted in its first batch (annotation `abort=a`) and rolled back.
+fn rolled_back(s: &ChangeRequestSpec) -> ChangeRequestStatus {
+    let mut o = obs(5);
+    o.signals.abort = Some("a".into());
+    let d = decide("chg", s, &started(s), &o);
+    o.workload = Some(workload(true, 0));
+    let rolled = decide("chg", s, &d.status, &o).status;
+    assert_eq!(rolled.phase, Phase::RolledBack);
+    rolled
+}
+
 #[test]
 fn retry_restarts_a_rolled_back_change() {
     let s = spec(BASIC);
-    let mut o = obs(5);
-    o.signals.abort = Some("a".into());
-    let d = decide("chg", &s, &started(&s), &o);
-    o.workload = Some(workload(true, 0));
-    let rolled = decide("chg", &s, &d.status, &o).status;
-    assert_eq!(rolled.phase, Phase::RolledBack);
+    let rolled = rolled_back(&s);
     let mut o = obs(20);
     o.signals.abort = Some("a".into());
     o.signals.retry = Some("r1".into());
@@ -445,12 +451,7 @@ fn retry_restarts_a_rolled_back_change() {
 #[test]
 fn feedback_is_recorded_in_any_phase_and_a_wrong_value_is_reported_once() {
     let s = spec(BASIC);
-    let mut o = obs(5);
-    o.signals.abort = Some("a".into());
-    let d = decide("chg", &s, &started(&s), &o);
-    o.workload = Some(workload(true, 0));
-    let rolled = decide("chg", &s, &d.status, &o).status;
-    assert_eq!(rolled.phase, Phase::RolledBack);
+    let rolled = rolled_back(&s);
     // A typo: an Event naming the annotation, nothing recorded, and only once.
     let mut o = obs(20);
     o.signals.abort = Some("a".into());

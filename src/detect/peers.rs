@@ -117,20 +117,22 @@ pub fn slot_ratios(change: &[Unit], reference: &[Unit]) -> BTreeMap<i64, f64> {
     out
 }
 
-/// (slot, change median, reference median) where both have data.
-fn aligned(change: &[Unit], reference: &[Unit]) -> Vec<(i64, f64, f64)> {
-    let collect = |units: &[Unit]| {
-        let mut at: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
-        for u in units {
-            for (s, v) in u {
-                if v.is_finite() {
-                    at.entry(*s).or_default().push(*v);
-                }
+/// Every unit's finite samples, by slot.
+fn by_slot(units: &[Unit]) -> BTreeMap<i64, Vec<f64>> {
+    let mut at: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+    for u in units {
+        for (s, v) in u {
+            if v.is_finite() {
+                at.entry(*s).or_default().push(*v);
             }
         }
-        at
-    };
-    let (c, r) = (collect(change), collect(reference));
+    }
+    at
+}
+
+/// (slot, change median, reference median) where both have data.
+fn aligned(change: &[Unit], reference: &[Unit]) -> Vec<(i64, f64, f64)> {
+    let (c, r) = (by_slot(change), by_slot(reference));
     c.iter()
         .filter_map(|(s, cv)| Some((*s, median(cv), median(r.get(s)?))))
         .collect()
@@ -150,24 +152,9 @@ pub fn departure_with(
     envelope: Option<&Envelope>,
 ) -> Departure {
     let first_slot = change.iter().filter_map(|u| u.keys().next()).min().copied();
-    let mut change_at: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
-    for u in change {
-        for (s, v) in u {
-            if v.is_finite() {
-                change_at.entry(*s).or_default().push(*v);
-            }
-        }
-    }
-    let mut ref_at: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
-    let mut all_ref = Vec::new();
-    for u in reference {
-        for (s, v) in u {
-            if v.is_finite() {
-                ref_at.entry(*s).or_default().push(*v);
-                all_ref.push(*v);
-            }
-        }
-    }
+    let change_at = by_slot(change);
+    let ref_at = by_slot(reference);
+    let all_ref: Vec<f64> = ref_at.values().flatten().copied().collect();
     let level = median(&all_ref);
     let pooled = !change_at.keys().any(|s| ref_at.contains_key(s));
     let spread = if pooled {

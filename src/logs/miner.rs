@@ -270,16 +270,7 @@ fn pieces(line: &str, out: &mut Vec<Piece>) {
         // Colon-separated hex (a MAC, an IPv6 address, a time) is one value; otherwise a colon
         // glues a word to what follows (`ciod:`, `onExtend:1514038530000`) and splits there.
         if !t.contains(&b':') || is_colon_hex(t) || is_path(t) {
-            let kind = if is_variable(&line[start..end]) {
-                Kind::Value
-            } else {
-                Kind::Word
-            };
-            out.push(Piece {
-                kind,
-                start: start as u32,
-                end: end as u32,
-            });
+            push_part(line, start, end, out);
             return;
         }
         let mut s = start;
