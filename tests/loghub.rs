@@ -83,9 +83,19 @@ fn choose(table: &[Vec<f64>], systems: &[usize]) -> usize {
 
 const HALVES: [[usize; 4]; 2] = [[0, 2, 4, 6], [1, 3, 5, 7]];
 
-/// Per system: the accuracy with the setting chosen on the other half, and with the setting
-/// chosen on the other seven systems; and the settings chosen on each half.
-fn cross_validate(table: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>, [usize; 2]) {
+/// What cross-validation chose and measured.
+struct Cv {
+    /// Per system: the accuracy with the setting chosen on the other half.
+    halves: Vec<f64>,
+    /// Per system: the accuracy with the setting chosen on the other seven systems.
+    loso: Vec<f64>,
+    /// The setting chosen on each half.
+    chosen: [usize; 2],
+    /// Per system: the setting chosen without it.
+    loso_chosen: Vec<usize>,
+}
+
+fn cross_validate(table: &[Vec<f64>]) -> Cv {
     let mut halves = vec![0.0; SYSTEMS.len()];
     let mut chosen = [0; 2];
     for (k, tune) in HALVES.iter().enumerate() {
@@ -95,13 +105,23 @@ fn cross_validate(table: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>, [usize; 2]) {
             halves[*s] = table[g][*s];
         }
     }
-    let loso = (0..SYSTEMS.len())
+    let loso_chosen: Vec<usize> = (0..SYSTEMS.len())
         .map(|s| {
             let others: Vec<usize> = (0..SYSTEMS.len()).filter(|o| *o != s).collect();
-            table[choose(table, &others)][s]
+            choose(table, &others)
         })
         .collect();
-    (halves, loso, chosen)
+    let loso = loso_chosen
+        .iter()
+        .enumerate()
+        .map(|(s, g)| table[*g][s])
+        .collect();
+    Cv {
+        halves,
+        loso,
+        chosen,
+        loso_chosen,
+    }
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -173,7 +193,12 @@ fn cross_validated_grouping_accuracy_on_loghub_beside_the_reference_parsers() {
         .iter()
         .map(|r| r.iter().map(|x| x.0).collect())
         .collect();
-    let (halves, loso, chosen) = cross_validate(&table);
+    let Cv {
+        halves,
+        loso,
+        chosen,
+        loso_chosen,
+    } = cross_validate(&table);
     for (k, g) in chosen.iter().enumerate() {
         println!(
             "graygate tuned on {:?}: distinct {}",
@@ -182,31 +207,29 @@ fn cross_validated_grouping_accuracy_on_loghub_beside_the_reference_parsers() {
         );
     }
     for (s, system) in SYSTEMS.iter().enumerate() {
-        let others: Vec<usize> = (0..SYSTEMS.len()).filter(|o| *o != s).collect();
         println!(
             "graygate without {system}: distinct {}",
-            grid[choose(&table, &others)].distinct
+            grid[loso_chosen[s]].distinct
         );
     }
-    let pa_loso: Vec<f64> = (0..SYSTEMS.len())
-        .map(|s| {
-            let others: Vec<usize> = (0..SYSTEMS.len()).filter(|o| *o != s).collect();
-            scored[choose(&table, &others)][s].1
-        })
+    let pa_loso: Vec<f64> = loso_chosen
+        .iter()
+        .enumerate()
+        .map(|(s, g)| scored[*g][s].1)
         .collect();
     let mut columns: Vec<(String, Vec<f64>, Vec<f64>)> =
         vec![("graygate".into(), halves.clone(), loso.clone())];
     if let Some(refs) = anchors(&dir) {
         for (name, (settings, t)) in refs {
-            let (h, l, c) = cross_validate(&t);
+            let cv = cross_validate(&t);
             println!(
                 "{name}: chosen on the halves: {:?} / {:?}",
-                settings[c[0]], settings[c[1]]
+                settings[cv.chosen[0]], settings[cv.chosen[1]]
             );
             for (g, row) in t.iter().enumerate() {
                 println!("{name} {} (in-sample): mean {:.3}", settings[g], mean(row));
             }
-            columns.push((name, h, l));
+            columns.push((name, cv.halves, cv.loso));
         }
     }
     print!("| system |");

@@ -11,7 +11,7 @@
 
 use crate::analysis::history::{DEFAULT_KEEP, History};
 use crate::analysis::input::{Recorded, recorded};
-use crate::analysis::recorded::{Tuning, judge_recorded, record_of};
+use crate::analysis::recorded::{Tuning, judge_and_record};
 use crate::api::{AnalysisSpec, Verdict};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -127,11 +127,11 @@ pub fn replay(
         let fail = |e: String| format!("line {} ({}): {}", c.line, c.id, e);
         let workload = c.workload.as_deref().filter(|_| with_history);
         let history = workload.and_then(|w| histories.get(w));
-        let out = judge_recorded(spec, c.recorded.clone(), tuning, history).map_err(fail)?;
-        if let Some(w) = workload
-            && !c.bad
-        {
-            let record = record_of(spec, c.recorded.clone(), tuning, &c.id).map_err(fail)?;
+        // A good case is a release the team kept: it becomes history for the next ones.
+        let record_as = (workload.is_some() && !c.bad).then_some(c.id.as_str());
+        let (out, record) =
+            judge_and_record(spec, c.recorded.clone(), tuning, history, record_as).map_err(fail)?;
+        if let (Some(w), Some(record)) = (workload, record) {
             histories
                 .entry(w)
                 .or_insert_with(|| History {

@@ -10,8 +10,8 @@
 //! judgement there is unchanged.
 
 use crate::api::Direction;
-use crate::detect::fmt_num;
-use crate::detect::peers::Envelope;
+use crate::detect::peers::{Envelope, bad_part};
+use crate::detect::{fmt_num, median};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -54,26 +54,6 @@ pub struct MetricHistory {
     pub minutes: f64,
 }
 
-fn bad_part(direction: Direction, ratio: f64) -> f64 {
-    match direction {
-        Direction::Increase => ratio - 1.0,
-        Direction::Decrease => 1.0 - ratio,
-        Direction::Either => (ratio - 1.0).abs(),
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 impl History {
     /// Keep a released change's record, at most `keep` (oldest dropped first).
     pub fn push(&mut self, record: Record, keep: usize) {
@@ -104,7 +84,9 @@ impl History {
         for s in &series {
             for (age, r) in *s {
                 if r.is_finite() {
-                    at.entry(*age).or_default().push(bad_part(direction, *r));
+                    at.entry(*age)
+                        .or_default()
+                        .push(bad_part(direction, *r - 1.0));
                 }
             }
         }
@@ -118,7 +100,7 @@ impl History {
         }
         let medians: Vec<f64> = series
             .iter()
-            .map(|s| median(s.values().copied().collect()))
+            .map(|s| median(&s.values().copied().collect::<Vec<_>>()))
             .collect();
         let lo = medians.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = medians.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -162,7 +144,7 @@ impl MetricHistory {
 /// The median of a change's slot ratios (for the sentence).
 pub fn median_ratio(ratios: &BTreeMap<i64, f64>) -> Option<f64> {
     let v: Vec<f64> = ratios.values().copied().filter(|r| r.is_finite()).collect();
-    (!v.is_empty()).then(|| median(v))
+    (!v.is_empty()).then(|| median(&v))
 }
 
 #[cfg(test)]

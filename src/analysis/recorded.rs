@@ -37,15 +37,19 @@ pub fn judge_recorded(
     Ok(judge::judge_with_history(&metrics, &params, history))
 }
 
-/// A recorded change's history record (for the workload's later changes).
-pub fn record_of(
+/// Judge recorded data with the workload's history and, when `record_as` names the change, also
+/// return the record it leaves for the workload's later changes (from the same prepared data).
+pub fn judge_and_record(
     spec: &AnalysisSpec,
     recorded: Recorded,
     tuning: &Tuning,
-    change: &str,
-) -> Result<Record, String> {
+    history: Option<&History>,
+    record_as: Option<&str>,
+) -> Result<(judge::Outcome, Option<Record>), String> {
     let (metrics, params) = prepare(spec, recorded, tuning)?;
-    Ok(judge::record(&metrics, &params, change))
+    let outcome = judge::judge_with_history(&metrics, &params, history);
+    let record = record_as.map(|change| judge::record(&metrics, &params, change));
+    Ok((outcome, record))
 }
 
 /// The metrics of the spec with the recorded data, and the judgement's parameters.

@@ -42,14 +42,14 @@ pub fn run(cmd: LogsCommand) -> u8 {
                 }
             }
             // Templates only settle once every line was seen: print the final one for each line.
-            let templates: Vec<String> = (0..miner.clusters().len() as u32)
-                .map(|id| miner.template(id))
+            let templates: std::collections::BTreeMap<u32, String> = miner
+                .templates()
+                .map(|id| (id, miner.template(id)))
                 .collect();
-            let ids: Vec<u32> = ids.into_iter().map(|id| miner.resolve(id)).collect();
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            for id in ids {
-                if writeln!(out, "{id}\t{}", templates[id as usize]).is_err() {
+            for id in ids.into_iter().map(|id| miner.resolve(id)) {
+                if writeln!(out, "{id}\t{}", templates[&id]).is_err() {
                     return 0;
                 }
             }

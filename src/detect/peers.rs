@@ -90,7 +90,8 @@ pub struct Departure {
     pub worst: Option<(f64, f64)>,
 }
 
-fn bad_part(direction: Direction, diff: f64) -> f64 {
+/// The part of a difference that goes the bad way (`direction`); negative when it goes the good way.
+pub(crate) fn bad_part(direction: Direction, diff: f64) -> f64 {
     match direction {
         Direction::Increase => diff,
         Direction::Decrease => -diff,
