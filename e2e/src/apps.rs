@@ -39,6 +39,16 @@ pub struct LogProfile {
     pub exception_rate: f64,
 }
 
+/// How a young pod differs (JIT warm-up, cold caches): slower for its first seconds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Young {
+    /// For how long after the container starts.
+    pub seconds: f64,
+    /// Latency multiplier meanwhile.
+    pub latency_factor: f64,
+}
+
 /// A behaviour, selected by an image tag.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -65,6 +75,9 @@ pub struct Profile {
     pub ready: bool,
     /// Logging.
     pub logs: LogProfile,
+    /// Slower while young, when set.
+    #[serde(default)]
+    pub young: Option<Young>,
 }
 
 /// Load every `*.yaml` profile in a folder.
@@ -132,6 +145,7 @@ struct PodApp {
     logs: VecDeque<(jiff::Timestamp, String)>,
     rng: StdRng,
     seq: u64,
+    started: std::time::Instant,
 }
 
 /// Every running simulated application.
@@ -189,6 +203,7 @@ impl Apps {
                         warn_rate: 0.02,
                         exception_rate: 0.0,
                     },
+                    young: None,
                 })
             })
     }
@@ -221,6 +236,7 @@ impl Apps {
             logs: VecDeque::new(),
             rng: StdRng::seed_from_u64(seed),
             seq: 0,
+            started: std::time::Instant::now(),
         });
         let now = jiff::Timestamp::now();
         let line = format!(
@@ -429,11 +445,17 @@ fn simulate(app: &mut PodApp, pod: &str, dt: f64, daily: f64, now: jiff::Timesta
     } else {
         0
     };
-    let median_factor = if p.jitter > 0.0 {
-        jitter.powf(0.3)
-    } else {
-        1.0
-    };
+    let young = p
+        .young
+        .as_ref()
+        .filter(|y| app.started.elapsed().as_secs_f64() < y.seconds)
+        .map_or(1.0, |y| y.latency_factor);
+    let median_factor = young
+        * if p.jitter > 0.0 {
+            jitter.powf(0.3)
+        } else {
+            1.0
+        };
     let lat = LogNormal::new(
         (p.latency.median_ms * median_factor / 1000.0).ln(),
         p.latency.sigma,

@@ -4,12 +4,12 @@
 //! running control pods (JIT warm-up, cold caches, new connection pools), and by a margin that is
 //! a property of the workload, not of the change. So every released change leaves a compact
 //! [`Record`]: per metric and per slot since its canary's first sample, the canary's value ÷ the
-//! control pods' typical value. A later change of the same workload is held against the larger
-//! of its peer band and what its released predecessors showed at the same age
-//! ([`Envelope`](crate::detect::peers::Envelope)); without [`MIN_RECORDS`] records at a slot the
-//! judgement there is unchanged.
+//! control pods' typical value. A later change of the same workload is expected to depart as its
+//! released predecessors did at the same age: its peer band is widened by the largest departure
+//! they showed there ([`Envelope`](crate::detect::peers::Envelope)). Until [`MIN_RECORDS`] records
+//! hold a slot's age the judgement is unchanged.
 
-use crate::api::Direction;
+use crate::api::{ChangeRecord, Direction, MetricRecord};
 use crate::detect::peers::{Envelope, bad_part};
 use crate::detect::{fmt_num, median};
 use serde::{Deserialize, Serialize};
@@ -131,13 +131,82 @@ impl MetricHistory {
                 )
             })
             .unwrap_or_default();
+        let first = if self.minutes < 2.0 {
+            format!("{} s", fmt_num((self.minutes * 60.0).round()))
+        } else {
+            format!("{} min", fmt_num(self.minutes.round()))
+        };
         format!(
-            "history: in the last {} released changes of {workload} the canary's {metric} ran {:.2}–{:.2}× the control in its first {} min{this}",
-            self.records,
-            self.range.0,
-            self.range.1,
-            fmt_num(self.minutes.round())
+            "history: in the last {} released changes of {workload} the canary's {metric} ran {:.2}–{:.2}× the control in its first {first}{this}",
+            self.records, self.range.0, self.range.1,
         )
+    }
+}
+
+/// Slots a record keeps per metric in status (two hours of 30 s slots).
+pub const MAX_SLOTS: usize = 240;
+/// Metrics a record keeps in status.
+pub const MAX_METRICS: usize = 16;
+
+impl Record {
+    /// The record as kept in a ChangeRequest's status: bounded, ratios to 4 decimals.
+    pub fn to_status(&self) -> ChangeRecord {
+        ChangeRecord {
+            slot_seconds: self.slot_secs,
+            metrics: self
+                .ratios
+                .iter()
+                .take(MAX_METRICS)
+                .map(|(name, slots)| {
+                    let mut ratios = vec![None; MAX_SLOTS];
+                    for (age, r) in slots {
+                        if let Ok(i) = usize::try_from(*age)
+                            && i < MAX_SLOTS
+                            && r.is_finite()
+                        {
+                            ratios[i] = Some((r * 1e4).round() / 1e4);
+                        }
+                    }
+                    let len = ratios
+                        .iter()
+                        .rposition(Option::is_some)
+                        .map_or(0, |i| i + 1);
+                    ratios.truncate(len);
+                    MetricRecord {
+                        name: name.clone(),
+                        ratios,
+                    }
+                })
+                .filter(|m| !m.ratios.is_empty())
+                .collect(),
+        }
+    }
+
+    /// A record read back from a ChangeRequest's status.
+    pub fn from_status(change: &str, r: &ChangeRecord) -> Record {
+        Record {
+            change: change.to_string(),
+            slot_secs: r.slot_seconds,
+            ratios: r
+                .metrics
+                .iter()
+                .map(|m| {
+                    let slots = m
+                        .ratios
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, r)| Some((i as i64, (*r)?)))
+                        .filter(|(_, r)| r.is_finite())
+                        .collect();
+                    (m.name.clone(), slots)
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether it holds anything.
+    pub fn is_empty(&self) -> bool {
+        self.ratios.values().all(BTreeMap::is_empty)
     }
 }
 
@@ -187,6 +256,32 @@ mod tests {
         );
         // Another slot width is another measurement.
         assert!(h.metric("Latency", Direction::Increase, 30.0).is_none());
+    }
+
+    #[test]
+    fn a_record_survives_status_with_gaps_and_bounds() {
+        let mut r = record("a", &[1.23456, 2.0]);
+        r.ratios
+            .get_mut("Latency")
+            .unwrap()
+            .extend([(5, 1.5), (-1, 9.0), (MAX_SLOTS as i64, 9.0)]);
+        let st = r.to_status();
+        assert_eq!(
+            st.metrics[0].ratios,
+            [Some(1.2346), Some(2.0), None, None, None, Some(1.5)]
+        );
+        let json = serde_json::to_string(&st).unwrap();
+        assert_eq!(
+            json,
+            r#"{"slotSeconds":60.0,"metrics":[{"name":"Latency","ratios":[1.2346,2.0,null,null,null,1.5]}]}"#
+        );
+        let back = Record::from_status("a", &serde_json::from_str(&json).unwrap());
+        assert_eq!(
+            back.ratios["Latency"],
+            BTreeMap::from([(0, 1.2346), (1, 2.0), (5, 1.5)])
+        );
+        assert!(!back.is_empty());
+        assert!(Record::default().is_empty());
     }
 
     #[test]

@@ -557,9 +557,10 @@ fn run_detector(
                 long: p.long,
             };
             let plain = detect::peers::detect(&change, &refs, &params);
-            // The workload's released changes, against the control group of the same time.
+            // The workload's released changes: recorded against the control group of their time,
+            // they apply as well to the background the last batch (all pods young) is held to.
             let learned = history
-                .filter(|_| label == "control")
+                .filter(|_| matches!(label, "control" | "background"))
                 .and_then(|h| Some((h, h.metric(&m.name, m.direction, slot)?)));
             let Some((h, mh)) = learned else {
                 return (plain, format!("change vs {label}"));

@@ -25,6 +25,8 @@ pub struct JudgeRequest<'a> {
     pub groups: Groups,
     /// When the change started (the end of the background window).
     pub change_started: jiff::Timestamp,
+    /// The workload's released changes (the history group), when it keeps any.
+    pub history: Option<history::History>,
 }
 
 /// The one seam between the engine and the analysis.

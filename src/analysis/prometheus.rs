@@ -2,6 +2,7 @@
 //! against Prometheus (bounded concurrency, timeouts, retries) and judges the result.
 
 use super::defaults::default_metrics;
+use super::history::History;
 use super::judge::{self, GroupData, Groups, Metric, MetricData};
 use super::template::{escape_literal, pods_regex, promql_duration, render};
 use super::{Analyzer, JudgeRequest};
@@ -253,12 +254,14 @@ fn vars(plan: &QueryPlan, w: &GroupWindow) -> BTreeMap<&'static str, String> {
     .into()
 }
 
-/// Query every metric for every group and judge. Shared by the operator and `graygate analyze --prometheus`.
+/// Query every metric for every group and judge, with the workload's released changes as the
+/// history group when given. Shared by the operator and `graygate analyze --prometheus`.
 pub async fn analyze(
     spec: &AnalysisSpec,
     prom: &Prom,
     token: Option<&str>,
     plan: &QueryPlan,
+    history: Option<&History>,
 ) -> Judgement {
     let (metrics, mut extra) = match resolve_metrics(spec, prom, token, plan).await {
         Ok(m) => m,
@@ -353,13 +356,15 @@ pub async fn analyze(
     let mut params = judge::Params::from_spec(spec);
     // Every judgement of the change tests again: share the level among them all.
     params.alpha /= f64::from(plan.looks.max(1));
-    let out = judge::judge(&judged, &params);
+    let out = judge::judge_with_history(&judged, &params, history);
     let mut findings = out.findings;
     findings.append(&mut extra);
+    let record = judge::record(&judged, &params, "").to_status();
     Judgement::Verdict {
         verdict: out.verdict,
         summary: out.summary,
         findings,
+        record: (!record.metrics.is_empty()).then_some(record),
     }
 }
 
@@ -454,6 +459,7 @@ pub fn merge_logs(metrics: Option<Judgement>, logs: Vec<Finding>) -> Judgement {
             verdict,
             summary,
             findings,
+            record,
         }) => {
             let mut all = logs.clone();
             all.extend(findings);
@@ -462,11 +468,13 @@ pub fn merge_logs(metrics: Option<Judgement>, logs: Vec<Finding>) -> Judgement {
                     verdict: Verdict::Fail,
                     summary: s,
                     findings: all,
+                    record,
                 },
                 None => Judgement::Verdict {
                     verdict,
                     summary,
                     findings: all,
+                    record,
                 },
             }
         }
@@ -476,11 +484,13 @@ pub fn merge_logs(metrics: Option<Judgement>, logs: Vec<Finding>) -> Judgement {
                 verdict: Verdict::Fail,
                 summary: s,
                 findings: logs,
+                record: None,
             },
             None => Judgement::Verdict {
                 verdict: Verdict::Pass,
                 summary: "log templates of the change group look like the control group's".into(),
                 findings: logs,
+                record: None,
             },
         },
     }
@@ -495,6 +505,7 @@ impl Analyzer for PrometheusAnalyzer {
                 verdict: Verdict::Inconclusive,
                 summary: "no pods in the change group".into(),
                 findings: Vec::new(),
+                record: None,
             };
         }
         // `metrics: []` asks for no metric analysis (logs only): Prometheus is not needed then.
@@ -512,7 +523,16 @@ impl Analyzer for PrometheusAnalyzer {
                 Err(e) => return Judgement::Error(e),
             };
             let plan = plan_for(&req);
-            Some(analyze(req.analysis, &prom, token.as_deref(), &plan).await)
+            Some(
+                analyze(
+                    req.analysis,
+                    &prom,
+                    token.as_deref(),
+                    &plan,
+                    req.history.as_ref(),
+                )
+                .await,
+            )
         } else {
             None
         };

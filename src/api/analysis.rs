@@ -152,6 +152,12 @@ pub struct BaselinesSpec {
     /// Compare with the same window 1 day and 7 days earlier (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<bool>,
+    /// The workload's released changes a judgement learns from: how their canaries departed from
+    /// the control at the same age widens the band of a later change (default 10; 0 turns it
+    /// off; it takes 3 before anything changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 50))]
+    pub past_changes: Option<u32>,
 }
 
 /// Log template analysis settings.

@@ -402,9 +402,41 @@ pub struct ChangeRequestStatus {
     /// A person's verdict on the change (`graygate.io/feedback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback: Option<Feedback>,
+    /// How the first batch's canary departed from the control, kept for the workload's later
+    /// changes (the history group); counts once the change is released, or stopped and marked
+    /// `false-alarm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<ChangeRecord>,
+    /// The record of the run before a `retry`, which counts when the change is marked
+    /// `false-alarm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_record: Option<ChangeRecord>,
     /// Ready, Progressing and Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// How a change's canary departed from its control group over its first batch: per metric, the
+/// canary's value ÷ the control's typical value in each slot since its first judged sample.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeRecord {
+    /// Width of a slot in seconds (the analysis interval).
+    pub slot_seconds: f64,
+    /// One entry per metric.
+    #[serde(default)]
+    pub metrics: Vec<MetricRecord>,
+}
+
+/// One metric of a [`ChangeRecord`].
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricRecord {
+    /// The metric's name.
+    pub name: String,
+    /// Canary ÷ control per slot, the first slot first; `null` where a slot had no data.
+    #[serde(default)]
+    pub ratios: Vec<Option<f64>>,
 }
 
 /// What a person said the change was, after the fact.

@@ -212,6 +212,7 @@ async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
             verdict: out.verdict,
             summary: out.summary,
             findings: out.findings,
+            record: None,
         };
         return finish(
             crate::analysis::prometheus::merge_logs(
@@ -293,7 +294,7 @@ async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
         // One judgement, tested once.
         looks: 1,
     };
-    let judged = analyze(&spec, &prom, token.as_deref(), &plan).await;
+    let judged = analyze(&spec, &prom, token.as_deref(), &plan, None).await;
     finish(
         crate::analysis::prometheus::merge_logs(Some(judged), log_findings.unwrap_or_default()),
         args.output,
@@ -306,6 +307,7 @@ fn finish(j: Judgement, output: Output) -> Result<u8, BadInput> {
             verdict,
             summary,
             findings,
+            ..
         } => {
             print(verdict, &summary, &findings, output);
             Ok(code(verdict))

@@ -1,5 +1,6 @@
 //! The reconciler: observe the cluster, call the pure decision, act idempotently, record.
 
+use super::history;
 use super::metrics::{CategoryLabel, Metrics, ResultLabel, VerdictLabel};
 use super::state::{
     self, Action, Judgement, Observation, Signals, current_step, decide, judgement_due,
@@ -294,6 +295,12 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
         (Some(window), Some(analysis)) if !deleting && workload.is_some() => {
             let t0 = Instant::now();
             let groups = rollout::groups(&sctx, step == Some(state::Step::Promote)).await?;
+            // The workload's released changes, read fresh from the cluster for every judgement.
+            let history = if history::keep(cr) > 0 {
+                history::collect(cr, &readable_changes(ctx, &ns).await?)
+            } else {
+                None
+            };
             let j = ctx
                 .analyzer
                 .judge(JudgeRequest {
@@ -302,6 +309,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
                     window,
                     groups,
                     change_started: status.started_at.as_ref().map(|t| t.0).unwrap_or(now),
+                    history,
                 })
                 .await;
             ctx.metrics

@@ -117,6 +117,8 @@ pub enum Judgement {
         summary: String,
         /// The evidence, most severe first.
         findings: Vec<Finding>,
+        /// How the canary departed from the control, for the workload's history (first batch).
+        record: Option<crate::api::ChangeRecord>,
     },
     /// The analysis could not run (Prometheus unreachable, …).
     Error(String),
@@ -522,10 +524,13 @@ impl Machine<'_> {
         if matches!(self.st.phase, Phase::Failed | Phase::RolledBack) {
             let handled = std::mem::take(&mut self.st.handled);
             let feedback = self.st.feedback.take();
+            let prior_record = self.st.record.take().or(self.st.prior_record.take());
             self.st = ChangeRequestStatus {
                 handled,
-                // The person's verdict on the stopped run stays with the change.
+                // The person's verdict on the stopped run stays with the change, and so does
+                // what its canary showed: marked false-alarm, it is history for the new run.
                 feedback,
+                prior_record,
                 conditions: std::mem::take(&mut self.st.conditions),
                 ..Default::default()
             };
@@ -1229,7 +1234,13 @@ impl Machine<'_> {
                 verdict,
                 summary,
                 findings,
+                record,
             } => {
+                // The first batch's canary is the young one the workload's history is about; the
+                // latest judgement covers the most of it.
+                if idx == 0 && record.is_some() {
+                    self.st.record.clone_from(record);
+                }
                 let b = &mut self.st.batches[idx];
                 b.judgements += 1;
                 b.last_judged_at = Some(Time(now));

@@ -500,6 +500,7 @@ fn ready_status(s: &ChangeRequestSpec) -> ChangeRequestStatus {
 
 fn verdict(v: Verdict) -> Option<Judgement> {
     Some(Judgement::Verdict {
+        record: None,
         verdict: v,
         summary: format!("{v:?} summary"),
         findings: vec![Finding {
@@ -943,4 +944,44 @@ fn a_generated_change_overtaken_by_a_newer_template_says_it_was_not_released() {
         "{:?}",
         st.message
     );
+}
+
+#[test]
+fn the_first_batch_judgement_leaves_the_record_and_a_retry_keeps_it_as_prior() {
+    let s = analysis_spec("");
+    let record = |r: f64| crate::api::ChangeRecord {
+        slot_seconds: 10.0,
+        metrics: vec![crate::api::MetricRecord {
+            name: "latency".into(),
+            ratios: vec![Some(r)],
+        }],
+    };
+    let with_record = |v: Verdict, r: f64| {
+        let mut j = verdict(v);
+        if let Some(Judgement::Verdict { record: slot, .. }) = &mut j {
+            *slot = Some(record(r));
+        }
+        j
+    };
+    let st = ready_status(&s);
+    let mut o = obs(21);
+    o.workload = Some(workload(true, 1));
+    o.judgement = with_record(Verdict::Pass, 1.5);
+    let st = decide("chg", &s, &st, &o).status;
+    assert_eq!(st.record, Some(record(1.5)));
+    // A later judgement of the first batch covers more of the canary's life: it replaces it.
+    o.now = t(31);
+    o.judgement = with_record(Verdict::Fail, 2.0);
+    let st = decide("chg", &s, &st, &o).status;
+    assert_eq!(st.record, Some(record(2.0)));
+    // Rolled back and retried: the stopped run's record waits in priorRecord for feedback.
+    let mut rolled = st.clone();
+    rolled.phase = Phase::RolledBack;
+    let mut o = obs(40);
+    o.workload = Some(workload(true, 1));
+    o.signals.retry = Some("r1".into());
+    let d = decide("chg", &s, &rolled, &o);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.record, None);
+    assert_eq!(d.status.prior_record, Some(record(2.0)));
 }

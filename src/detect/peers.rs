@@ -101,7 +101,8 @@ pub(crate) fn bad_part(direction: Direction, diff: f64) -> f64 {
 
 /// What the workload's earlier released changes showed, per slot since their canary's first
 /// sample: the largest relative departure in the bad direction (departure ÷ |typical value|).
-/// At a slot it holds, the band is at least that share of the references' typical value.
+/// At a slot it holds, the band widens by that share of the references' typical value; past its
+/// last slot, by what it holds there.
 pub type Envelope = BTreeMap<i64, f64>;
 
 /// Per slot where change and references line up: the change's value ÷ the references' typical
@@ -206,9 +207,13 @@ pub fn departure_with(
         let value = median(values);
         let dep = bad_part(p.direction, value - typical);
         let age = s - first_slot.unwrap_or(*s);
+        // The history's departure is where a healthy canary of this age is expected to be; the
+        // band (the peers' noise, the minimum effect) still applies around it. Past the oldest
+        // age the history reaches, what it showed there: a young pod's departure fades as it
+        // ages, so the last recorded age bounds the later ones.
         let band = envelope
-            .and_then(|e| e.get(&age))
-            .map_or(band, |h| band.max(h.max(0.0) * typical.abs()));
+            .and_then(|e| e.range(..=age).next_back())
+            .map_or(band, |(_, h)| band + h.max(0.0) * typical.abs());
         let e = if band > 0.0 {
             dep / band
         } else if dep > 0.0 {
@@ -340,6 +345,31 @@ mod tests {
             direction,
             ..Params::default()
         }
+    }
+
+    #[test]
+    fn history_widens_the_band_at_its_ages_and_past_the_last_one_it_reached() {
+        let controls = [unit(&[1.0; 8]), unit(&[1.05; 8]), unit(&[0.95; 8])];
+        // Young canaries of this workload run 2.5× the control.
+        let canary = [unit(&[2.5; 8])];
+        let pi = p(Direction::Increase);
+        assert_eq!(detect(&canary, &controls, &pi).outcome, Verdict::Fail);
+        // Records reach ages 0–2 only (stopped early): ages 3–7 keep the age-2 allowance.
+        let short: Envelope = [(0, 1.6), (1, 1.55), (2, 1.52)].into();
+        let d = detect_with(&canary, &controls, &pi, Some(&short));
+        assert_eq!(d.outcome, Verdict::Pass, "{}", d.explanation);
+        // A history that showed less than this one's departure does not excuse it.
+        let smaller: Envelope = [(0, 0.4), (1, 0.4), (2, 0.4)].into();
+        assert_eq!(
+            detect_with(&canary, &controls, &pi, Some(&smaller)).outcome,
+            Verdict::Fail
+        );
+        // Before the first age a history holds, it does not apply.
+        let late: Envelope = [(6, 1.6)].into();
+        assert_eq!(
+            detect_with(&canary, &controls, &pi, Some(&late)).outcome,
+            Verdict::Fail
+        );
     }
 
     #[test]
