@@ -64,7 +64,7 @@ pub fn datasets(data: &Path, examples: &Path) -> Result<Vec<Dataset>, String> {
                     kayenta_style,
                 ),
             ],
-            target: (0.50, 0.02),
+            target: (0.60, 0.01),
         },
         Dataset {
             name: "kontrast",
@@ -76,7 +76,7 @@ pub fn datasets(data: &Path, examples: &Path) -> Result<Vec<Dataset>, String> {
                 ("three-sigma on the median (MAD)", three_sigma_median),
                 ("Kolmogorov-Smirnov p < 0.01", kolmogorov_smirnov),
             ],
-            target: (0.80, 0.05),
+            target: (0.82, 0.04),
         },
     ])
 }

@@ -223,6 +223,9 @@ pub struct Params {
     pub far_samples: usize,
     /// Slots in a row the `peers` detector needs.
     pub long: usize,
+    /// Level of each side of the history's prediction interval (set by the judgement: its
+    /// `alpha` shared among the metrics the history holds).
+    pub history_alpha: f64,
 }
 
 impl Params {
@@ -256,6 +259,7 @@ impl Default for Params {
             far: peers::DEFAULT_FAR,
             far_samples: peers::DEFAULT_FAR_SAMPLES,
             long: peers::DEFAULT_LONG,
+            history_alpha: 0.01,
         }
     }
 }
@@ -567,6 +571,39 @@ fn run_detector(
             };
             let mut d = detect::peers::detect_with(&change, &refs, &params, Some(&mh.envelope));
             let this = super::history::median_ratio(&detect::peers::slot_ratios(&change, &refs));
+            // Where the released changes say a healthy canary's typical ratio lies: a change
+            // outside it (and beyond the control pods' own disagreement) departs from its
+            // workload's record even when the generic minimum effect would let it pass.
+            let beyond = match (this, mh.prediction(p.history_alpha)) {
+                (Some(r), Some((lo, hi))) if d.outcome != Verdict::Fail => {
+                    let outside = match m.direction {
+                        crate::api::Direction::Increase => r > hi,
+                        crate::api::Direction::Decrease => r < lo,
+                        crate::api::Direction::Either => r > hi || r < lo,
+                    };
+                    let dep = detect::peers::departure_with(&change, &refs, &params, None);
+                    let departs =
+                        peers::bad_part(m.direction, r - 1.0) * dep.level.abs() > dep.spread;
+                    (outside && departs).then_some((lo, hi))
+                }
+                _ => None,
+            };
+            if let (Some((lo, hi)), Some(r)) = (beyond, this) {
+                d.outcome = Verdict::Fail;
+                d.score = r;
+                d.threshold = if m.direction == crate::api::Direction::Decrease {
+                    lo
+                } else {
+                    hi
+                };
+                let sentence = mh.sentence(&h.workload, &m.name, this, false);
+                d.explanation = format!(
+                    "{sentence}: outside {lo:.2}–{hi:.2}×, where they put a healthy canary (prediction interval, {}% each side); against the {label} alone: {}",
+                    fmt_num(p.history_alpha * 100.0),
+                    d.explanation,
+                );
+                return (d, format!("change vs {label} and history"));
+            }
             let within = d.outcome != Verdict::Fail;
             let sentence = mh.sentence(&h.workload, &m.name, this, within);
             if plain.outcome == Verdict::Fail && within {
@@ -663,6 +700,23 @@ pub fn judge_with_history(
     p: &Params,
     history: Option<&super::history::History>,
 ) -> Outcome {
+    // The history's prediction intervals share the judgement's level among the metrics it holds.
+    let mut shared = *p;
+    if let Some(h) = history {
+        let held = metrics
+            .iter()
+            .filter(|(m, _)| m.detectors.iter().any(|d| d == "peers"))
+            .filter(|(m, _)| {
+                h.records
+                    .iter()
+                    .filter(|r| r.ratios.contains_key(&m.name))
+                    .count()
+                    >= super::history::MIN_RECORDS
+            })
+            .count();
+        shared.history_alpha = p.alpha / held.max(1) as f64;
+    }
+    let p = &shared;
     let mut findings = Vec::new();
     // Metrics that would have failed but for the workload's history.
     let mut explained: Vec<String> = Vec::new();
@@ -965,6 +1019,71 @@ mod tests {
             judge(&[(m, quiet)], &Params::default()).verdict,
             Verdict::Pass
         );
+    }
+
+    #[test]
+    fn a_change_outside_what_its_released_changes_predict_fails_within_the_minimum_effect() {
+        use super::super::history::{History, Record};
+        let pods = |values: &[(&str, f64)]| {
+            GroupData(
+                values
+                    .iter()
+                    .map(|(pod, v)| {
+                        (
+                            pod.to_string(),
+                            (0..10).map(|t| (f64::from(t), *v)).collect(),
+                        )
+                    })
+                    .collect(),
+            )
+        };
+        let case = |canary: f64| {
+            MetricData::Plain(Groups {
+                change: pods(&[("canary", canary)]),
+                control: Some(pods(&[("a", 1.0), ("b", 1.02), ("c", 0.98)])),
+                ..Default::default()
+            })
+        };
+        let mut cpu = metric("cpu", true, &["peers"]);
+        cpu.kind = MetricKind::Cpu;
+        cpu.min_delta = 1.0; // a doubling, as for CPU by default
+        let p = Params {
+            slot_secs: 1.0,
+            ..Params::default()
+        };
+        let history = History {
+            workload: "Deployment/currency".into(),
+            records: [0.995, 0.95, 0.968, 1.023, 0.978, 0.969]
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Record {
+                    change: format!("v{i}"),
+                    slot_secs: 1.0,
+                    ratios: [("cpu".to_string(), (0..10).map(|a| (a, *r)).collect())].into(),
+                })
+                .collect(),
+        };
+        let judged = |canary: f64, h: Option<&History>| {
+            judge_with_history(&[(cpu.clone(), case(canary))], &p, h)
+        };
+        // 1.3× is well within the generic minimum effect…
+        assert_eq!(judged(1.3, None).verdict, Verdict::Pass);
+        // …but not within what six healthy releases of this workload showed (0.86–1.12× at 1%).
+        let out = judged(1.3, Some(&history));
+        assert_eq!(out.verdict, Verdict::Fail, "{}", out.summary);
+        let f = &out.findings[0];
+        assert!(
+            f.explanation.starts_with(
+                "history: in the last 6 released changes of Deployment/currency the canary's cpu ran 0.95–1.02×"
+            ) && f.explanation.contains("this one 1.30× — beyond: outside 0.89–1.08×"),
+            "{}",
+            f.explanation
+        );
+        assert_eq!(f.score, Some(1.3));
+        // A canary like its predecessors passes, and says so.
+        let out = judged(1.0, Some(&history));
+        assert_eq!(out.verdict, Verdict::Pass, "{}", out.summary);
+        assert!(out.findings[0].explanation.contains("— within"));
     }
 
     #[test]
