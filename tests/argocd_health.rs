@@ -43,7 +43,8 @@ fn change(status: Value) -> Value {
 fn every_phase_maps_to_an_argo_cd_health_status() {
     for phase in Phase::ALL {
         let expected = match phase {
-            Phase::Succeeded => "Healthy",
+            // A superseded change ended without harm: a newer one carries on.
+            Phase::Succeeded | Phase::Superseded => "Healthy",
             Phase::Pending | Phase::Progressing | Phase::Blocked => "Progressing",
             Phase::AwaitingApproval | Phase::Paused => "Suspended",
             Phase::RollingBack | Phase::RolledBack | Phase::Failed | Phase::Invalid => "Degraded",

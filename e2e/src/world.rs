@@ -573,6 +573,20 @@ impl World {
 
     /// Reasons of the Events recorded for an object, oldest first.
     pub async fn event_reasons(&self, ns: &str, name: &str) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .events(ns, name)
+            .await?
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect())
+    }
+
+    /// The Events (events.k8s.io) regarding the object `name` in `ns`, oldest first.
+    pub async fn events(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> anyhow::Result<Vec<k8s_openapi::api::events::v1::Event>> {
         let api: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.client.clone(), ns);
         let mut events: Vec<_> = api
@@ -591,7 +605,7 @@ impl World {
                     .and_then(|r| r.parse::<u64>().ok()),
             )
         });
-        Ok(events.into_iter().filter_map(|e| e.reason).collect())
+        Ok(events)
     }
 
     /// Requests graygate sent that the operator's RBAC table (`graygate::access`) does not allow,

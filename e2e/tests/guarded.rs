@@ -746,12 +746,24 @@ spec:
     let v2_canary = cr_canary(&w, ns, &v2).await;
     set_image(&w, ns, "shop/web:healthy-v3");
     let v3 = next_change(&w, ns, 2, std::slice::from_ref(&v2)).await;
-    let rolled = w
-        .wait_phase(ns, &v2, Phase::RolledBack, LONG)
+    // Superseded is its own ending: not a rollback, not a failure (no failure marker, no
+    // RolledBack phase for the alert).
+    let superseded = w
+        .wait_phase(ns, &v2, Phase::Superseded, LONG)
         .await
         .unwrap();
-    let msg = rolled.status.unwrap().message.unwrap_or_default();
+    let st = superseded.status.unwrap();
+    assert_eq!(st.reason.as_deref(), Some("Superseded"));
+    let msg = st.message.unwrap_or_default();
     assert!(msg.contains(&format!("superseded by {v3}")), "{msg}");
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert!(
+        !d.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(graygate::api::ANN_FAILED),
+        "a superseded change is no failed template"
+    );
     w.wait_phase(ns, &v3, Phase::Succeeded, LONG).await.unwrap();
     wait_deployment_ready(&w, ns, "web", 4).await;
     let d = deployment(&w, ns, "web").await.unwrap();
@@ -796,6 +808,24 @@ spec:
     assert_eq!(image_of(&d), "shop/web:healthy-v5");
     assert_ne!(d.spec.as_ref().unwrap().paused, Some(true));
     wait_old_serving(&w, ns, "shop/web:healthy-v5", 4).await;
+
+    // Each hold has an Event of its own, naming its own change (not one series folded under
+    // the first change's note).
+    let held: Vec<String> = w
+        .events(ns, "web")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ChangeHeld"))
+        .filter_map(|e| e.note)
+        .collect();
+    for c in [&v2, &v3, &v4, &v5] {
+        assert!(
+            held.iter()
+                .any(|n| n.contains(&format!("as ChangeRequest {c}"))),
+            "no ChangeHeld Event of its own for {c}: {held:#?}"
+        );
+    }
     assert_within_rbac(&w);
 }
 

@@ -377,6 +377,29 @@ pub fn workload_pods_regex(kind: TargetKind, target: &str) -> String {
     }
 }
 
+/// The `{{pods}}` pattern of a change's background window. A guarded Deployment's canaries are
+/// ReplicaSets of the Deployment itself, so a rolled-back bad canary's pods carry the workload's
+/// name pattern: the background then takes only the pods of the ReplicaSet that ran when the
+/// change started (its `pod-template-hash`), never an earlier failed canary's. An explicit change's
+/// canaries are Deployments of their own (`<target>-canary-<change>`) and never match the target's
+/// pattern; a StatefulSet's pods keep their names across revisions.
+pub fn background_pods_regex(cr: &crate::api::ChangeRequest) -> String {
+    let target = &cr.spec.target;
+    let stable = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.stable_revision.as_deref())
+        .filter(|h| !h.is_empty());
+    match (target.kind, cr.spec.policy.is_some(), stable) {
+        (TargetKind::Deployment, true, Some(hash)) => format!(
+            "{}\\\\-{}\\\\-[a-z0-9]+",
+            escape_literal(&target.name),
+            escape_literal(hash)
+        ),
+        _ => workload_pods_regex(target.kind, &target.name),
+    }
+}
+
 /// The groups and windows of one judgement.
 pub fn plan_for(req: &JudgeRequest<'_>) -> QueryPlan {
     let spec = req.analysis;
@@ -410,7 +433,7 @@ pub fn plan_for(req: &JudgeRequest<'_>) -> QueryPlan {
             req.change_started - jiff::SignedDuration::from_millis(background.as_millis_i64());
         windows.push(GroupWindow {
             group: "background",
-            pods: workload.clone(),
+            pods: background_pods_regex(req.cr),
             from,
             to: req.change_started,
         });
@@ -561,5 +584,47 @@ impl Analyzer for PrometheusAnalyzer {
             _ => Vec::new(),
         };
         merge_logs(metrics, logs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guarded_deployment_background_is_the_stable_replica_set_only() {
+        let yaml = |policy: &str| {
+            format!(
+                "target: {{kind: Deployment, name: web}}\nimages: {{app: x}}\nbatches: [{{percent: 100}}]\n{policy}"
+            )
+        };
+        let mut guarded = crate::api::ChangeRequest::new(
+            "web-85a8c3d44a",
+            serde_yaml::from_str(&yaml("policy: web-policy")).unwrap(),
+        );
+        // Before the change has measured its target: the workload's name pattern.
+        assert_eq!(
+            background_pods_regex(&guarded),
+            workload_pods_regex(TargetKind::Deployment, "web")
+        );
+        guarded.status = Some(crate::api::ChangeRequestStatus {
+            stable_revision: Some("6d4cf56db6".into()),
+            ..Default::default()
+        });
+        let pattern = background_pods_regex(&guarded);
+        assert_eq!(pattern, "web\\\\-6d4cf56db6\\\\-[a-z0-9]+");
+        // As Prometheus reads it (PromQL string unescaped, RE2 anchored): the stable pods match,
+        // a rolled-back canary ReplicaSet's pods of the same Deployment do not.
+        let re = regex::Regex::new(&format!("^(?:{})$", pattern.replace("\\\\", "\\"))).unwrap();
+        assert!(re.is_match("web-6d4cf56db6-x7k2p"));
+        assert!(!re.is_match("web-85a8c3d44a-q9w8e"));
+        // An explicit change keeps the workload's pattern: its canaries are other Deployments.
+        let mut explicit =
+            crate::api::ChangeRequest::new("v2", serde_yaml::from_str(&yaml("")).unwrap());
+        explicit.status = guarded.status.clone();
+        assert_eq!(
+            background_pods_regex(&explicit),
+            workload_pods_regex(TargetKind::Deployment, "web")
+        );
     }
 }

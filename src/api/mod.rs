@@ -249,6 +249,10 @@ pub enum Phase {
     RollingBack,
     /// The change was undone; the workload runs its old template.
     RolledBack,
+    /// A newer template of the workload replaced this change before it finished (a guarded
+    /// workload's `onNewerChange: supersede`, or a revert to the running template): its canary
+    /// was removed and nothing failed.
+    Superseded,
     /// Every batch passed and the target runs the new template.
     Succeeded,
     /// The change could not be completed nor undone automatically; see the conditions.
@@ -261,13 +265,14 @@ pub enum Phase {
 
 impl Phase {
     /// All phases, for metrics.
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 11] = [
         Phase::Pending,
         Phase::Progressing,
         Phase::AwaitingApproval,
         Phase::Paused,
         Phase::RollingBack,
         Phase::RolledBack,
+        Phase::Superseded,
         Phase::Succeeded,
         Phase::Failed,
         Phase::Blocked,
@@ -286,7 +291,11 @@ impl Phase {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Phase::RolledBack | Phase::Succeeded | Phase::Failed | Phase::Invalid
+            Phase::RolledBack
+                | Phase::Superseded
+                | Phase::Succeeded
+                | Phase::Failed
+                | Phase::Invalid
         )
     }
 
@@ -299,6 +308,7 @@ impl Phase {
             Phase::Paused => "Paused",
             Phase::RollingBack => "RollingBack",
             Phase::RolledBack => "RolledBack",
+            Phase::Superseded => "Superseded",
             Phase::Succeeded => "Succeeded",
             Phase::Failed => "Failed",
             Phase::Blocked => "Blocked",

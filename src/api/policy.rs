@@ -23,6 +23,9 @@ pub const ANN_HELD: &str = "graygate.io/held-template";
 pub const ANN_PARTITION: &str = "graygate.io/partition";
 /// Annotation graygate sets when a held template failed: `<hash> (<ChangeRequest>)`.
 pub const ANN_FAILED: &str = "graygate.io/failed-template";
+/// How the `graygate.io/abort` value graygate writes when a newer template replaces a change
+/// begins: such a change ends `Superseded`, not `RolledBack`.
+pub const SUPERSEDED_BY: &str = "superseded by";
 /// Annotation naming the ChangeRequest rolling out the held template.
 pub const ANN_CHANGE: &str = "graygate.io/change";
 /// Finalizer that releases a deleted policy's workloads.

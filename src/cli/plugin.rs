@@ -342,11 +342,11 @@ async fn run_inner(args: PluginArgs) -> Result<()> {
         }
         Verb::Retry { name } => {
             let allowed = |p: Phase| {
-                if matches!(p, Phase::Failed | Phase::RolledBack) {
+                if matches!(p, Phase::Failed | Phase::RolledBack | Phase::Superseded) {
                     Ok(())
                 } else {
                     Err(PluginError(format!(
-                        "changerequest {name:?} is {}; only a Failed or RolledBack change can be retried",
+                        "changerequest {name:?} is {}; only a Failed, RolledBack or Superseded change can be retried",
                         p.as_str()
                     )))
                 }
@@ -510,6 +510,10 @@ fn next_step(name: &str, st: &ChangeRequestStatus) -> Option<String> {
             "fix the change, then: kubectl graygate retry {name}"
         )),
         Phase::Invalid => Some("fix the spec field named above and apply it again".into()),
+        Phase::Superseded => Some(
+            "nothing: a newer template replaced this change (apply this one again to roll it out)"
+                .into(),
+        ),
         _ => None,
     }
 }

@@ -289,7 +289,7 @@ pub fn planned_looks(
 /// The step the workload should be at for this status, which the shell observes progress against.
 pub fn current_step(spec: &ChangeRequestSpec, status: &ChangeRequestStatus) -> Option<Step> {
     match status.phase {
-        Phase::RollingBack | Phase::RolledBack => return Some(Step::Restore),
+        Phase::RollingBack | Phase::RolledBack | Phase::Superseded => return Some(Step::Restore),
         Phase::Pending | Phase::Blocked | Phase::Invalid => return None,
         _ => {}
     }
@@ -377,7 +377,11 @@ impl Machine<'_> {
             return;
         }
         match self.st.phase {
-            Phase::Invalid | Phase::Succeeded | Phase::RolledBack | Phase::Failed => {}
+            Phase::Invalid
+            | Phase::Succeeded
+            | Phase::RolledBack
+            | Phase::Superseded
+            | Phase::Failed => {}
             Phase::Pending | Phase::Blocked => self.start(),
             Phase::Progressing | Phase::AwaitingApproval => {
                 if self.obs.signals.pause {
@@ -521,7 +525,10 @@ impl Machine<'_> {
             return;
         }
         self.st.handled.retry = Some(token.clone());
-        if matches!(self.st.phase, Phase::Failed | Phase::RolledBack) {
+        if matches!(
+            self.st.phase,
+            Phase::Failed | Phase::RolledBack | Phase::Superseded
+        ) {
             let handled = std::mem::take(&mut self.st.handled);
             let feedback = self.st.feedback.take();
             let prior_record = self.st.record.take().or(self.st.prior_record.take());
@@ -544,7 +551,7 @@ impl Machine<'_> {
                 false,
                 "RetryIgnored",
                 format!(
-                    "retry applies to a Failed or RolledBack change; this one is {}",
+                    "retry applies to a Failed, RolledBack or Superseded change; this one is {}",
                     self.st.phase.as_str()
                 ),
             );
@@ -620,9 +627,19 @@ impl Machine<'_> {
             return false;
         }
         self.st.handled.abort = Some(token.clone());
+        // graygate's policy writes "superseded by …" when a newer template replaces the change:
+        // not a failure, and it ends as Superseded.
+        let superseded = token.trim().starts_with(SUPERSEDED_BY);
         if self.st.phase.is_active() && self.st.phase != Phase::RollingBack {
-            // A value with words in it (graygate's policy writes "superseded by …") is the
-            // reason; a bare token (kubectl graygate abort writes a timestamp) is not.
+            if superseded {
+                self.begin_rollback(
+                    "Superseded",
+                    &format!("{}; removing its canary", token.trim()),
+                );
+                return true;
+            }
+            // A value with words in it is the reason; a bare token (kubectl graygate abort
+            // writes a timestamp) is not.
             let why = if token.trim().contains(' ') {
                 format!(
                     "aborted by the graygate.io/abort annotation: {}",
@@ -635,6 +652,15 @@ impl Machine<'_> {
             return true;
         }
         if matches!(self.st.phase, Phase::Pending | Phase::Blocked) {
+            if superseded {
+                let why = format!(
+                    "{} before its first batch; nothing was changed",
+                    token.trim()
+                );
+                self.note(false, "Superseded", why.clone());
+                self.set_phase(Phase::Superseded, Some("Superseded"), why);
+                return true;
+            }
             self.note(
                 false,
                 "Aborted",
@@ -669,6 +695,18 @@ impl Machine<'_> {
         if self.workload_reached() {
             let why = self.st.message.clone().unwrap_or_default();
             let reason = self.st.reason.clone();
+            if reason.as_deref() == Some("Superseded") {
+                let why = why
+                    .trim_start_matches("rolling back: ")
+                    .replace("; removing its canary", "");
+                self.set_phase(
+                    Phase::Superseded,
+                    Some("Superseded"),
+                    format!("{why}; its canary is gone and the newer change carries on"),
+                );
+                self.note(false, "Superseded", why);
+                return;
+            }
             self.set_phase(
                 Phase::RolledBack,
                 reason.as_deref(),
@@ -1364,11 +1402,11 @@ pub fn set_conditions(st: &mut ChangeRequestStatus, now: Timestamp, generation: 
         now,
         generation,
     );
-    let degraded_now = matches!(
+    let degraded_now = (matches!(
         phase,
         Phase::Failed | Phase::RolledBack | Phase::RollingBack
-    ) || (phase == Phase::Paused
-        && st.reason.as_deref() != Some("PausedByAnnotation"))
+    ) && st.reason.as_deref() != Some("Superseded"))
+        || (phase == Phase::Paused && st.reason.as_deref() != Some("PausedByAnnotation"))
         || phase == Phase::Invalid;
     let degraded = condition("Degraded", degraded_now, &reason, &message, now, generation);
     let mut next = Vec::new();

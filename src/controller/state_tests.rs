@@ -889,13 +889,13 @@ fn every_judgement_of_the_change_counts_in_its_looks() {
 fn an_abort_with_words_carries_them_into_the_message() {
     let s = spec(BASIC);
     let mut o = obs(5);
-    o.signals.abort = Some("superseded by web-abc".into());
+    o.signals.abort = Some("the build was wrong".into());
     let d = decide("chg", &s, &started(&s), &o);
     assert!(
         d.status
             .message
             .as_deref()
-            .is_some_and(|m| m.contains(": superseded by web-abc")),
+            .is_some_and(|m| m.contains(": the build was wrong")),
         "{:?}",
         d.status.message
     );
@@ -984,4 +984,40 @@ fn the_first_batch_judgement_leaves_the_record_and_a_retry_keeps_it_as_prior() {
     assert_eq!(d.status.phase, Phase::Progressing);
     assert_eq!(d.status.record, None);
     assert_eq!(d.status.prior_record, Some(record(2.0)));
+}
+
+#[test]
+fn a_superseded_change_ends_superseded_not_rolled_back_and_can_roll_again() {
+    let s = spec(BASIC);
+    let mut o = obs(5);
+    o.signals.abort = Some("superseded by web-abc".into());
+    let d = decide("chg", &s, &started(&s), &o);
+    assert_eq!(d.status.phase, Phase::RollingBack);
+    assert_eq!(d.status.reason.as_deref(), Some("Superseded"));
+    assert_eq!(cond(&d.status, "Degraded").status, "False");
+    o.workload = Some(workload(true, 0));
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::Superseded);
+    assert!(d.status.phase.is_terminal());
+    assert_eq!(reasons(&d), vec!["Superseded"]);
+    assert!(!d.notes[0].warning, "a supersede is routine");
+    let msg = d.status.message.clone().unwrap();
+    assert_eq!(
+        msg,
+        "superseded by web-abc; its canary is gone and the newer change carries on"
+    );
+    assert_eq!(cond(&d.status, "Degraded").status, "False");
+    // Applied again later: a retry starts it from the first batch.
+    o.signals.retry = Some("held again".into());
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.current_batch, 1);
+    // Superseded before it started: nothing was changed, and it says so.
+    let mut o = obs(0);
+    o.blocker = Some("other".into());
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &o);
+    o.signals.abort = Some("superseded by web-def".into());
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::Superseded);
+    assert!(d.actions.is_empty());
 }

@@ -120,6 +120,20 @@ async fn event(
     reason: &str,
     note: String,
 ) {
+    related_event(ctx, obj, None, warning, reason, note).await;
+}
+
+/// An Event about `obj` that concerns one change (`related`: the ChangeRequest, or the template
+/// hash when there is none). Events of one reason about one object are folded into a series by
+/// (reason, action, related object); the change keeps each change's Event its own.
+async fn related_event(
+    ctx: &Context,
+    obj: &k8s_openapi::api::core::v1::ObjectReference,
+    related: Option<Related<'_>>,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
     if !ctx.fence.allows() {
         return;
     }
@@ -131,11 +145,37 @@ async fn event(
         },
         reason: reason.into(),
         note: Some(crate::util::trim_to(&note, 1000)),
-        action: reason.into(),
-        secondary: None,
+        action: match &related {
+            Some(Related::Template(hash)) => format!("{reason} {hash}"),
+            _ => reason.into(),
+        },
+        secondary: match related {
+            Some(Related::Change(cr)) => Some(cr),
+            _ => None,
+        },
     };
     if let Err(e) = ctx.recorder.publish(&ev, obj).await {
         tracing::warn!(error = %e, reason, "could not record Event");
+    }
+}
+
+/// What one change's Event is about besides the workload.
+enum Related<'a> {
+    /// The ChangeRequest that carries the change.
+    Change(k8s_openapi::api::core::v1::ObjectReference),
+    /// A template released without a ChangeRequest.
+    Template(&'a str),
+}
+
+/// A reference to the ChangeRequest `name` in `ns`.
+fn change_ref(ns: &str, name: &str) -> k8s_openapi::api::core::v1::ObjectReference {
+    use kube::Resource;
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(ChangeRequest::api_version(&()).into_owned()),
+        kind: Some(ChangeRequest::kind(&()).into_owned()),
+        namespace: Some(ns.to_string()),
+        name: Some(name.to_string()),
+        ..Default::default()
     }
 }
 
@@ -421,7 +461,7 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
             if w.running.is_none() && !releasing {
                 // Reverted to what its pods run: nothing to roll out.
                 patch_workload(ctx, ns, w.kind, &w.name, release_body(w)).await?;
-                event(ctx, &w.reference, false, "Released", format!(
+                related_event(ctx, &w.reference, Some(Related::Template(&hash)), false, "Released", format!(
                     "{kind}/{} holds the template its pods already run ({hash}): released without a change", w.name)).await;
                 entry.message = Some(
                     "the held template equals the running one: released without a change".into(),
@@ -431,7 +471,7 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                     ns,
                     &of_workload,
                     "",
-                    "the workload went back to its running template",
+                    &format!("{SUPERSEDED_BY} the running template (the workload went back to it)"),
                 )
                 .await?;
                 entries.push(entry);
@@ -444,10 +484,44 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                 None => {
                     let spec = spec_for(policy, w.kind, &w.name, w.template.clone());
                     create_change(ctx, ns, policy, w, &cr_name, spec).await?;
-                    event(ctx, &w.reference, false, "ChangeHeld", format!(
+                    related_event(ctx, &w.reference, Some(Related::Change(change_ref(ns, &cr_name))), false, "ChangeHeld", format!(
                         "pod template {hash} held; rolling out in gray batches as ChangeRequest {cr_name}")).await;
                     entry.state = "Held".into();
                     entry.message = Some(format!("held; rolling out as ChangeRequest {cr_name}"));
+                }
+                Some(c)
+                    if c.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == Phase::Superseded) =>
+                {
+                    // Replaced by a newer template, now applied again: nothing failed, so it
+                    // rolls out again from the first batch (once per time it ended).
+                    let token = format!(
+                        "held again after {}",
+                        c.status
+                            .as_ref()
+                            .and_then(|s| s.finished_at.as_ref())
+                            .map(|t| t.0.to_string())
+                            .unwrap_or_default()
+                    );
+                    if c.annotations().get(ANN_RETRY) != Some(&token) {
+                        ctx.fence.check()?;
+                        Api::<ChangeRequest>::namespaced(ctx.client.clone(), ns)
+                            .patch(
+                                &cr_name,
+                                &patch_params(MANAGER_GUARD),
+                                &Patch::Merge(
+                                    json!({"metadata": {"annotations": {ANN_RETRY: token}}}),
+                                ),
+                            )
+                            .await?;
+                        related_event(ctx, &w.reference, Some(Related::Change(change_ref(ns, &cr_name))), false, "ChangeHeld", format!(
+                            "pod template {hash} held again; ChangeRequest {cr_name} (superseded before) rolls it out again in gray batches")).await;
+                    }
+                    entry.state = "Held".into();
+                    entry.message = Some(format!(
+                        "held again; rolling out as ChangeRequest {cr_name}"
+                    ));
                 }
                 Some(c) => {
                     let phase = c.status.as_ref().map(|s| s.phase).unwrap_or_default();
@@ -471,7 +545,7 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                     ns,
                     &of_workload,
                     &cr_name,
-                    &format!("superseded by {cr_name}"),
+                    &format!("{SUPERSEDED_BY} {cr_name}"),
                 )
                 .await?;
             }
@@ -555,7 +629,10 @@ async fn supersede(
     for c in changes {
         let phase = c.status.as_ref().map(|s| s.phase).unwrap_or_default();
         let open = phase.is_active() || matches!(phase, Phase::Pending | Phase::Blocked);
-        if c.name_any() == keep || !open || c.annotations().contains_key(ANN_ABORT) {
+        if c.name_any() == keep
+            || !open
+            || c.annotations().get(ANN_ABORT).map(String::as_str) == Some(why)
+        {
             continue;
         }
         ctx.fence.check()?;

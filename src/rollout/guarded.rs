@@ -337,7 +337,10 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 super::delete_in_background(&rs_api, &name).await?;
             }
             let failed = format!("{} ({})", template_hash(&new_template), ctx.cr.name_any());
-            if d.annotations().get(ANN_FAILED) != Some(&failed) && !released(&d) {
+            // A superseded change did not fail: no failure marker for it.
+            let superseded =
+                ctx.cr.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("Superseded");
+            if !superseded && d.annotations().get(ANN_FAILED) != Some(&failed) && !released(&d) {
                 ctx.fence.check()?;
                 api.patch(
                     &d.name_any(),

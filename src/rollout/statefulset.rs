@@ -256,7 +256,8 @@ async fn hold_again(
             &sts.name_any(),
             &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
             &Patch::Merge(json!({
-                "metadata": {"annotations": {ANN_FAILED: failed}},
+                // A superseded change did not fail: no failure marker for it.
+                "metadata": {"annotations": {ANN_FAILED: (status.reason.as_deref() != Some("Superseded")).then_some(failed)}},
                 "spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": hold}}},
             })),
         )

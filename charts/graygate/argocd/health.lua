@@ -19,7 +19,7 @@ if obj.status.batch ~= nil and string.find(message, obj.status.batch, 1, true) =
   message = "batch " .. obj.status.batch .. ": " .. message
 end
 hs.message = phase .. ": " .. message
-if phase == "Succeeded" then
+if phase == "Succeeded" or phase == "Superseded" then
   hs.status = "Healthy"
 elseif phase == "Pending" or phase == "Progressing" or phase == "Blocked" then
   hs.status = "Progressing"
