@@ -150,7 +150,17 @@ async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
         .wait_phase(ns, &first, Phase::Succeeded, LONG)
         .await
         .unwrap();
-    assert_eq!(cr.status.unwrap().batch.as_deref(), Some("3/3"));
+    let st = cr.status.unwrap();
+    assert_eq!(st.batch.as_deref(), Some("3/3"));
+    // Pods on the new template, planned and ready, per batch: the same as an explicit change's
+    // with the same batches (tests/rollout.rs); only the old pods beside them differ.
+    assert_eq!(
+        st.batches
+            .iter()
+            .map(|b| (b.replicas, b.pods_ready))
+            .collect::<Vec<_>>(),
+        [(1, 1), (2, 2), (4, 4)]
+    );
     wait_deployment_ready(&w, ns, "web", 4).await;
     let d = deployment(&w, ns, "web").await.unwrap();
     assert_eq!(image_of(&d), "shop/web:healthy-v2");
@@ -623,25 +633,61 @@ spec:
     );
     wait_old_serving(&w, ns, "shop/db:healthy-v2", 3).await;
 
-    // 3. Going back to the image the pods run (a revert in Git): released without a change.
-    let (ok, out) = set_image_of(&w, ns, "statefulset/db", "shop/db:healthy-v2");
+    // 3. Going back to the image the pods run (a revert in Git): released without a change,
+    // and kubectl's warning says so.
+    let revert = || async {
+        let (ok, out) = set_image_of(&w, ns, "statefulset/db", "shop/db:healthy-v2");
+        assert!(ok, "{out}");
+        assert!(
+            out.contains("goes back to the pod template its pods run")
+                && !out.contains("gray batches"),
+            "{out}"
+        );
+        let s = w
+            .wait_for("the revert released", LONG, || async {
+                Ok(sts_api.get_opt("db").await?.filter(|s| {
+                    !s.metadata
+                        .annotations
+                        .clone()
+                        .unwrap_or_default()
+                        .contains_key(ANN_HELD)
+                }))
+            })
+            .await
+            .unwrap();
+        assert_eq!(sts_partition(&s), Some(0));
+        assert_eq!(changes(&w, ns).await.len(), 2, "a revert needs no change");
+        wait_statefulset_ready(&w, ns, "db", 3).await;
+        wait_old_serving(&w, ns, "shop/db:healthy-v2", 3).await;
+    };
+    revert().await;
+
+    // 3b. The failed template applied again: held, nothing rolls, the failure marker is back
+    // and the warning says it failed before (not that it rolls out).
+    let (ok, out) = set_image_of(&w, ns, "statefulset/db", "shop/db:crashloop");
     assert!(ok, "{out}");
-    let s = w
-        .wait_for("the revert released", LONG, || async {
-            Ok(sts_api.get_opt("db").await?.filter(|s| {
-                !s.metadata
-                    .annotations
-                    .clone()
-                    .unwrap_or_default()
-                    .contains_key(ANN_HELD)
-            }))
-        })
-        .await
-        .unwrap();
-    assert_eq!(sts_partition(&s), Some(0));
-    assert_eq!(changes(&w, ns).await.len(), 2, "a revert needs no change");
-    wait_statefulset_ready(&w, ns, "db", 3).await;
+    assert!(
+        out.contains("failed before") && out.contains("rolls nothing"),
+        "{out}"
+    );
+    w.wait_for("the failure marker back", LONG, || async {
+        Ok(sts_api.get_opt("db").await?.filter(|s| {
+            s.metadata
+                .annotations
+                .clone()
+                .unwrap_or_default()
+                .contains_key(ANN_FAILED)
+        }))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        changes(&w, ns).await.len(),
+        2,
+        "no new change for a failed template"
+    );
     wait_old_serving(&w, ns, "shop/db:healthy-v2", 3).await;
+    revert().await;
 
     // 4. Deleting the policy lets go of the StatefulSet and rolls nothing.
     let rev_before = sts_api

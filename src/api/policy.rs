@@ -23,6 +23,15 @@ pub const ANN_HELD: &str = "graygate.io/held-template";
 pub const ANN_PARTITION: &str = "graygate.io/partition";
 /// Annotation graygate sets when a held template failed: `<hash> (<ChangeRequest>)`.
 pub const ANN_FAILED: &str = "graygate.io/failed-template";
+/// Annotation graygate keeps on a held workload: the hash of the template its pods run, so the
+/// webhook can tell a revert (released at once) from a new change.
+pub const ANN_RUNNING: &str = "graygate.io/running-template";
+/// Annotation graygate keeps on a guarded workload: the hashes of its templates that failed (the
+/// last 10, comma-separated), kept across releases, so the webhook can say that applying one of
+/// them again rolls nothing.
+pub const ANN_FAILED_TEMPLATES: &str = "graygate.io/failed-templates";
+/// How many failed template hashes [`ANN_FAILED_TEMPLATES`] keeps.
+pub const MAX_FAILED_TEMPLATES: usize = 10;
 /// How the `graygate.io/abort` value graygate writes when a newer template replaces a change
 /// begins: such a change ends `Superseded`, not `RolledBack`.
 pub const SUPERSEDED_BY: &str = "superseded by";

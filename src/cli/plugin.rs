@@ -498,8 +498,14 @@ fn batch_row(b: &BatchStatus, now: jiff::Timestamp, stopped: bool) -> Vec<String
 }
 
 /// What a person can do next, given the phase.
-fn next_step(name: &str, st: &ChangeRequestStatus) -> Option<String> {
+fn next_step(cr: &ChangeRequest, st: &ChangeRequestStatus) -> Option<String> {
+    let name = cr.name_any();
+    let workload = &cr.spec.target;
     match st.phase {
+        // A guarded workload's change carries the template that failed: the way on is a new one.
+        Phase::Failed | Phase::RolledBack if cr.spec.policy.is_some() => Some(format!(
+            "apply a fixed pod template to {workload} (it becomes a new change); the old pods keep serving meanwhile"
+        )),
         Phase::AwaitingApproval => Some(format!(
             "kubectl graygate approve {name}   (or: abort {name})"
         )),
@@ -547,7 +553,7 @@ pub fn status(cr: &ChangeRequest, now: jiff::Timestamp) -> String {
             &format!("{} ago", age(st.started_at.as_ref(), now)),
         );
     }
-    if let Some(step) = next_step(&name, &st) {
+    if let Some(step) = next_step(cr, &st) {
         field(&mut out, "Next", &step);
     }
     if !st.batches.is_empty() {
@@ -668,6 +674,29 @@ status: {status}
             .unwrap();
         assert!(batch1.contains("stopped (Pass so far)"), "{text}");
         assert!(!text.contains("baking"), "{text}");
+    }
+
+    #[test]
+    fn the_next_step_of_a_failed_change_depends_on_who_made_it() {
+        let failed = "\n  phase: RolledBack\n  reason: AnalysisFailed\n  currentBatch: 1";
+        let explicit = status(&cr(failed), now());
+        assert!(
+            explicit.contains("Next:      fix the change, then: kubectl graygate retry v2"),
+            "{explicit}"
+        );
+        let mut guarded = cr(failed);
+        guarded.spec.policy = Some("web-policy".into());
+        let text = status(&guarded, now());
+        assert!(
+            text.contains("Next:      apply a fixed pod template to Deployment/web")
+                && !text.contains("retry"),
+            "{text}"
+        );
+        let superseded = status(&cr("\n  phase: Superseded\n  reason: Superseded"), now());
+        assert!(
+            superseded.contains("Next:      nothing: a newer template replaced this change"),
+            "{superseded}"
+        );
     }
 
     #[test]

@@ -179,6 +179,21 @@ fn change_ref(ns: &str, name: &str) -> k8s_openapi::api::core::v1::ObjectReferen
     }
 }
 
+/// The failed-templates list with `hash` last, at most [`MAX_FAILED_TEMPLATES`].
+fn with_failed(list: Option<&String>, hash: &str) -> String {
+    let mut hashes: Vec<&str> = list
+        .map(|l| {
+            l.split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty() && *h != hash)
+                .collect()
+        })
+        .unwrap_or_default();
+    hashes.push(hash);
+    let excess = hashes.len().saturating_sub(MAX_FAILED_TEMPLATES);
+    hashes[excess..].join(",")
+}
+
 /// Name of the ChangeRequest for `template` of `workload`.
 pub fn change_name(workload: &str, hash: &str) -> String {
     let base: String = workload.chars().take(63 - 11).collect();
@@ -307,7 +322,7 @@ async fn release_label(
         name,
         json!({"metadata": {
             "labels": {LABEL_GUARDED_BY: null},
-            "annotations": {ANN_HELD: null, ANN_CHANGE: null}
+            "annotations": {ANN_HELD: null, ANN_RUNNING: null, ANN_CHANGE: null}
         }}),
     )
     .await
@@ -317,7 +332,7 @@ async fn release_label(
 fn release_body(w: &Workload) -> Value {
     match w.kind {
         TargetKind::Deployment => json!({
-            "metadata": {"annotations": {ANN_HELD: null, ANN_CHANGE: null, ANN_FAILED: null}},
+            "metadata": {"annotations": {ANN_HELD: null, ANN_RUNNING: null, ANN_CHANGE: null, ANN_FAILED: null}},
             "spec": {"paused": false}
         }),
         TargetKind::StatefulSet => {
@@ -327,7 +342,7 @@ fn release_body(w: &Workload) -> Value {
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0);
             json!({
-                "metadata": {"annotations": {ANN_HELD: null, ANN_PARTITION: null, ANN_CHANGE: null, ANN_FAILED: null}},
+                "metadata": {"annotations": {ANN_HELD: null, ANN_RUNNING: null, ANN_PARTITION: null, ANN_CHANGE: null, ANN_FAILED: null}},
                 "spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": before}}}
             })
         }
@@ -455,6 +470,23 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
             })
         };
         if held(w) {
+            // What the pods run, for the webhook to recognise a revert to it.
+            let running = w
+                .running
+                .as_ref()
+                .and_then(crate::guard::webhook::normalized_hash);
+            if let Some(r) = &running
+                && w.annotations.get(ANN_RUNNING) != Some(r)
+            {
+                patch_workload(
+                    ctx,
+                    ns,
+                    w.kind,
+                    &w.name,
+                    json!({"metadata": {"annotations": {ANN_RUNNING: r}}}),
+                )
+                .await?;
+            }
             // While its own change hands the canary over, the held template is already what
             // runs: that is a release in progress, not a revert.
             let releasing = in_flight(&change_name(&w.name, &hash));
@@ -525,6 +557,17 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                 }
                 Some(c) => {
                     let phase = c.status.as_ref().map(|s| s.phase).unwrap_or_default();
+                    if matches!(phase, Phase::RolledBack | Phase::Failed) {
+                        // The failure stays on the workload while it holds this template (also
+                        // when it comes back after a revert), and the webhook remembers it.
+                        let failed = format!("{hash} ({cr_name})");
+                        let list = with_failed(w.annotations.get(ANN_FAILED_TEMPLATES), &hash);
+                        if w.annotations.get(ANN_FAILED) != Some(&failed)
+                            || w.annotations.get(ANN_FAILED_TEMPLATES) != Some(&list)
+                        {
+                            patch_workload(ctx, ns, w.kind, &w.name, json!({"metadata": {"annotations": {ANN_FAILED: failed, ANN_FAILED_TEMPLATES: list}}})).await?;
+                        }
+                    }
                     entry.state = match phase {
                         Phase::RolledBack | Phase::Failed => "Failed",
                         _ => "Held",
@@ -709,5 +752,23 @@ async fn create_change(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failed_templates_list_keeps_the_last_ten_once_each() {
+        assert_eq!(with_failed(None, "a"), "a");
+        let l = with_failed(Some(&"a,b".to_string()), "a");
+        assert_eq!(l, "b,a", "a failed again moves last, once");
+        let mut l = String::new();
+        for i in 0..12 {
+            l = with_failed(Some(&l), &format!("h{i}"));
+        }
+        assert_eq!(l.split(',').count(), MAX_FAILED_TEMPLATES);
+        assert!(l.starts_with("h2,") && l.ends_with(",h11"), "{l}");
     }
 }

@@ -7,7 +7,7 @@
 //! above every ordinal, so Kubernetes replaces no pod; graygate then rolls the held template
 //! out as a ChangeRequest. Scaling, metadata and status writes pass untouched.
 
-use crate::api::{ANN_HELD, ANN_PARTITION, LABEL_GUARDED_BY};
+use crate::api::{ANN_FAILED_TEMPLATES, ANN_HELD, ANN_PARTITION, ANN_RUNNING, LABEL_GUARDED_BY};
 use crate::rollout::template_hash;
 use base64::Engine;
 use serde_json::{Value, json};
@@ -44,9 +44,22 @@ fn set_annotation(obj: &Value, key: &str, value: &str, ops: &mut Vec<Value>) {
 
 /// The pod template as graygate hashes it: through the typed objects, as the controller reads them.
 fn template(obj: &Value) -> Option<Value> {
-    let t = obj.pointer("/spec/template")?.clone();
+    normalized(obj.pointer("/spec/template")?.clone())
+}
+
+fn normalized(t: Value) -> Option<Value> {
     let typed: k8s_openapi::api::core::v1::PodTemplateSpec = serde_json::from_value(t).ok()?;
     serde_json::to_value(typed).ok()
+}
+
+/// The hash the webhook gives a pod template (read from any source: a ReplicaSet, a
+/// ControllerRevision).
+pub fn normalized_hash(t: &Value) -> Option<String> {
+    let mut t = normalized(t.clone())?;
+    if let Some(Value::Object(l)) = t.pointer_mut("/metadata/labels") {
+        l.remove("pod-template-hash");
+    }
+    Some(template_hash(&t))
 }
 
 /// Decide one request. `trusted` are the user names whose writes pass untouched (graygate's own).
@@ -140,8 +153,19 @@ pub fn review(request: &Value, trusted: &[String]) -> Verdict {
         }
         _ => return Verdict::default(),
     }
+    let failed_before = annotation(old, ANN_FAILED_TEMPLATES)
+        .is_some_and(|l| l.split(',').any(|h| h.trim() == h_new));
+    let revert = was_held.is_some() && annotation(old, ANN_RUNNING).as_deref() == Some(&h_new);
     if !v.patch.is_empty() {
-        v.warnings.push(if changed {
+        v.warnings.push(if changed && revert {
+            format!(
+                "{kind}/{name} goes back to the pod template its pods run ({h_new}): graygate (policy {policy}) releases it without a change"
+            )
+        } else if changed && failed_before {
+            format!(
+                "pod template {h_new} of {kind}/{name} failed before: graygate (policy {policy}) holds it and rolls nothing; the old pods keep serving until a fixed template is applied (kubectl get changerequests -l graygate.io/workload={name})"
+            )
+        } else if changed {
             format!(
                 "graygate holds this change to {kind}/{name}: policy {policy} rolls pod template {h_new} out in gray batches (kubectl get changerequests -l graygate.io/workload={name})"
             )
@@ -192,6 +216,53 @@ mod tests {
     fn req(kind: &str, old: Value, new: Value, user: &str) -> Value {
         json!({"uid": "1", "operation": "UPDATE", "kind": {"kind": kind},
                "userInfo": {"username": user}, "object": new, "oldObject": old})
+    }
+
+    #[test]
+    fn a_revert_and_a_failed_template_are_told_apart_from_a_new_change() {
+        let hash = |image: &str| {
+            normalized_hash(&deploy(image, None, json!({}))["spec"]["template"]).unwrap()
+        };
+        // Held on app:2 while the pods run app:1; the failed list remembers app:3.
+        let held = deploy(
+            "app:2",
+            Some(true),
+            json!({
+                ANN_HELD: hash("app:2"),
+                ANN_RUNNING: hash("app:1"),
+                ANN_FAILED_TEMPLATES: format!("{},{}", hash("app:9"), hash("app:3")),
+            }),
+        );
+        let warning = |image: &str| {
+            let v = review(
+                &req(
+                    "Deployment",
+                    held.clone(),
+                    deploy(image, Some(true), held["metadata"]["annotations"].clone()),
+                    "alice",
+                ),
+                &[],
+            );
+            v.warnings.join("; ")
+        };
+        let back = warning("app:1");
+        assert!(
+            back.contains("goes back to the pod template its pods run")
+                && back.contains("without a change")
+                && !back.contains("gray batches"),
+            "{back}"
+        );
+        let again = warning("app:3");
+        assert!(
+            again.contains("failed before") && again.contains("rolls nothing"),
+            "{again}"
+        );
+        let new = warning("app:4");
+        assert!(new.contains("in gray batches"), "{new}");
+        // A ReplicaSet's template (with its pod-template-hash label) hashes as the Deployment's.
+        let mut rs_template = deploy("app:1", None, json!({}))["spec"]["template"].clone();
+        rs_template["metadata"]["labels"]["pod-template-hash"] = json!("5d4f8c");
+        assert_eq!(normalized_hash(&rs_template), Some(hash("app:1")));
     }
 
     #[test]

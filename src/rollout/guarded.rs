@@ -8,7 +8,9 @@
 //! whoever applied it) stays the truth.
 
 use super::{Ctx, Error, deployment, same_template, template_hash, template_of};
-use crate::api::{ANN_CHANGE, ANN_FAILED, ANN_HELD, MANAGER_ROLLOUT, patch_params, post_params};
+use crate::api::{
+    ANN_CHANGE, ANN_FAILED, ANN_HELD, ANN_RUNNING, MANAGER_ROLLOUT, patch_params, post_params,
+};
 use crate::controller::state::{Step, WorkloadObs};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -319,7 +321,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                             &d.name_any(),
                             &patch_params(MANAGER_ROLLOUT),
                             &Patch::Merge(json!({
-                                "metadata": {"annotations": {ANN_HELD: null, ANN_CHANGE: null, ANN_FAILED: null}},
+                                "metadata": {"annotations": {ANN_HELD: null, ANN_RUNNING: null, ANN_CHANGE: null, ANN_FAILED: null}},
                                 "spec": {"paused": false},
                             })),
                         )

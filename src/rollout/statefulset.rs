@@ -2,7 +2,7 @@
 //! `rollingUpdate.partition = N − n` lets only the highest `n` ordinals update.
 
 use super::{Ctx, Error, same_template, template_of};
-use crate::api::{ANN_CHANGE, ANN_FAILED, ANN_HELD, ANN_PARTITION};
+use crate::api::{ANN_CHANGE, ANN_FAILED, ANN_HELD, ANN_PARTITION, ANN_RUNNING};
 use crate::controller::state::{Step, WorkloadObs};
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
@@ -191,7 +191,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             &sts.name_any(),
             &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
             &Patch::Merge(json!({"metadata": {"annotations": {
-                ANN_HELD: null, ANN_PARTITION: null, ANN_CHANGE: null, ANN_FAILED: null
+                ANN_HELD: null, ANN_RUNNING: null, ANN_PARTITION: null, ANN_CHANGE: null, ANN_FAILED: null
             }}})),
         )
         .await?;
