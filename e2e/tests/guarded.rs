@@ -984,4 +984,55 @@ async fn a_policy_with_an_invalid_label_key_is_invalid_and_guards_nothing() {
             .contains_key(LABEL_GUARDED_BY),
         "an invalid policy labels nothing"
     );
+
+    // Two valid policies selecting the same Deployment: the first guards it, the second says
+    // it overlaps and with which policy, and neither takes the workload from the other.
+    let valid = |name: &str, selector: &str| {
+        format!(
+            "apiVersion: graygate.io/v1alpha1\nkind: ChangePolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  workloads: {selector}\n  change:\n    batches: [{{percent: 100, bake: 2s}}]\n"
+        )
+    };
+    w.apply(&valid("first", "{names: [web]}")).await.unwrap();
+    wait_guarded(&w, ns).await;
+    w.apply(&valid("second", "{matchLabels: {app: web}}"))
+        .await
+        .unwrap();
+    let second = w
+        .wait_for("the second policy's status", LONG, || async {
+            let p = api.get("second").await?;
+            Ok(p.status.filter(|s| !s.workloads.is_empty()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.guarded, 0, "{second:?}");
+    assert_eq!(second.workloads[0].state, "Overlap", "{second:?}");
+    assert!(
+        second.workloads[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("also selected by ChangePolicy first")),
+        "{second:?}"
+    );
+    let ready = &second.conditions[0];
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Overlap")
+    );
+    assert!(
+        ready.message.contains("Deployment/web (policy first)"),
+        "{ready:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert_eq!(
+        d.metadata
+            .labels
+            .unwrap_or_default()
+            .get(LABEL_GUARDED_BY)
+            .map(String::as_str),
+        Some("first"),
+        "the first policy keeps the workload"
+    );
+    let first = api.get("first").await.unwrap().status.unwrap();
+    assert_eq!(first.guarded, 1);
 }

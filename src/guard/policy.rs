@@ -431,8 +431,38 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
         .into_iter()
         .map(|w| (format!("{}/{}", w.kind, w.name), w))
         .collect();
+    // A workload is guarded by one policy: the first that labelled it, while it exists.
+    let others: Vec<String> = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && p.name_any() != name)
+        .map(|p| p.name_any())
+        .collect();
     let mut entries = Vec::new();
+    let mut overlaps = Vec::new();
     for w in &workloads {
+        if let Some(owner) = w
+            .labels
+            .get(LABEL_GUARDED_BY)
+            .filter(|o| others.contains(o))
+        {
+            let kind = format!("{:?}", w.kind);
+            overlaps.push(format!("{kind}/{} (policy {owner})", w.name));
+            entries.push(GuardedWorkload {
+                kind,
+                name: w.name.clone(),
+                state: "Overlap".into(),
+                template: None,
+                change: None,
+                message: Some(format!(
+                    "also selected by ChangePolicy {owner}, which guards it (a workload is guarded by the first policy that selects it); narrow one of the two selectors"
+                )),
+                since: None,
+            });
+            continue;
+        }
         if w.labels.get(LABEL_GUARDED_BY) != Some(&name) {
             patch_workload(
                 ctx,
@@ -643,16 +673,31 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
         .iter()
         .filter(|e| e.state == "Held" || e.state == "Failed")
         .count();
+    let guarded = entries.len() - overlaps.len();
+    let ready = if overlaps.is_empty() {
+        condition(true, "Guarding", &format!("guarding {guarded} workloads"))
+    } else {
+        condition(
+            true,
+            "Overlap",
+            &format!(
+                "guarding {guarded} workloads; {} selected here guarded by another policy: {}",
+                overlaps.len(),
+                overlaps.join(", ")
+            ),
+        )
+    };
     let status = json!({
         "observedGeneration": policy.metadata.generation,
-        "guarded": entries.len(),
+        "guarded": guarded,
         "held": held_count,
         "workloads": entries,
-        "conditions": [condition(true, "Guarding", &format!("guarding {} workloads", entries.len()))],
+        "conditions": [ready],
     });
     let current = serde_json::to_value(policy.status.clone().unwrap_or_default())?;
     let unchanged = current.get("workloads") == status.get("workloads")
         && current.get("guarded") == status.get("guarded")
+        && current.pointer("/conditions/0/message") == status.pointer("/conditions/0/message")
         && current.get("observedGeneration") == status.get("observedGeneration");
     if !unchanged {
         write_status(ctx, ns, &name, status).await?;
