@@ -65,8 +65,8 @@ pub struct ChangePolicySpec {
     /// The settings every intercepted change gets.
     pub change: ChangeSettings,
     /// A newer template arriving while a change is in flight: `supersede` (default: the running
-    /// change is rolled back, then the newer one starts) or `queue` (the running change finishes
-    /// its verdict first).
+    /// change ends `Superseded`, its canary removed, then the newer one starts) or `queue` (the
+    /// running change finishes its verdict first).
     #[serde(default)]
     pub on_newer_change: OnNewerChange,
 }
@@ -189,7 +189,7 @@ pub struct ChangeSettings {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum OnNewerChange {
-    /// Roll the running change back (its canary goes first), then start the newer one.
+    /// End the running change as `Superseded` (its canary goes first), then start the newer one.
     #[default]
     Supersede,
     /// Let the running change reach its verdict; the newer one waits its turn.
@@ -226,7 +226,8 @@ pub struct GuardedWorkload {
     /// The workload's name.
     pub name: String,
     /// `Released` (runs what its spec holds), `Held` (a change is in flight or waiting),
-    /// `Failed` (its template failed and stays held), `Unguarded` (a change went past the webhook).
+    /// `Failed` (its template failed and stays held), `Unguarded` (a change went past the webhook),
+    /// `Overlap` (another policy that selected it first guards it).
     pub state: String,
     /// Hash of the pod template the workload's spec holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
