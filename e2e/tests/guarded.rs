@@ -154,13 +154,7 @@ async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
     assert_eq!(st.batch.as_deref(), Some("3/3"));
     // Pods on the new template, planned and ready, per batch: the same as an explicit change's
     // with the same batches (tests/rollout.rs); only the old pods beside them differ.
-    assert_eq!(
-        st.batches
-            .iter()
-            .map(|b| (b.replicas, b.pods_ready))
-            .collect::<Vec<_>>(),
-        [(1, 1), (2, 2), (4, 4)]
-    );
+    assert_eq!(new_pods_per_batch(&st), [(1, 1), (2, 2), (4, 4)]);
     wait_deployment_ready(&w, ns, "web", 4).await;
     let d = deployment(&w, ns, "web").await.unwrap();
     assert_eq!(image_of(&d), "shop/web:healthy-v2");

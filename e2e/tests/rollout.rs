@@ -47,13 +47,7 @@ batches:
     assert_eq!(st.batch.as_deref(), Some("3/3"));
     // Pods on the new template, planned and ready, per batch: the same as a guarded
     // Deployment's with the same batches (tests/guarded.rs).
-    assert_eq!(
-        st.batches
-            .iter()
-            .map(|b| (b.replicas, b.pods_ready))
-            .collect::<Vec<_>>(),
-        [(1, 1), (2, 2), (4, 4)]
-    );
+    assert_eq!(new_pods_per_batch(&st), [(1, 1), (2, 2), (4, 4)]);
     let target = deployment(&w, "s1", "web").await.unwrap();
     assert_eq!(image_of(&target), "shop/web:healthy-v2");
     assert_eq!(target.spec.unwrap().replicas, Some(4));

@@ -310,3 +310,11 @@ pub async fn events_through(w: &World, ns: &str, name: &str, last: &str) -> Vec<
     .await
     .unwrap()
 }
+
+/// The pods on the new template per batch, planned and ready: `(replicas, podsReady)`.
+pub fn new_pods_per_batch(st: &graygate::api::ChangeRequestStatus) -> Vec<(i32, i32)> {
+    st.batches
+        .iter()
+        .map(|b| (b.replicas, b.pods_ready))
+        .collect()
+}
