@@ -571,12 +571,13 @@ impl Analyzer for PrometheusAnalyzer {
                 )
                 .await
                 {
-                    Ok(g) => crate::logs::detect::detect(
-                        &g.change,
-                        &g.control,
-                        &g.before,
-                        &crate::logs::detect::Params::from_spec(spec),
-                    ),
+                    Ok(g) => {
+                        // Every judgement of the change tests again, as for metrics: the
+                        // level is shared among them all.
+                        let mut params = crate::logs::detect::Params::from_spec(spec);
+                        params.alpha /= f64::from(req.window.looks.max(1));
+                        crate::logs::detect::detect(&g.change, &g.control, &g.before, &params)
+                    }
                     Err(e) => return Judgement::Error(e),
                 }
             }
