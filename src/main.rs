@@ -36,6 +36,9 @@ enum Command {
         #[arg(default_value = "changerequests", value_parser = ["changerequests", "changepolicies"])]
         which: String,
     },
+    /// Print everything to apply without Helm: both CRDs, the operator's namespace,
+    /// ServiceAccount and RBAC, and with --webhook-url the admission webhook configuration.
+    Install(cli::install::InstallArgs),
     /// Log template tools.
     #[command(subcommand)]
     Logs(cli::logs::LogsCommand),
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Install(args) => ExitCode::from(cli::install::run(&args)),
         Command::Logs(cmd) => ExitCode::from(cli::logs::run(cmd)),
         Command::Kubectl(args) => run_plugin(args),
         Command::Analyze(args) => match tokio::runtime::Builder::new_current_thread()

@@ -1,6 +1,7 @@
 //! Command-line verbs.
 
 pub mod analyze;
+pub mod install;
 pub mod logs;
 pub mod plugin;
 pub mod run;
