@@ -120,9 +120,11 @@ impl History {
 impl MetricHistory {
     /// Where a healthy change's median ratio is expected, from the records' median ratios: the
     /// two-sided prediction interval for one more observation of a log-normal sample (Student t
-    /// with n − 1 degrees of freedom), each side at level `alpha`. None with fewer than
-    /// [`MIN_RECORDS`] positive medians.
-    pub fn prediction(&self, alpha: f64) -> Option<(f64, f64)> {
+    /// with n − 1 degrees of freedom), each side at level `alpha`, widened by `se`, the standard
+    /// error of the new change's own (log) median, which the records' spread does not show when
+    /// they happen to agree closely (a quantised p99, say). None with fewer than [`MIN_RECORDS`]
+    /// positive medians.
+    pub fn prediction(&self, alpha: f64, se: f64) -> Option<(f64, f64)> {
         use statrs::distribution::{ContinuousCDF, StudentsT};
         let logs: Vec<f64> = self
             .medians
@@ -140,7 +142,7 @@ impl MetricHistory {
         let t = StudentsT::new(0.0, 1.0, nf - 1.0)
             .ok()?
             .inverse_cdf(1.0 - alpha);
-        let half = t * sd * (1.0 + 1.0 / nf).sqrt();
+        let half = t * (sd * sd * (1.0 + 1.0 / nf) + se * se).sqrt();
         Some(((mean - half).exp(), (mean + half).exp()))
     }
 
@@ -277,21 +279,27 @@ mod tests {
             minutes: 10.0,
         };
         let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
-        let (lo, hi) = h.prediction(0.0025).unwrap();
+        let (lo, hi) = h.prediction(0.0025, 0.0).unwrap();
         assert!(
             close(lo, 0.8582019769289672) && close(hi, 1.119602670469598),
             "{lo} {hi}"
         );
-        let (lo, hi) = h.prediction(0.01).unwrap();
+        let (lo, hi) = h.prediction(0.01, 0.0).unwrap();
         assert!(
             close(lo, 0.892535121492709) && close(hi, 1.0765349195054719),
+            "{lo} {hi}"
+        );
+        // The new change's own uncertainty widens it: scipy, with se = 0.05 in quadrature.
+        let (lo, hi) = h.prediction(0.01, 0.05).unwrap();
+        assert!(
+            close(lo, 0.8085128600556989) && close(hi, 1.1884105654247317),
             "{lo} {hi}"
         );
         let few = MetricHistory {
             medians: vec![1.0, 1.1],
             ..h
         };
-        assert!(few.prediction(0.01).is_none());
+        assert!(few.prediction(0.01, 0.0).is_none());
     }
 
     #[test]

@@ -574,7 +574,23 @@ fn run_detector(
             // Where the released changes say a healthy canary's typical ratio lies: a change
             // outside it (and beyond the control pods' own disagreement) departs from its
             // workload's record even when the generic minimum effect would let it pass.
-            let beyond = match (this, mh.prediction(p.history_alpha)) {
+            // The standard error of this change's own log median ratio (slot to slot).
+            let logs: Vec<f64> = detect::peers::slot_ratios(&change, &refs)
+                .into_values()
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .map(f64::ln)
+                .collect();
+            let se = if logs.len() >= 2 {
+                let n = logs.len() as f64;
+                let mean = logs.iter().sum::<f64>() / n;
+                (logs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt()
+            } else {
+                f64::INFINITY
+            };
+            let predicted = mh
+                .prediction(p.history_alpha, se)
+                .filter(|_| se.is_finite());
+            let beyond = match (this, predicted) {
                 (Some(r), Some((lo, hi))) if d.outcome != Verdict::Fail => {
                     let outside = match m.direction {
                         crate::api::Direction::Increase => r > hi,

@@ -32,6 +32,21 @@ pub const ANN_RUNNING: &str = "graygate.io/running-template";
 pub const ANN_FAILED_TEMPLATES: &str = "graygate.io/failed-templates";
 /// How many failed template hashes [`ANN_FAILED_TEMPLATES`] keeps.
 pub const MAX_FAILED_TEMPLATES: usize = 10;
+/// The failed-templates list with `hash` last, at most [`MAX_FAILED_TEMPLATES`].
+pub fn with_failed(list: Option<&String>, hash: &str) -> String {
+    let mut hashes: Vec<&str> = list
+        .map(|l| {
+            l.split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty() && *h != hash)
+                .collect()
+        })
+        .unwrap_or_default();
+    hashes.push(hash);
+    let excess = hashes.len().saturating_sub(MAX_FAILED_TEMPLATES);
+    hashes[excess..].join(",")
+}
+
 /// How the `graygate.io/abort` value graygate writes when a newer template replaces a change
 /// begins: such a change ends `Superseded`, not `RolledBack`.
 pub const SUPERSEDED_BY: &str = "superseded by";

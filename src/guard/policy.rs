@@ -179,21 +179,6 @@ fn change_ref(ns: &str, name: &str) -> k8s_openapi::api::core::v1::ObjectReferen
     }
 }
 
-/// The failed-templates list with `hash` last, at most [`MAX_FAILED_TEMPLATES`].
-fn with_failed(list: Option<&String>, hash: &str) -> String {
-    let mut hashes: Vec<&str> = list
-        .map(|l| {
-            l.split(',')
-                .map(str::trim)
-                .filter(|h| !h.is_empty() && *h != hash)
-                .collect()
-        })
-        .unwrap_or_default();
-    hashes.push(hash);
-    let excess = hashes.len().saturating_sub(MAX_FAILED_TEMPLATES);
-    hashes[excess..].join(",")
-}
-
 /// Name of the ChangeRequest for `template` of `workload`.
 pub fn change_name(workload: &str, hash: &str) -> String {
     let base: String = workload.chars().take(63 - 11).collect();

@@ -9,7 +9,8 @@
 
 use super::{Ctx, Error, deployment, same_template, template_hash, template_of};
 use crate::api::{
-    ANN_CHANGE, ANN_FAILED, ANN_HELD, ANN_RUNNING, MANAGER_ROLLOUT, patch_params, post_params,
+    ANN_CHANGE, ANN_FAILED, ANN_FAILED_TEMPLATES, ANN_HELD, ANN_RUNNING, MANAGER_ROLLOUT,
+    patch_params, post_params,
 };
 use crate::controller::state::{Step, WorkloadObs};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -338,16 +339,23 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 ctx.fence.check()?;
                 super::delete_in_background(&rs_api, &name).await?;
             }
-            let failed = format!("{} ({})", template_hash(&new_template), ctx.cr.name_any());
+            let hash = template_hash(&new_template);
+            let failed = format!("{hash} ({})", ctx.cr.name_any());
+            // Remembered across releases, for the webhook to say the template failed before.
+            let list = crate::api::with_failed(d.annotations().get(ANN_FAILED_TEMPLATES), &hash);
             // A superseded change did not fail: no failure marker for it.
             let superseded =
                 ctx.cr.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("Superseded");
-            if !superseded && d.annotations().get(ANN_FAILED) != Some(&failed) && !released(&d) {
+            if !superseded
+                && (d.annotations().get(ANN_FAILED) != Some(&failed)
+                    || d.annotations().get(ANN_FAILED_TEMPLATES) != Some(&list))
+                && !released(&d)
+            {
                 ctx.fence.check()?;
                 api.patch(
                     &d.name_any(),
                     &patch_params(MANAGER_ROLLOUT),
-                    &Patch::Merge(json!({"metadata": {"annotations": {ANN_FAILED: failed}}})),
+                    &Patch::Merge(json!({"metadata": {"annotations": {ANN_FAILED: failed, ANN_FAILED_TEMPLATES: list}}})),
                 )
                 .await?;
             }

@@ -247,17 +247,24 @@ async fn hold_again(
     let hold = crate::guard::webhook::HOLD_PARTITION as i32;
     if partition_of(sts) != hold {
         ctx.fence.check()?;
-        let failed = format!(
-            "{} ({})",
-            crate::rollout::template_hash(&template_of(&sts.spec.as_ref().map(|s| &s.template))?),
-            ctx.cr.name_any()
+        let hash =
+            crate::rollout::template_hash(&template_of(&sts.spec.as_ref().map(|s| &s.template))?);
+        let failed = format!("{hash} ({})", ctx.cr.name_any());
+        let superseded = status.reason.as_deref() == Some("Superseded");
+        // Remembered across releases, for the webhook to say the template failed before.
+        let list = crate::api::with_failed(
+            sts.annotations().get(crate::api::ANN_FAILED_TEMPLATES),
+            &hash,
         );
         api.patch(
             &sts.name_any(),
             &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
             &Patch::Merge(json!({
                 // A superseded change did not fail: no failure marker for it.
-                "metadata": {"annotations": {ANN_FAILED: (status.reason.as_deref() != Some("Superseded")).then_some(failed)}},
+                "metadata": {"annotations": {
+                    ANN_FAILED: (!superseded).then_some(failed),
+                    crate::api::ANN_FAILED_TEMPLATES: if superseded { sts.annotations().get(crate::api::ANN_FAILED_TEMPLATES).cloned() } else { Some(list) },
+                }},
                 "spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": hold}}},
             })),
         )
