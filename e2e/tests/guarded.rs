@@ -988,7 +988,7 @@ async fn a_policy_with_an_invalid_label_key_is_invalid_and_guards_nothing() {
     };
     w.apply(&valid("first", "{names: [web]}")).await.unwrap();
     wait_guarded(&w, ns).await;
-    w.apply(&valid("second", "{matchLabels: {app: web}}"))
+    w.apply(&valid("second", "{kinds: [Deployment], names: [web]}"))
         .await
         .unwrap();
     let second = w

@@ -234,7 +234,10 @@ async fn pause_resume_abort_and_retry_through_kubectl() {
             .unwrap()
     };
     let err = fails(&run("retry"));
-    assert!(err.contains("only a Failed or RolledBack change"), "{err}");
+    assert!(
+        err.contains("only a Failed, RolledBack or Superseded change"),
+        "{err}"
+    );
     ok(&run("abort"));
     w.wait_phase("p2", "v3", Phase::RolledBack, LONG)
         .await
