@@ -126,19 +126,11 @@ impl MetricHistory {
     /// positive medians.
     pub fn prediction(&self, alpha: f64, se: f64) -> Option<(f64, f64)> {
         use statrs::distribution::{ContinuousCDF, StudentsT};
-        let logs: Vec<f64> = self
-            .medians
-            .iter()
-            .filter(|r| r.is_finite() && **r > 0.0)
-            .map(|r| r.ln())
-            .collect();
-        let n = logs.len();
+        let (mean, sd, n) = log_mean_sd(self.medians.iter().copied())?;
         if n < MIN_RECORDS || !(alpha > 0.0 && alpha < 0.5) {
             return None;
         }
         let nf = n as f64;
-        let mean = logs.iter().sum::<f64>() / nf;
-        let sd = (logs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (nf - 1.0)).sqrt();
         let t = StudentsT::new(0.0, 1.0, nf - 1.0)
             .ok()?
             .inverse_cdf(1.0 - alpha);
@@ -239,6 +231,24 @@ impl Record {
     pub fn is_empty(&self) -> bool {
         self.ratios.values().all(BTreeMap::is_empty)
     }
+}
+
+/// Mean, sample standard deviation and count of the logarithms of the finite positive `ratios`;
+/// None with fewer than two.
+pub fn log_mean_sd(ratios: impl IntoIterator<Item = f64>) -> Option<(f64, f64, usize)> {
+    let logs: Vec<f64> = ratios
+        .into_iter()
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .map(f64::ln)
+        .collect();
+    let n = logs.len();
+    if n < 2 {
+        return None;
+    }
+    let nf = n as f64;
+    let mean = logs.iter().sum::<f64>() / nf;
+    let sd = (logs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (nf - 1.0)).sqrt();
+    Some((mean, sd, n))
 }
 
 /// The median of a change's slot ratios (for the sentence).

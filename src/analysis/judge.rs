@@ -570,23 +570,14 @@ fn run_detector(
                 return (plain, format!("change vs {label}"));
             };
             let mut d = detect::peers::detect_with(&change, &refs, &params, Some(&mh.envelope));
-            let this = super::history::median_ratio(&detect::peers::slot_ratios(&change, &refs));
+            let ratios = detect::peers::slot_ratios(&change, &refs);
+            let this = super::history::median_ratio(&ratios);
             // Where the released changes say a healthy canary's typical ratio lies: a change
             // outside it (and beyond the control pods' own disagreement) departs from its
-            // workload's record even when the generic minimum effect would let it pass.
-            // The standard error of this change's own log median ratio (slot to slot).
-            let logs: Vec<f64> = detect::peers::slot_ratios(&change, &refs)
-                .into_values()
-                .filter(|r| r.is_finite() && *r > 0.0)
-                .map(f64::ln)
-                .collect();
-            let se = if logs.len() >= 2 {
-                let n = logs.len() as f64;
-                let mean = logs.iter().sum::<f64>() / n;
-                (logs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt()
-            } else {
-                f64::INFINITY
-            };
+            // workload's record even when the generic minimum effect would let it pass. The
+            // interval carries the standard error of this change's own log median ratio.
+            let se = super::history::log_mean_sd(ratios.values().copied())
+                .map_or(f64::INFINITY, |(_, sd, n)| sd / (n as f64).sqrt());
             let predicted = mh
                 .prediction(p.history_alpha, se)
                 .filter(|_| se.is_finite());
