@@ -14,6 +14,9 @@ pub enum Scope {
     Operator,
     /// Cluster-scoped objects graygate installs itself (its webhook configuration, by name).
     Cluster,
+    /// Granted to every authenticated user by Kubernetes' default RBAC (the `system:basic-user`
+    /// ClusterRole): nothing for the chart or `graygate install` to grant.
+    Everyone,
 }
 
 /// One resource and the verbs graygate uses on it.
@@ -144,6 +147,13 @@ pub const OPERATOR_ACCESS: &[Access] = &[
         verbs: &["get", "patch"],
         scope: Scope::Cluster,
         why: "keep the webhook configuration's caBundle current (its own configuration only, by name)",
+    },
+    Access {
+        group: "authentication.k8s.io",
+        resource: "selfsubjectreviews",
+        verbs: &["create"],
+        scope: Scope::Everyone,
+        why: "learn its own user name at start, so that its webhook lets its own writes through",
     },
 ];
 

@@ -98,6 +98,7 @@ fn needed(watch: &[&str]) -> BTreeSet<Grant> {
         let scopes: Vec<String> = match a.scope {
             Scope::Operator => vec![RELEASE_NS.into()],
             Scope::Cluster => vec!["*".into()],
+            Scope::Everyone => vec![],
             Scope::Watched if watch.is_empty() => vec!["*".into()],
             Scope::Watched => watch.iter().map(|n| n.to_string()).collect(),
         };

@@ -102,6 +102,7 @@ fn the_rbac_table_is_the_access_table() {
                     Scope::Watched => "watched namespaces".to_string(),
                     Scope::Operator => "the operator's namespace".to_string(),
                     Scope::Cluster => "cluster (by name)".to_string(),
+                    Scope::Everyone => "any authenticated user (Kubernetes' default)".to_string(),
                 },
             )
         })

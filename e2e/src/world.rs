@@ -401,7 +401,6 @@ impl World {
             format!("--webhook-listen=127.0.0.1:{port}"),
             format!("--webhook-configuration={name}"),
             "--webhook-names=127.0.0.1".into(),
-            format!("--trusted-user=system:serviceaccount:{OPERATOR_NAMESPACE}:graygate"),
         ])
     }
 

@@ -1030,3 +1030,54 @@ async fn a_policy_with_an_invalid_label_key_is_invalid_and_guards_nothing() {
     let first = api.get("first").await.unwrap().status.unwrap();
     assert_eq!(first.guarded, 1);
 }
+
+/// `kubectl apply --server-side` of a guarded Deployment first applied client-side (kubectl then
+/// migrates the field ownership as well), then again while that change runs, then with fields
+/// dropped or added (SSA removes what its manager no longer sends, and the API server defaults
+/// it), then with the replicas changed too: each apply is held once, with one warning that names
+/// the template held. (A new user once saw one apply print two hold warnings with different
+/// hashes; none of these variants does it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_side_apply_is_held_once_with_one_warning() {
+    let ns = "g8";
+    let (w, _) = guarded_world(ns, "Ignore").await;
+    let env = "        env: [{name: MODE, value: normal}]\n";
+    let variants = [
+        manifest(ns, "shop/web:healthy-v2", 2),
+        manifest(ns, "shop/web:healthy-v3", 2),
+        manifest(ns, "shop/web:healthy-v4", 2).replace(env, "        imagePullPolicy: Always\n"),
+        manifest(ns, "shop/web:healthy-v5", 2).replace(env, ""),
+        manifest(ns, "shop/web:healthy-v6", 2)
+            .replace(env, "        ports: [{containerPort: 80}]\n"),
+        manifest(ns, "shop/web:healthy-v7", 4),
+    ];
+    for (i, m) in variants.iter().enumerate() {
+        let (ok, out) = kubectl(
+            &w,
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(m),
+        );
+        assert!(ok, "{out}");
+        let held = annotation_of(&deployment(&w, ns, "web").await.unwrap(), ANN_HELD);
+        let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("Warning:")).collect();
+        assert_eq!(warnings.len(), 1, "apply {i}: one warning: {out}");
+        assert!(
+            warnings[0].contains("graygate holds this change") && warnings[0].contains(&held),
+            "apply {i}: the warning names the held template {held}: {out}"
+        );
+        if i == 0 {
+            // The second apply arrives while the first change bakes its first batch.
+            let v2 = next_change(&w, ns, 1, &[]).await;
+            wait_first_batch_ready(&w, ns, &v2).await;
+        }
+    }
+}
+
+fn annotation_of(d: &k8s_openapi::api::apps::v1::Deployment, key: &str) -> String {
+    d.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .cloned()
+        .unwrap_or_default()
+}

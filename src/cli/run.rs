@@ -62,8 +62,10 @@ pub struct RunArgs {
     /// making one.
     #[arg(long, env = "GRAYGATE_WEBHOOK_CERT_DIR")]
     pub webhook_cert_dir: Option<std::path::PathBuf>,
-    /// User names whose writes the webhook lets through untouched: graygate's own (default:
-    /// `system:serviceaccount:$POD_NAMESPACE:$SERVICE_ACCOUNT` when both are set).
+    /// Further user names whose writes the webhook lets through untouched. graygate's own
+    /// identity (asked of the API server at start, and
+    /// `system:serviceaccount:$POD_NAMESPACE:$SERVICE_ACCOUNT` when both are set) is always
+    /// trusted.
     #[arg(
         long = "trusted-user",
         env = "GRAYGATE_TRUSTED_USERS",
@@ -81,6 +83,23 @@ fn trusted_users(args: &RunArgs) -> Vec<String> {
         users.push(format!("system:serviceaccount:{ns}:{sa}"));
     }
     users
+}
+
+/// The user name the API server knows this client by.
+async fn whoami(client: &kube::Client) -> anyhow::Result<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
+    let review = api
+        .create(
+            &kube::api::PostParams::default(),
+            &SelfSubjectReview::default(),
+        )
+        .await?;
+    review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .ok_or_else(|| anyhow::anyhow!("the SelfSubjectReview names no user"))
 }
 
 /// Start the admission webhook when asked: its certificate keeper and its TLS server. Every
@@ -120,11 +139,29 @@ async fn start_webhook(
         store.clone(),
         Duration::from_secs(3600),
     ));
-    let trusted = trusted_users(args);
-    if trusted.is_empty() {
-        tracing::warn!(
-            "no --trusted-user: graygate's own template writes to guarded workloads would be held too"
-        );
+    let mut trusted = trusted_users(args);
+    // graygate's own writes must pass its own webhook: trust the identity the API server knows
+    // it by, whatever --trusted-user says (run as a person, that person's edits pass too: say so).
+    match whoami(client).await {
+        Ok(me) if trusted.contains(&me) => {}
+        Ok(me) => {
+            if me.starts_with("system:serviceaccount:") {
+                tracing::info!(user = %me, "the webhook lets graygate's own writes through");
+            } else {
+                tracing::warn!(
+                    user = %me,
+                    "graygate runs as {me}, not as a ServiceAccount: the webhook must let its own writes through, so {me}'s own edits of guarded workloads pass ungated too; run graygate with its own identity (docs/operations.md, Run it outside the cluster)"
+                );
+            }
+            trusted.push(me);
+        }
+        Err(e) if trusted.is_empty() => tracing::warn!(
+            error = %e,
+            "graygate cannot learn its own user name (SelfSubjectReview) and no --trusted-user is given: its own template writes to guarded workloads would be held too"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "graygate cannot learn its own user name (SelfSubjectReview); trusting --trusted-user only")
+        }
     }
     tracing::info!(listen = %listener.local_addr()?, "admission webhook serving");
     tokio::spawn(crate::guard::serve(

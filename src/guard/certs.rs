@@ -252,7 +252,7 @@ async fn patch_ca_bundle(client: &Client, name: &str, ca: &str) -> anyhow::Resul
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let Some(cfg) = api.get_opt(name).await? else {
         anyhow::bail!(
-            "MutatingWebhookConfiguration {name} does not exist (installed by the chart; --webhook-configuration names it)"
+            "MutatingWebhookConfiguration {name} does not exist (the chart or `graygate install --webhook-url` installs it; --webhook-configuration names it)"
         );
     };
     let encoded = ByteString(ca.as_bytes().to_vec());
