@@ -46,6 +46,7 @@ fn batch(rng: &mut Rng, detectors: &[&str]) -> Vec<(Metric, MetricData)> {
                 control: Some(group(rng, 4, 150, 100.0)),
                 background: Some(group(rng, 4, 150, 100.0)),
                 history: Some(group(rng, 4, 150, 100.0)),
+                running: None,
             });
             (m, data)
         })

@@ -87,16 +87,16 @@ fn metrics(v: &Value) -> Result<BTreeMap<String, MetricData>, String> {
 
 fn groups(v: &Value, field: &str) -> Result<Groups, String> {
     let obj = v.as_object().ok_or(format!(
-        "{field}: expected an object with change, control, background, history"
+        "{field}: expected an object with change, control, background, history, running"
     ))?;
     // `direction` is allowed beside the groups (recorded datasets carry it); the spec decides.
     for k in obj.keys() {
         if !matches!(
             k.as_str(),
-            "change" | "control" | "background" | "history" | "direction"
+            "change" | "control" | "background" | "history" | "running" | "direction"
         ) {
             return Err(format!(
-                "{field}.{k}: unknown group (use change, control, background, history)"
+                "{field}.{k}: unknown group (use change, control, background, history, running)"
             ));
         }
     }
@@ -110,6 +110,7 @@ fn groups(v: &Value, field: &str) -> Result<Groups, String> {
         control: get("control")?,
         background: get("background")?,
         history: get("history")?,
+        running: get("running")?,
     })
 }
 

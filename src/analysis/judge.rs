@@ -2,7 +2,7 @@
 //! Production (Prometheus) and `graygate analyze` (recorded data) both end here.
 
 use crate::api::{Direction, Finding, MetricKind, MetricSpec, Verdict};
-use crate::detect::{self, Detection, dtw, fmt_num, peers};
+use crate::detect::{self, Detection, dtw, fmt_num, median, peers};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -90,6 +90,10 @@ pub struct Groups {
     /// The same window one day / one week earlier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<GroupData>,
+    /// With a fresh baseline as the control: the long-running pods still on the old template,
+    /// the second reference (shown in the evidence, not judged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<GroupData>,
 }
 
 /// A metric's data: one value series per group, or numerator and denominator rates.
@@ -368,6 +372,7 @@ fn ratio_groups(num: &Groups, den: &Groups) -> Groups {
         control: pair(&num.control, &den.control),
         background: pair(&num.background, &den.background),
         history: pair(&num.history, &den.history),
+        running: pair(&num.running, &den.running),
     }
 }
 
@@ -789,6 +794,13 @@ pub fn judge_with_history(
     if let Some(d) = &idle {
         findings.push(to_finding("canary activity", "change vs control", d));
     }
+    if let Some(second) = second_reference(metrics) {
+        // The control group is a fresh baseline: say so, and show the long-running pods too.
+        for f in &mut findings {
+            f.groups = f.groups.replace("vs control", "vs fresh baseline");
+        }
+        findings.push(second);
+    }
     findings.sort_by_key(severity);
     let first_failure = findings
         .iter()
@@ -843,6 +855,47 @@ pub fn judge_with_history(
         summary,
         findings,
     }
+}
+
+/// With a fresh baseline: how the canary compares with the long-running pods still on the old
+/// template, per metric (medians), as one finding that is shown and not judged.
+fn second_reference(metrics: &[(Metric, MetricData)]) -> Option<Finding> {
+    let mut parts = Vec::new();
+    let mut pods = 0;
+    for (m, data) in metrics {
+        let values = metric_values(data);
+        let Some(running) = values.running.as_ref().filter(|r| !r.is_empty()) else {
+            continue;
+        };
+        pods = pods.max(running.0.len());
+        let (c, r) = (values.change.values(), running.values());
+        if c.is_empty() {
+            continue;
+        }
+        let (mc, mr) = (median(&c), median(&r));
+        parts.push(if mr.abs() > f64::EPSILON {
+            format!("{} {:.2}×", m.name, mc / mr)
+        } else {
+            format!("{} {} vs {}", m.name, fmt_num(mc), fmt_num(mr))
+        });
+    }
+    (pods > 0).then(|| Finding {
+        metric: "second reference".into(),
+        detector: "medians".into(),
+        groups: "change vs long-running control".into(),
+        outcome: None,
+        score: None,
+        threshold: None,
+        explanation: format!(
+            "against the {pods} long-running pod(s) still on the old template the canary ran {} (median ÷ median; shown, not judged: the fresh baseline is as young as the canary)",
+            if parts.is_empty() {
+                "without data".to_string()
+            } else {
+                parts.join(", ")
+            }
+        ),
+        suppressed_by: None,
+    })
 }
 
 /// A group's samples at or after `from` (all of them without a bound).
@@ -976,12 +1029,58 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_baseline_is_the_reference_and_the_long_running_pods_are_shown() {
+        // The canary and the baseline are both young (twice the latency of the long-running
+        // pods): judged against the baseline it passes, and the evidence shows the 2×.
+        let young = MetricData::Plain(Groups {
+            change: series(&wave(2.0, 30)),
+            control: Some(series(&wave(2.0, 30))),
+            running: Some(series(&wave(1.0, 30))),
+            ..Default::default()
+        });
+        let out = judge(
+            &[(metric("latency", true, &["mann-whitney"]), young)],
+            &Params::default(),
+        );
+        assert_eq!(out.verdict, Verdict::Pass, "{}", out.summary);
+        assert!(
+            out.findings
+                .iter()
+                .any(|f| f.groups == "change vs fresh baseline")
+        );
+        let second = out
+            .findings
+            .iter()
+            .find(|f| f.metric == "second reference")
+            .unwrap();
+        assert_eq!(second.outcome, None);
+        assert!(
+            second.explanation.contains("latency 2.00×"),
+            "{}",
+            second.explanation
+        );
+        // A bad canary still fails against the baseline.
+        let bad = MetricData::Plain(Groups {
+            change: series(&wave(6.0, 30)),
+            control: Some(series(&wave(2.0, 30))),
+            running: Some(series(&wave(1.0, 30))),
+            ..Default::default()
+        });
+        let out = judge(
+            &[(metric("latency", true, &["mann-whitney"]), bad)],
+            &Params::default(),
+        );
+        assert_eq!(out.verdict, Verdict::Fail, "{}", out.summary);
+    }
+
+    #[test]
     fn without_control_the_background_is_the_reference() {
         let data = MetricData::Plain(Groups {
             change: series(&wave(3.0, 30)),
             control: None,
             background: Some(series(&wave(1.0, 120))),
             history: None,
+            running: None,
         });
         let out = judge(
             &[(

@@ -331,6 +331,7 @@ pub async fn analyze(
             "change" => g.change = data,
             "control" => g.control = Some(data),
             "background" => g.background = Some(data),
+            "running" => g.running = Some(data),
             _ => {
                 let h = g.history.get_or_insert_with(GroupData::default);
                 for (k, v) in data.0 {
@@ -356,10 +357,16 @@ pub async fn analyze(
     let mut params = judge::Params::from_spec(spec);
     // Every judgement of the change tests again: share the level among them all.
     params.alpha /= f64::from(plan.looks.max(1));
-    let out = judge::judge_with_history(&judged, &params, history);
+    // Against a fresh baseline the young-pod effect is in the reference already: the records
+    // (canary ÷ long-running control) neither apply nor grow from such a judgement.
+    let fresh = plan.windows.iter().any(|w| w.group == "running");
+    let out = judge::judge_with_history(&judged, &params, history.filter(|_| !fresh));
     let mut findings = out.findings;
     findings.append(&mut extra);
-    let record = judge::record(&judged, &params, "").to_status();
+    let mut record = judge::record(&judged, &params, "").to_status();
+    if fresh {
+        record.metrics.clear();
+    }
     Judgement::Verdict {
         verdict: out.verdict,
         summary: out.summary,
@@ -418,6 +425,14 @@ pub fn plan_for(req: &JudgeRequest<'_>) -> QueryPlan {
         windows.push(GroupWindow {
             group: "control",
             pods: pods_regex(&names(&req.groups.control)),
+            from: req.window.from,
+            to: req.window.to,
+        });
+    }
+    if !req.groups.running.is_empty() {
+        windows.push(GroupWindow {
+            group: "running",
+            pods: pods_regex(&names(&req.groups.running)),
             from: req.window.from,
             to: req.window.to,
         });

@@ -197,7 +197,8 @@ pub struct Finding {
     pub detector: String,
     /// The groups compared, like `change vs control`.
     pub groups: String,
-    /// pass, fail or inconclusive.
+    /// pass, fail or inconclusive; absent for what is shown and not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Verdict>,
     /// The detector's score.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -32,6 +32,8 @@ pub const ANN_RETRY: &str = "graygate.io/retry";
 pub const ANN_FEEDBACK: &str = "graygate.io/feedback";
 /// Label put on every pod of the change group (value: the ChangeRequest's name).
 pub const LABEL_CHANGE: &str = "graygate.io/change";
+/// Label on the pods of a fresh baseline (old template, started with the canary): the change's name.
+pub const LABEL_BASELINE: &str = "graygate.io/baseline";
 /// Finalizer that lets graygate roll back before a ChangeRequest goes away.
 pub const FINALIZER: &str = "graygate.io/rollback";
 /// The field manager graygate writes with.
@@ -124,6 +126,11 @@ pub struct ChangeRequestSpec {
     /// What deleting an active ChangeRequest does: `rollback` (default) or `keep`.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// What the canary is judged against: `control` (default: the pods still on the old
+    /// template) or `fresh` (new pods of the old template started beside each batch's canary,
+    /// as many as it has, at most 5: young against young). Deployments only.
+    #[serde(default, skip_serializing_if = "Baseline::is_control")]
+    pub baseline: Baseline,
     /// Metric and log analysis between batches. Without it each batch bakes for its `bake` time and passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
@@ -221,6 +228,28 @@ pub enum OnAnalysisError {
     /// Fail open: treat the judgement as passed and go on.
     Continue,
 }
+
+/// The reference group a canary is judged against.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Baseline {
+    /// The pods still on the old template.
+    #[default]
+    Control,
+    /// Pods of the old template started with the canary, as many as it has (at most
+    /// [`MAX_BASELINE_PODS`]), removed when the change ends.
+    Fresh,
+}
+
+impl Baseline {
+    /// True for the default.
+    pub fn is_control(&self) -> bool {
+        *self == Baseline::Control
+    }
+}
+
+/// The most pods a fresh baseline runs.
+pub const MAX_BASELINE_PODS: i32 = 5;
 
 /// What deleting an active ChangeRequest does to the workload.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
@@ -397,6 +426,12 @@ pub struct ChangeRequestStatus {
     /// Label selector of the control group's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_selector: Option<String>,
+    /// Name of the fresh baseline's Deployment (`baseline: fresh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_name: Option<String>,
+    /// Label selector of the fresh baseline's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_selector: Option<String>,
     /// When the first batch started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,

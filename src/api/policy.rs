@@ -3,8 +3,8 @@
 //! ChangeRequest, whoever made it.
 
 use super::{
-    AnalysisSpec, BatchSpec, ChangeWindow, DeletionPolicy, Duration, OnAnalysisError, OnAnomaly,
-    TargetKind,
+    AnalysisSpec, Baseline, BatchSpec, ChangeWindow, DeletionPolicy, Duration, OnAnalysisError,
+    OnAnomaly, TargetKind,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
@@ -195,6 +195,9 @@ pub struct ChangeSettings {
     /// What deleting an active generated ChangeRequest does: `rollback` (default) or `keep`.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// `control` (default) or `fresh`: see the ChangeRequest's `baseline`.
+    #[serde(default, skip_serializing_if = "Baseline::is_control")]
+    pub baseline: Baseline,
     /// Metric and log analysis between batches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,

@@ -78,6 +78,14 @@ pub fn check_spec(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
         check_patch(p)?;
     }
     check_batches(&spec.batches)?;
+    if spec.baseline == crate::api::Baseline::Fresh
+        && spec.target.kind == crate::api::TargetKind::StatefulSet
+    {
+        return Err(FieldError::new(
+            "baseline",
+            "fresh works for Deployments only: a StatefulSet's pods are its ordinals, so graygate cannot start extra pods of its old revision beside them",
+        ));
+    }
     if spec.progress_deadline == Duration::default() {
         return Err(FieldError::new(
             "progressDeadline",
@@ -323,6 +331,10 @@ batches: [{percent: 10, bake: 30s}, {percent: 100}]
         assert_eq!(field_of("patch: {status: {}}"), "patch.status");
         assert_eq!(field_of("batches: [{percent: 50}]"), "batches[0].percent");
         assert_eq!(field_of("progressDeadline: 0s"), "progressDeadline");
+        assert_eq!(
+            field_of("target: {kind: StatefulSet, name: db}\nbaseline: fresh"),
+            "baseline"
+        );
         assert_eq!(
             field_of("window: {timeZone: Nowhere/Land, start: '09:00', end: '10:00'}"),
             "window.timeZone"

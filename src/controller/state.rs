@@ -980,6 +980,24 @@ impl Machine<'_> {
                 ));
             }
         }
+        if self.spec.baseline == crate::api::Baseline::Fresh
+            && self.spec.target.kind == TargetKind::Deployment
+        {
+            // Pods of the old template started with each batch's canary: its own Deployment,
+            // told apart by its label (the control selector of an explicit change excludes it;
+            // a guarded change's control is the stable ReplicaSet's pod-template-hash).
+            self.st.baseline_name = Some(baseline_name(&self.spec.target.name, self.name));
+            self.st.baseline_selector = Some(format!(
+                "{},{LABEL_BASELINE}={}",
+                selector.join(","),
+                self.name
+            ));
+            if let Some(control) = self.st.control_selector.as_mut()
+                && self.spec.policy.is_none()
+            {
+                control.push_str(&format!(",!{LABEL_BASELINE}"));
+            }
+        }
         self.st.current_batch = 1;
         self.st.batches.clear();
         self.note(
@@ -1351,7 +1369,16 @@ fn trim_finding(mut f: Finding) -> Finding {
 
 /// The canary Deployment's name for a target and a ChangeRequest.
 pub fn canary_name(target: &str, change: &str) -> String {
-    let full = format!("{target}-canary-{change}");
+    object_name(format!("{target}-canary-{change}"))
+}
+
+/// The fresh baseline's Deployment name for a target and a ChangeRequest.
+pub fn baseline_name(target: &str, change: &str) -> String {
+    object_name(format!("{target}-baseline-{change}"))
+}
+
+// A name of at most 63 characters: cut and made unique by a hash when longer.
+fn object_name(full: String) -> String {
     if full.len() <= 63 {
         return full;
     }

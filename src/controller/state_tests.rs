@@ -81,6 +81,31 @@ fn pending_to_progressing_starts_batch_one() {
 }
 
 #[test]
+fn a_fresh_baseline_gets_its_own_deployment_and_selector_and_leaves_the_control() {
+    let mut s = spec(BASIC);
+    s.baseline = Baseline::Fresh;
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &obs(0));
+    assert_eq!(d.status.baseline_name.as_deref(), Some("web-baseline-chg"));
+    assert_eq!(
+        d.status.baseline_selector.as_deref(),
+        Some("app=web,graygate.io/baseline=chg")
+    );
+    assert_eq!(
+        d.status.control_selector.as_deref(),
+        Some("app=web,!graygate.io/change,!graygate.io/baseline")
+    );
+    // Without it, nothing of the kind.
+    let d = decide(
+        "chg",
+        &spec(BASIC),
+        &ChangeRequestStatus::default(),
+        &obs(0),
+    );
+    assert_eq!(d.status.baseline_name, None);
+    assert_eq!(d.status.baseline_selector, None);
+}
+
+#[test]
 fn invalid_spec_touches_nothing_and_names_the_field() {
     let s = spec(
         "target: {kind: Deployment, name: web}\nimages: {db: 'pg:16'}\nbatches: [{percent: 100}]",

@@ -195,6 +195,13 @@ async fn read_workloads(
     let mut stale = Vec::new();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     for d in deployments.list(&ListParams::default()).await?.items {
+        // graygate's own canaries and fresh baselines belong to their change, not to a policy.
+        if d.owner_references()
+            .iter()
+            .any(|o| o.kind == "ChangeRequest" && o.controller == Some(true))
+        {
+            continue;
+        }
         let labels = d.labels().clone();
         let selected =
             policy
@@ -748,6 +755,7 @@ pub fn spec_for(
             .unwrap_or(crate::api::Duration(Duration::from_secs(600))),
         window: c.window.clone(),
         deletion_policy: c.deletion_policy,
+        baseline: c.baseline,
         analysis: c.analysis.clone(),
     }
 }

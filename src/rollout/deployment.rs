@@ -144,8 +144,15 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             let canary_template = with_label(&new_template, LABEL_CHANGE, &ctx.cr.name_any());
             let canary_available = match &canary {
                 None => {
-                    create_canary(ctx, &api, &target, &canary_name, *changed, &canary_template)
-                        .await?;
+                    create_owned(
+                        ctx,
+                        &api,
+                        &target,
+                        (&canary_name, LABEL_CHANGE),
+                        *changed,
+                        &canary_template,
+                    )
+                    .await?;
                     0
                 }
                 Some(c) => {
@@ -248,11 +255,14 @@ async fn scale(api: &Api<Deployment>, name: &str, replicas: i32) -> Result<(), E
     Ok(())
 }
 
-async fn create_canary(
+/// Create a Deployment `name` owned by the ChangeRequest (the canary, or a fresh baseline) beside
+/// `target`: its selector is the target's plus `label` = the change's name, which `template`
+/// carries too.
+pub(super) async fn create_owned(
     ctx: &Ctx<'_>,
     api: &Api<Deployment>,
     target: &Deployment,
-    name: &str,
+    (name, label): (&str, &str),
     replicas: i32,
     template: &Value,
 ) -> Result<(), Error> {
@@ -262,7 +272,7 @@ async fn create_canary(
         .as_ref()
         .and_then(|s| s.selector.match_labels.clone())
         .unwrap_or_default();
-    match_labels.insert(LABEL_CHANGE.to_string(), change.clone());
+    match_labels.insert(label.to_string(), change.clone());
     let owner = ctx.cr.controller_owner_ref(&()).ok_or(Error::NoNamespace)?;
     let strategy = target.spec.as_ref().and_then(|s| s.strategy.clone());
     let canary = json!({
@@ -271,7 +281,7 @@ async fn create_canary(
         "metadata": {
             "name": name,
             "namespace": ctx.ns,
-            "labels": {LABEL_CHANGE: change, "app.kubernetes.io/managed-by": "graygate"},
+            "labels": {label: change, "app.kubernetes.io/managed-by": "graygate"},
             "ownerReferences": [owner],
         },
         "spec": {

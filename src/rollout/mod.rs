@@ -1,5 +1,6 @@
 //! Workload strategies and the pure pieces they share.
 
+pub mod baseline;
 pub mod deployment;
 pub mod guarded;
 pub mod plan;
@@ -128,24 +129,39 @@ where
 
 /// Observe the target against `step`.
 pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<WorkloadObs>, Error> {
-    match ctx.cr.spec.target.kind {
-        TargetKind::Deployment if ctx.cr.spec.policy.is_some() => guarded::observe(ctx, step).await,
-        TargetKind::Deployment => deployment::observe(ctx, step).await,
-        TargetKind::StatefulSet => statefulset::observe(ctx, step).await,
+    let mut obs = match ctx.cr.spec.target.kind {
+        TargetKind::Deployment if ctx.cr.spec.policy.is_some() => {
+            guarded::observe(ctx, step).await?
+        }
+        TargetKind::Deployment => deployment::observe(ctx, step).await?,
+        TargetKind::StatefulSet => statefulset::observe(ctx, step).await?,
+    };
+    // A batch with a fresh baseline bakes once the baseline is ready too; the change ends
+    // once it is gone.
+    if let Some(o) = obs.as_mut()
+        && o.step_reached
+        && step.is_some()
+    {
+        o.step_reached = baseline::reached(ctx, step).await?;
     }
+    Ok(obs)
 }
 
 /// Bring the workload to `step`, idempotently.
 pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     match ctx.cr.spec.target.kind {
-        TargetKind::Deployment if ctx.cr.spec.policy.is_some() => guarded::ensure(ctx, step).await,
-        TargetKind::Deployment => deployment::ensure(ctx, step).await,
-        TargetKind::StatefulSet => statefulset::ensure(ctx, step).await,
+        TargetKind::Deployment if ctx.cr.spec.policy.is_some() => {
+            guarded::ensure(ctx, step).await?
+        }
+        TargetKind::Deployment => deployment::ensure(ctx, step).await?,
+        TargetKind::StatefulSet => statefulset::ensure(ctx, step).await?,
     }
+    baseline::ensure(ctx, step).await
 }
 
 /// Detach graygate's objects so they outlive the ChangeRequest (deletionPolicy keep).
 pub async fn orphan(ctx: &Ctx<'_>) -> Result<(), Error> {
+    baseline::remove(ctx).await?;
     match ctx.cr.spec.target.kind {
         TargetKind::Deployment => deployment::orphan(ctx).await,
         TargetKind::StatefulSet => Ok(()),
@@ -168,8 +184,11 @@ pub struct GroupPod {
 pub struct Groups {
     /// Pods on the new template.
     pub change: Vec<GroupPod>,
-    /// Pods of the same workload still on the old template.
+    /// The reference: pods of the same workload still on the old template, or, with a fresh
+    /// baseline, the baseline's pods (old template, as young as the canary).
     pub control: Vec<GroupPod>,
+    /// With a fresh baseline: the long-running pods still on the old template (shown beside it).
+    pub running: Vec<GroupPod>,
 }
 
 /// List the change and control pods from the selectors recorded in status. Once promoted
@@ -226,7 +245,25 @@ pub async fn groups(ctx: &Ctx<'_>, promoted: bool) -> Result<Groups, Error> {
     }
     change.sort_by(|a, b| a.name.cmp(&b.name));
     control.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Groups { change, control })
+    // A fresh baseline, once its pods exist, is the reference; the long-running pods are shown.
+    let mut baseline = if promoted {
+        Vec::new()
+    } else {
+        list(status.baseline_selector.clone()).await?
+    };
+    if baseline.is_empty() {
+        return Ok(Groups {
+            change,
+            control,
+            running: Vec::new(),
+        });
+    }
+    baseline.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Groups {
+        change,
+        control: baseline,
+        running: control,
+    })
 }
 
 #[cfg(test)]
