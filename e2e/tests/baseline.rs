@@ -19,7 +19,8 @@ use std::time::Duration;
 /// The slowness of a young `slow-start` pod lasts this long.
 const YOUNG: Duration = Duration::from_secs(40);
 
-/// A change of `web` to `image`, judged every 3 s while its canary is young; `baseline` is
+/// A change of `web` to `image`, judged every 3 s while its canary is young (the first two
+/// batches bake 30 s, long enough for every metric to have its samples); `baseline` is
 /// `control` or `fresh`.
 fn change(ns: &str, name: &str, image: &str, baseline: &str) -> String {
     change_yaml(
@@ -33,7 +34,7 @@ baseline: {baseline}
 analysis: {{interval: 3s, warmup: 3s, failureLimit: 2}}
 batches:
 - {{replicas: 1, bake: 30s}}
-- {{percent: 50, bake: 9s}}
+- {{percent: 50, bake: 30s}}
 - {{percent: 100, bake: 9s}}
 "#
         ),
