@@ -50,7 +50,11 @@ pub fn escape_literal(s: &str) -> String {
     for c in s.chars() {
         if c.is_ascii_alphanumeric() || c == '_' {
             out.push(c);
-        } else if c.is_ascii_punctuation() || c == ' ' {
+        } else if c == ' ' || (c.is_ascii_punctuation() && !"\\.+*?()|[]{}^$#&-~\"".contains(c)) {
+            // Not special to RE2 (nor to PromQL strings): itself. (Escaping it would be allowed
+            // by RE2 but `\<` means something else to other engines.)
+            out.push(c);
+        } else if c.is_ascii_punctuation() {
             // `\\` in the PromQL string is one backslash for RE2; `\"` keeps the string closed.
             out.push_str("\\\\");
             if c == '"' {
@@ -61,10 +65,9 @@ pub fn escape_literal(s: &str) -> String {
                 out.push(c);
             }
         } else {
-            // Control characters and non-ASCII never occur in pod names; encode them inertly.
-            for b in c.to_string().bytes() {
-                out.push_str(&format!("\\\\x{b:02x}"));
-            }
+            // Control characters and non-ASCII never occur in pod names; encode them inertly,
+            // by code point (RE2 matches runes: a byte escape `\xc2` would be the rune U+00C2).
+            out.push_str(&format!("\\\\x{{{:x}}}", u32::from(c)));
         }
     }
     out
