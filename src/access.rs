@@ -93,6 +93,13 @@ pub const OPERATOR_ACCESS: &[Access] = &[
         why: "shrink and restore the target while the canary grows",
     },
     Access {
+        group: "autoscaling",
+        resource: "horizontalpodautoscalers",
+        verbs: &["list"],
+        scope: Scope::Watched,
+        why: "find the autoscaler of a target: its replica count is then left to it and batches follow it",
+    },
+    Access {
         group: "apps",
         resource: "statefulsets",
         verbs: &["get", "list", "patch"],

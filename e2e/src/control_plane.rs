@@ -149,7 +149,7 @@ impl ControlPlane {
             attempt += 1;
             let manager = [
                 format!("--kubeconfig={}", cp.kubeconfig.display()),
-                "--controllers=deployment,replicaset,statefulset,garbagecollector,serviceaccount,serviceaccount-token,namespace".into(),
+                "--controllers=deployment,replicaset,statefulset,garbagecollector,serviceaccount,serviceaccount-token,namespace,horizontalpodautoscaling".into(),
                 format!("--service-account-private-key-file={}", key.display()),
                 format!("--root-ca-file={}", certs.join("apiserver.crt").display()),
                 "--leader-elect=false".into(),

@@ -199,6 +199,22 @@ async fn a_fresh_baseline_judges_young_against_young() {
         image_of(&deployment(&w, ns, "web").await.unwrap()),
         "shop/web:v2-slow-start"
     );
+
+    // And against the control, as always.
+    wait_deployment_ready(&w, ns, "web", 4).await;
+    w.apply(&change(ns, "bad-control", "shop/web:v4-errors", "control"))
+        .await
+        .unwrap();
+    let st = ended(&w, ns, "bad-control", Phase::RolledBack).await;
+    assert_eq!(st.current_batch, 1, "{:?}", st.message);
+    assert!(
+        st.batches[0]
+            .findings
+            .iter()
+            .any(|f| f.metric == "error-ratio" && f.outcome == Some(Verdict::Fail)),
+        "{:#?}",
+        st.batches[0].findings
+    );
 }
 
 /// A guarded Deployment whose policy asks for a fresh baseline: `kubectl set image` of a healthy
@@ -206,15 +222,11 @@ async fn a_fresh_baseline_judges_young_against_young() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guarded_change_is_judged_against_a_fresh_baseline() {
     let ns = "b2";
-    let w = World::start(WorldOptions {
+    let w = world_with_webhook(WorldOptions {
         prometheus: true,
         ..Default::default()
     })
-    .await
-    .unwrap();
-    let hook = w.install_webhook("Ignore").await.unwrap();
-    let args: Vec<&str> = hook.iter().map(String::as_str).collect();
-    w.start_graygate(&args).unwrap();
+    .await;
     w.apply(&deployment_yaml(ns, "web", 4).replace("shop/web:healthy", "shop/web:v0-slow-start"))
         .await
         .unwrap();
@@ -236,46 +248,11 @@ spec:
     ))
     .await
     .unwrap();
-    w.wait_for("web guarded", LONG, || async {
-        Ok(deployment(&w, ns, "web")
-            .await
-            .filter(|d| {
-                d.metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|l| l.contains_key(graygate::api::LABEL_GUARDED_BY))
-            })
-            .map(|_| ()))
-    })
-    .await
-    .unwrap();
+    wait_labelled_guarded(&w, ns, "web").await;
     tokio::time::sleep(YOUNG + Duration::from_secs(5)).await;
 
-    let out = std::process::Command::new("kubectl")
-        .arg(format!("--kubeconfig={}", w.admin_kubeconfig.display()))
-        .args([
-            "set",
-            "image",
-            "deployment/web",
-            "-n",
-            ns,
-            "app=shop/web:v1-slow-start",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let name = w
-        .wait_for("the generated change", LONG, || async {
-            let api: Api<graygate::api::ChangeRequest> = Api::namespaced(w.client.clone(), ns);
-            Ok(api
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .find_map(|c| c.metadata.name))
-        })
-        .await
-        .unwrap();
+    admin_set_image(&w, ns, "web", "shop/web:v1-slow-start");
+    let name = generated_change(&w, ns, &[]).await;
     let st = ended(&w, ns, &name, Phase::Succeeded).await;
     let f = finding(&st, "latency-p99", "peers");
     assert_ne!(f.outcome, Some(Verdict::Fail), "{f:#?}");

@@ -72,6 +72,11 @@ pub struct WorkloadObs {
     pub changed_ready: i32,
     /// The workload has reached the step the status asks for, and every controller has caught up.
     pub step_reached: bool,
+    /// The replica count batches follow when something other than graygate owns it (an
+    /// autoscaler, or the Deployment of a guarded change); `None` when graygate sizes the target.
+    pub live_replicas: Option<i32>,
+    /// The autoscaler that owns the target's replica count, as `Kind/name`.
+    pub autoscaler: Option<String>,
 }
 
 /// Annotation values on the ChangeRequest.
@@ -1024,12 +1029,74 @@ impl Machine<'_> {
     }
 
     fn progress(&mut self) {
+        let kept = self
+            .obs
+            .workload
+            .clone()
+            .and_then(|w| self.follow_live_replicas(&w));
         // Bounded: at most one batch passes and the next one starts in one decision.
         for _ in 0..2 {
             if !self.progress_once() {
-                return;
+                break;
             }
         }
+        if let (Some(kept), Some(m)) = (kept, self.st.message.as_mut()) {
+            m.push_str("; ");
+            m.push_str(&kept);
+        }
+    }
+
+    /// When something other than graygate owns the target's replica count (an autoscaler, or
+    /// the Deployment of a guarded change), the batches follow it: the plan is made again for
+    /// the live count, and the status and an Event say what the batch is now and why. A count
+    /// whose plan has another number of batches (rounding merges some) keeps the plan it had;
+    /// what to add to the message then is returned.
+    fn follow_live_replicas(&mut self, w: &WorkloadObs) -> Option<String> {
+        let (Some(live), Some(before)) = (w.live_replicas, self.st.original_replicas) else {
+            return None;
+        };
+        if live == before || live < 1 {
+            return None;
+        }
+        let (Ok(old), Ok(new)) = (
+            plan(&self.spec.batches, before),
+            plan(&self.spec.batches, live),
+        ) else {
+            return None;
+        };
+        let who = w.autoscaler.clone().unwrap_or_else(|| "its owner".into());
+        let k = self.st.current_batch.max(1) as usize;
+        if old.len() != new.len() {
+            return Some(format!(
+                "{} now has {live} replicas ({who}); the batches keep the sizes planned for {before}, because for {live} rounding would merge some of them",
+                self.spec.target
+            ));
+        }
+        self.st.original_replicas = Some(live);
+        for (b, p) in self.st.batches.iter_mut().zip(&new) {
+            if b.index as usize >= k {
+                b.replicas = p.replicas;
+            }
+        }
+        let (was, now) = (
+            old.get(k - 1).map_or(0, |p| p.replicas),
+            new.get(k - 1).map_or(0, |p| p.replicas),
+        );
+        self.note(
+            false,
+            "Rescaled",
+            format!(
+                "{} now has {live} replicas, was {before} ({who}): batch {k}/{} is {now} pods{}",
+                self.spec.target,
+                new.len(),
+                if was == now {
+                    String::new()
+                } else {
+                    format!(", was {was}")
+                }
+            ),
+        );
+        None
     }
 
     /// One step of the current batch. Returns true when the next batch may start right away.

@@ -27,6 +27,8 @@ fn workload(reached: bool, ready: i32) -> WorkloadObs {
         partition: None,
         changed_ready: ready,
         step_reached: reached,
+        live_replicas: None,
+        autoscaler: None,
     }
 }
 
@@ -103,6 +105,51 @@ fn a_fresh_baseline_gets_its_own_deployment_and_selector_and_leaves_the_control(
     );
     assert_eq!(d.status.baseline_name, None);
     assert_eq!(d.status.baseline_selector, None);
+}
+
+#[test]
+fn batches_follow_an_autoscaler_and_say_so() {
+    let s = spec(BASIC);
+    let st = started(&s);
+    // The autoscaler takes the target from 4 to 8 replicas during batch 1 (25%: 1 → 2 pods).
+    let mut o = obs(5);
+    o.workload = Some(WorkloadObs {
+        replicas: 8,
+        live_replicas: Some(8),
+        autoscaler: Some("HorizontalPodAutoscaler/web".into()),
+        ..workload(false, 0)
+    });
+    let d = decide("chg", &s, &st, &o);
+    assert_eq!(d.status.original_replicas, Some(8));
+    assert_eq!(d.status.batches[0].replicas, 2);
+    assert_eq!(d.actions, vec![Action::Ensure(Step::Batch { changed: 2 })]);
+    let n = d.notes.iter().find(|n| n.reason == "Rescaled").unwrap();
+    assert_eq!(
+        n.message,
+        "Deployment/web now has 8 replicas, was 4 (HorizontalPodAutoscaler/web): batch 1/3 is 2 pods, was 1"
+    );
+    // Down to 2: for 2 replicas 25% and 50% would both be 1 pod and merge; the plan stays and
+    // the message says why.
+    let mut o = obs(6);
+    o.workload = Some(WorkloadObs {
+        replicas: 2,
+        live_replicas: Some(2),
+        autoscaler: Some("HorizontalPodAutoscaler/web".into()),
+        ..workload(false, 0)
+    });
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.original_replicas, Some(8));
+    assert!(
+        d.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("keep the sizes planned for 8")),
+        "{:?}",
+        d.status.message
+    );
+    // graygate sizing the target itself (no live count): nothing follows.
+    let d = decide("chg", &s, &st, &obs(5));
+    assert_eq!(d.status.original_replicas, Some(4));
 }
 
 #[test]

@@ -47,7 +47,21 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         format!("{available}/{replicas} available, {updated} updated, {total} pods in total")
     };
     let status = ctx.cr.status.clone().unwrap_or_default();
-    let n_total = status.original_replicas.unwrap_or(replicas);
+    // With an autoscaler the target keeps the count it sets (the canary runs beside it) and
+    // batches follow that count.
+    let autoscaler = super::autoscaler(ctx).await?;
+    let n_total = if autoscaler.is_some() {
+        replicas
+    } else {
+        status.original_replicas.unwrap_or(replicas)
+    };
+    let stable_wanted = |changed: i32| {
+        if autoscaler.is_some() {
+            replicas
+        } else {
+            n_total - changed
+        }
+    };
     let canary = match &status.canary_name {
         Some(name) => api.get_opt(name).await?,
         None => None,
@@ -62,9 +76,9 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
                     &template_of(&c.spec.as_ref().map(|s| &s.template))?,
                     &new_template,
                 );
-                let stable_ok = replicas == n_total - changed
-                    && total == n_total - changed
-                    && available == n_total - changed
+                let stable_ok = replicas == stable_wanted(*changed)
+                    && total == replicas
+                    && available == replicas
                     && caught_up;
                 let canary_ok = template_ok
                     && c_caught
@@ -121,6 +135,8 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         partition: None,
         changed_ready,
         step_reached,
+        live_replicas: autoscaler.as_ref().map(|_| replicas),
+        autoscaler,
     }))
 }
 
@@ -137,6 +153,9 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     };
     let canary = api.get_opt(&canary_name).await?;
     let (replicas, ..) = counts(&target);
+    // An autoscaler owns the target's replicas: graygate never writes them.
+    let autoscaled = super::autoscaler(ctx).await?.is_some();
+    let n_total = if autoscaled { replicas } else { n_total };
     let template = template_of(&target.spec.as_ref().map(|s| &s.template))?;
     match step {
         Step::Batch { changed } => {
@@ -176,7 +195,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             };
             // Shrink the stable side only once the canary carries its share, so capacity never dips.
             let stable_wanted = n_total - changed;
-            if canary_available >= *changed && replicas != stable_wanted {
+            if !autoscaled && canary_available >= *changed && replicas != stable_wanted {
                 ctx.fence.check()?;
                 scale(&api, &target.name_any(), stable_wanted).await?;
             }

@@ -192,6 +192,9 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         Some(Step::Restore) => (0, canary.is_none() && healthy),
     };
     Ok(Some(WorkloadObs {
+        // The Deployment (and an autoscaler) own the replica count: batches follow it.
+        live_replicas: Some(replicas),
+        autoscaler: super::autoscaler(ctx).await?,
         replicas,
         healthy,
         unhealthy_reason,

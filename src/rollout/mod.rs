@@ -147,6 +147,32 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
     Ok(obs)
 }
 
+/// The HorizontalPodAutoscaler whose scale target is this Deployment, as `Kind/name`.
+pub async fn autoscaler(ctx: &Ctx<'_>) -> Result<Option<String>, Error> {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    if ctx.cr.spec.target.kind != TargetKind::Deployment {
+        return Ok(None);
+    }
+    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ctx.ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|h| {
+            h.spec.as_ref().is_some_and(|s| {
+                s.scale_target_ref.kind == "Deployment"
+                    && s.scale_target_ref.name == ctx.cr.spec.target.name
+            })
+        })
+        .map(|h| {
+            format!(
+                "HorizontalPodAutoscaler/{}",
+                h.metadata.name.unwrap_or_default()
+            )
+        }))
+}
+
 /// Bring the workload to `step`, idempotently.
 pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     match ctx.cr.spec.target.kind {

@@ -117,6 +117,8 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         }
     };
     Ok(Some(WorkloadObs {
+        live_replicas: None,
+        autoscaler: None,
         replicas,
         healthy,
         unhealthy_reason,

@@ -318,3 +318,65 @@ pub fn new_pods_per_batch(st: &graygate::api::ChangeRequestStatus) -> Vec<(i32, 
         .map(|b| (b.replicas, b.pods_ready))
         .collect()
 }
+
+/// A world with graygate serving its admission webhook (failure policy `Ignore`).
+pub async fn world_with_webhook(opts: WorldOptions) -> World {
+    let w = World::start(opts).await.expect("world starts");
+    let hook = w
+        .install_webhook("Ignore")
+        .await
+        .expect("webhook installed");
+    let args: Vec<&str> = hook.iter().map(String::as_str).collect();
+    w.start_graygate(&args).expect("graygate starts");
+    w
+}
+
+/// Wait until a ChangePolicy has labelled the Deployment `name` as guarded.
+pub async fn wait_labelled_guarded(w: &World, ns: &str, name: &str) {
+    w.wait_for(&format!("{name} guarded"), LONG, || async {
+        Ok(deployment(w, ns, name)
+            .await
+            .filter(|d| {
+                d.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(graygate::api::LABEL_GUARDED_BY))
+            })
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+}
+
+/// `kubectl set image deployment/<name> app=<image>` as the cluster admin; asserts it worked.
+pub fn admin_set_image(w: &World, ns: &str, name: &str, image: &str) {
+    let out = std::process::Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", w.admin_kubeconfig.display()))
+        .args([
+            "set",
+            "image",
+            &format!("deployment/{name}"),
+            "-n",
+            ns,
+            &format!("app={image}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Wait for a generated ChangeRequest in `ns` not named in `known`; its name.
+pub async fn generated_change(w: &World, ns: &str, known: &[String]) -> String {
+    let api: Api<graygate::api::ChangeRequest> = Api::namespaced(w.client.clone(), ns);
+    w.wait_for("a generated change", LONG, || async {
+        Ok(api
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .find(|n| !known.contains(n)))
+    })
+    .await
+    .unwrap()
+}
