@@ -363,15 +363,14 @@ pub async fn analyze(
     let out = judge::judge_with_history(&judged, &params, history.filter(|_| !fresh));
     let mut findings = out.findings;
     findings.append(&mut extra);
-    let mut record = judge::record(&judged, &params, "").to_status();
-    if fresh {
-        record.metrics.clear();
-    }
+    let record = (!fresh)
+        .then(|| judge::record(&judged, &params, "").to_status())
+        .filter(|r| !r.metrics.is_empty());
     Judgement::Verdict {
         verdict: out.verdict,
         summary: out.summary,
         findings,
-        record: (!record.metrics.is_empty()).then_some(record),
+        record,
     }
 }
 
@@ -421,21 +420,19 @@ pub fn plan_for(req: &JudgeRequest<'_>) -> QueryPlan {
         from: req.window.from,
         to: req.window.to,
     }];
-    if !req.groups.control.is_empty() {
-        windows.push(GroupWindow {
-            group: "control",
-            pods: pods_regex(&names(&req.groups.control)),
-            from: req.window.from,
-            to: req.window.to,
-        });
-    }
-    if !req.groups.running.is_empty() {
-        windows.push(GroupWindow {
-            group: "running",
-            pods: pods_regex(&names(&req.groups.running)),
-            from: req.window.from,
-            to: req.window.to,
-        });
+    // The reference of the batch and, with a fresh baseline, the long-running pods beside it.
+    for (group, pods) in [
+        ("control", &req.groups.control),
+        ("running", &req.groups.running),
+    ] {
+        if !pods.is_empty() {
+            windows.push(GroupWindow {
+                group,
+                pods: pods_regex(&names(pods)),
+                from: req.window.from,
+                to: req.window.to,
+            });
+        }
     }
     let workload = workload_pods_regex(req.cr.spec.target.kind, &req.cr.spec.target.name);
     let background = spec

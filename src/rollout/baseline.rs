@@ -5,6 +5,7 @@
 //! plus [`LABEL_BASELINE`]; they never count toward the target's replicas, and they are removed
 //! when the change promotes, rolls back, is superseded or is deleted.
 
+use super::template::with_label;
 use super::{Ctx, Error, same_template};
 use crate::api::{LABEL_BASELINE, LABEL_CHANGE, MAX_BASELINE_PODS};
 use crate::controller::state::Step;
@@ -20,17 +21,13 @@ pub fn wanted(changed: i32) -> i32 {
 
 /// The baseline's pod template: the stable template, labelled as the baseline of this change.
 fn template(ctx: &Ctx<'_>, stable: &Value) -> Value {
-    let mut t = stable.clone();
-    if !t.get("metadata").is_some_and(Value::is_object) {
-        t["metadata"] = json!({});
-    }
-    if !t["metadata"].get("labels").is_some_and(Value::is_object) {
-        t["metadata"]["labels"] = json!({});
-    }
-    if let Some(l) = t["metadata"]["labels"].as_object_mut() {
+    let mut t = with_label(stable, LABEL_BASELINE, &ctx.cr.name_any());
+    if let Some(l) = t
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
         l.remove("pod-template-hash");
         l.remove(LABEL_CHANGE);
-        l.insert(LABEL_BASELINE.into(), json!(ctx.cr.name_any()));
     }
     t
 }
@@ -121,16 +118,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
 
 /// Remove the baseline (a kept change's canary outlives it; its baseline has no use left).
 pub async fn remove(ctx: &Ctx<'_>) -> Result<(), Error> {
-    let status = ctx.cr.status.clone().unwrap_or_default();
-    let Some(name) = status.baseline_name else {
-        return Ok(());
-    };
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    if api.get_opt(&name).await?.is_some() {
-        ctx.fence.check()?;
-        super::delete_in_background(&api, &name).await?;
-    }
-    Ok(())
+    ensure(ctx, &Step::Restore).await
 }
 
 #[cfg(test)]
