@@ -8,6 +8,8 @@ command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 # etcd for the real control plane (kube-apiserver v1.36 works with Debian's 3.4).
 [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "${KUBEBUILDER_ASSETS}/etcd" ] || command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v xz >/dev/null 2>&1 || need_apt+=(xz-utils)
+# Headless Chromium reads the dashboard in its end-to-end test (chromium-driver for WebDriver users).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium chromium-driver fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   SUDO=""

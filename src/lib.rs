@@ -6,6 +6,7 @@ pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod dashboard;
 pub mod detect;
 pub mod guard;
 pub mod logs;

@@ -23,6 +23,7 @@ fn exported() -> BTreeMap<String, String> {
         .inc();
     m.set_phase("shop", "web-v2", Some((graygate::api::Phase::Paused, 1)));
     m.held("Deployment");
+    m.set_outcome("shop", "web-v1", Some(("stopped", "real-fault")));
     m.unguarded
         .get_or_create(&graygate::controller::metrics::WorkloadLabel {
             namespace: "shop".into(),

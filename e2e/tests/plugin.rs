@@ -72,21 +72,6 @@ fn fails(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
-/// A copy of the world's kubeconfig whose current context defaults to `ns`.
-fn kubeconfig_in(w: &World, ns: &str) -> PathBuf {
-    let text = std::fs::read_to_string(&w.admin_kubeconfig).unwrap();
-    let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    let current = kc["current-context"].as_str().unwrap().to_string();
-    for ctx in kc["contexts"].as_sequence_mut().unwrap() {
-        if ctx["name"].as_str() == Some(current.as_str()) {
-            ctx["context"]["namespace"] = ns.into();
-        }
-    }
-    let path = w.dir.path().join(format!("kubeconfig-{ns}"));
-    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
-    path
-}
-
 async fn world_watching(namespaces: &str) -> World {
     let w = World::start(WorldOptions::default()).await.expect("world");
     w.start_graygate(&[&format!("--namespace={namespaces}")])

@@ -20,6 +20,17 @@ impl GroupData {
             .filter(|v| v.is_finite())
             .collect()
     }
+    /// The time of the first sample, if any (slots are counted from it).
+    pub fn first_time(&self) -> Option<f64> {
+        let t0 = self
+            .0
+            .values()
+            .flatten()
+            .map(|(t, _)| *t)
+            .fold(f64::INFINITY, f64::min);
+        t0.is_finite().then_some(t0)
+    }
+
     /// Number of finite samples.
     pub fn len(&self) -> usize {
         self.0
@@ -378,21 +389,12 @@ fn ratio_groups(num: &Groups, den: &Groups) -> Groups {
 
 /// The change and reference as peer units, and the slot width, for `peers` and for history
 /// records; `None` without change samples.
-fn peer_inputs(
+pub(crate) fn peer_inputs(
     values: &Groups,
     reference: &GroupData,
     p: &Params,
 ) -> Option<(Vec<peers::Unit>, Vec<peers::Unit>, f64)> {
-    let t0 = values
-        .change
-        .0
-        .values()
-        .flatten()
-        .map(|(t, _)| *t)
-        .fold(f64::INFINITY, f64::min);
-    if !t0.is_finite() {
-        return None;
-    }
+    let t0 = values.change.first_time()?;
     let slot = p.slot_secs.max(
         values
             .change
@@ -407,7 +409,7 @@ fn peer_inputs(
 }
 
 /// A metric's values: plain, or numerator ÷ denominator per pod and time.
-fn metric_values(data: &MetricData) -> Groups {
+pub(crate) fn metric_values(data: &MetricData) -> Groups {
     match data {
         MetricData::Plain(g) => g.clone(),
         MetricData::Ratio {

@@ -5,6 +5,7 @@ pub mod defaults;
 pub mod history;
 pub mod input;
 pub mod judge;
+pub mod plot;
 pub mod prometheus;
 pub mod recorded;
 pub mod template;

@@ -263,10 +263,45 @@ pub async fn analyze(
     plan: &QueryPlan,
     history: Option<&History>,
 ) -> Judgement {
-    let (metrics, mut extra) = match resolve_metrics(spec, prom, token, plan).await {
+    let (judged, mut extra) = match fetch(spec, prom, token, plan).await {
         Ok(m) => m,
-        Err(QueryError::Rejected(e)) => return Judgement::SpecError(e),
-        Err(QueryError::Unavailable(e)) => return Judgement::Error(format!("Prometheus: {e}")),
+        Err(j) => return j,
+    };
+    let mut params = judge::Params::from_spec(spec);
+    // Every judgement of the change tests again: share the level among them all.
+    params.alpha /= f64::from(plan.looks.max(1));
+    // Against a fresh baseline the young-pod effect is in the reference already: the records
+    // (canary ÷ long-running control) neither apply nor grow from such a judgement.
+    let fresh = plan.windows.iter().any(|w| w.group == "running");
+    let out = judge::judge_with_history(&judged, &params, history.filter(|_| !fresh));
+    let mut findings = out.findings;
+    findings.append(&mut extra);
+    let record = (!fresh)
+        .then(|| judge::record(&judged, &params, "").to_status())
+        .filter(|r| !r.metrics.is_empty());
+    Judgement::Verdict {
+        verdict: out.verdict,
+        summary: out.summary,
+        findings,
+        record,
+    }
+}
+
+/// Query every metric (the spec's, or the built-in ones whose series exist) for every group of
+/// the plan, with every default filled in; the built-in metrics skipped come as findings. What
+/// the judge reads, and what the dashboard plots. A failure is the judgement to report.
+pub async fn fetch(
+    spec: &AnalysisSpec,
+    prom: &Prom,
+    token: Option<&str>,
+    plan: &QueryPlan,
+) -> Result<(Vec<(Metric, MetricData)>, Vec<Finding>), Judgement> {
+    let (metrics, extra) = match resolve_metrics(spec, prom, token, plan).await {
+        Ok(m) => m,
+        Err(QueryError::Rejected(e)) => return Err(Judgement::SpecError(e)),
+        Err(QueryError::Unavailable(e)) => {
+            return Err(Judgement::Error(format!("Prometheus: {e}")));
+        }
     };
     // One task per (metric, part, group window): bounded concurrency keeps Prometheus calm.
     let mut tasks = Vec::new();
@@ -291,7 +326,7 @@ pub async fn analyze(
             for (wi, w) in plan.windows.iter().enumerate() {
                 let query = match render(template, &vars(plan, w)) {
                     Ok(q) => q,
-                    Err(e) => return Judgement::SpecError(FieldError::new(field.clone(), e)),
+                    Err(e) => return Err(Judgement::SpecError(FieldError::new(field.clone(), e))),
                 };
                 let field = if spec.metrics.is_some() {
                     field.clone()
@@ -322,8 +357,10 @@ pub async fn analyze(
     for (mi, part, wi, r) in results {
         let data = match r {
             Ok(d) => d,
-            Err(QueryError::Rejected(e)) => return Judgement::SpecError(e),
-            Err(QueryError::Unavailable(e)) => return Judgement::Error(format!("Prometheus: {e}")),
+            Err(QueryError::Rejected(e)) => return Err(Judgement::SpecError(e)),
+            Err(QueryError::Unavailable(e)) => {
+                return Err(Judgement::Error(format!("Prometheus: {e}")));
+            }
         };
         let g = parts.entry((mi, part)).or_default();
         let w = &plan.windows[wi];
@@ -354,24 +391,7 @@ pub async fn analyze(
         };
         judged.push((Metric::from_spec(m), data));
     }
-    let mut params = judge::Params::from_spec(spec);
-    // Every judgement of the change tests again: share the level among them all.
-    params.alpha /= f64::from(plan.looks.max(1));
-    // Against a fresh baseline the young-pod effect is in the reference already: the records
-    // (canary ÷ long-running control) neither apply nor grow from such a judgement.
-    let fresh = plan.windows.iter().any(|w| w.group == "running");
-    let out = judge::judge_with_history(&judged, &params, history.filter(|_| !fresh));
-    let mut findings = out.findings;
-    findings.append(&mut extra);
-    let record = (!fresh)
-        .then(|| judge::record(&judged, &params, "").to_status())
-        .filter(|r| !r.metrics.is_empty());
-    Judgement::Verdict {
-        verdict: out.verdict,
-        summary: out.summary,
-        findings,
-        record,
-    }
+    Ok((judged, extra))
 }
 
 /// A `{{pods}}` pattern matching the workload's pods by name (for background and history,

@@ -517,6 +517,44 @@ impl FeedbackVerdict {
     }
 }
 
+/// How a change counts in the interception record: graygate `stopped` it on a failed batch, or
+/// it was `released` to every pod; `None` while it runs, or when it ended otherwise (aborted by a
+/// person, superseded, invalid).
+pub fn interception(cr: &ChangeRequest) -> Option<&'static str> {
+    cr.status
+        .as_ref()
+        .and_then(ChangeRequestStatus::interception)
+}
+
+/// The feedback label of a change: its recorded verdict, or `none`.
+pub fn feedback_label(cr: &ChangeRequest) -> &'static str {
+    cr.status
+        .as_ref()
+        .map_or("none", ChangeRequestStatus::feedback_label)
+}
+
+impl ChangeRequestStatus {
+    /// See [`interception`].
+    pub fn interception(&self) -> Option<&'static str> {
+        match self.phase {
+            Phase::Succeeded => Some("released"),
+            Phase::Paused | Phase::RollingBack | Phase::RolledBack | Phase::Failed
+                if self.verdict == Some(Verdict::Fail) =>
+            {
+                Some("stopped")
+            }
+            _ => None,
+        }
+    }
+
+    /// See [`feedback_label`].
+    pub fn feedback_label(&self) -> &'static str {
+        self.feedback
+            .as_ref()
+            .map_or("none", |f| f.verdict.as_str())
+    }
+}
+
 /// A person's verdict, as recorded in status.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -596,6 +634,42 @@ pub struct BatchStatus {
     /// Evidence of the last judgement: the most severe findings, bounded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub findings: Vec<Finding>,
+    /// What the last judgement looked at: its window and the pods of each group, so that the
+    /// dashboard can query and plot what the judge saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judged: Option<JudgedWindow>,
+}
+
+/// The window and pods of one judgement (each group's names bounded to
+/// [`JudgedWindow::MAX_PODS`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JudgedWindow {
+    /// Start of the judged window.
+    pub from: Time,
+    /// End of the judged window.
+    pub to: Time,
+    /// Change-group pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub change: Vec<String>,
+    /// Reference pods: the control group, or the fresh baseline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control: Vec<String>,
+    /// With a fresh baseline, the long-running pods shown beside it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<String>,
+    /// Pods left out of the lists above (a group had more than `MAX_PODS`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pods_omitted: u32,
+}
+
+impl JudgedWindow {
+    /// Pod names kept per group.
+    pub const MAX_PODS: usize = 20;
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The ChangeRequest CRD as `graygate crd` prints it: the derived schema, with the unsigned

@@ -92,6 +92,16 @@ pub enum Verb {
         /// The ChangeRequest.
         name: String,
     },
+    /// Serve a web view of the namespace's changes and the evidence behind their verdicts on
+    /// 127.0.0.1, read with this kubeconfig (and so its RBAC).
+    Dashboard {
+        /// Port on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 3100)]
+        port: u16,
+        /// Prometheus for changes whose analysis names none (as the operator's --prometheus-url).
+        #[arg(long, env = "GRAYGATE_PROMETHEUS_URL")]
+        prometheus_url: Option<String>,
+    },
     /// Record what the change really was (sets graygate.io/feedback): a stopped change that was
     /// fine is a false-alarm; a real-fault or drill never teaches the workload's history.
     Feedback {
@@ -259,6 +269,33 @@ async fn run_inner(args: PluginArgs) -> Result<()> {
     };
     let now = jiff::Timestamp::now();
     match args.verb {
+        Verb::Dashboard {
+            port,
+            prometheus_url,
+        } => {
+            let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+                .await
+                .map_err(|e| {
+                    PluginError(format!("--port {port}: cannot listen on 127.0.0.1: {e}"))
+                })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| PluginError(format!("--port {port}: {e}")))?;
+            println!(
+                "graygate dashboard: http://{addr}/ (namespace {}); Ctrl-C stops it",
+                scope.ns
+            );
+            crate::dashboard::serve(
+                listener,
+                crate::dashboard::Options {
+                    client,
+                    namespace: scope.ns.clone(),
+                    prometheus_url,
+                },
+            )
+            .await
+            .map_err(|e| PluginError(format!("dashboard: {e}")))
+        }
         Verb::List { all_namespaces } => {
             let list_api: Api<ChangeRequest> = if all_namespaces {
                 Api::all(client)

@@ -87,7 +87,22 @@ pub struct Metrics {
     /// Changes to guarded workloads that went past the webhook (made while it was unreachable
     /// with failurePolicy Ignore), found afterwards.
     pub unguarded: Family<WorkloadLabel, Counter>,
+    /// The interception record: ChangeRequests graygate stopped on a failed batch or released,
+    /// by namespace, outcome and the feedback people gave.
+    pub interceptions: Family<OutcomeLabel, Gauge>,
     phases: Mutex<HashMap<String, Phase>>,
+    outcomes: Mutex<HashMap<String, OutcomeLabel>>,
+}
+
+/// Label set of the interception record.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// The ChangeRequests' namespace.
+    pub namespace: String,
+    /// `stopped` (a batch failed) or `released`.
+    pub outcome: String,
+    /// `real-fault`, `false-alarm`, `drill` or `none`.
+    pub feedback: String,
 }
 
 impl Default for Metrics {
@@ -166,6 +181,12 @@ impl Default for Metrics {
             "Template changes of guarded workloads that went past the webhook (graygate was down, failurePolicy Ignore), found afterwards",
             unguarded.clone(),
         );
+        let interceptions = Family::<OutcomeLabel, Gauge>::default();
+        registry.register(
+            "interceptions",
+            "ChangeRequests graygate stopped on a failed batch (outcome=stopped) or released (outcome=released), by namespace and the feedback recorded on them (graygate.io/feedback; none when not given)",
+            interceptions.clone(),
+        );
         for p in Phase::ALL {
             let _ = transitions.get_or_create(&PhaseLabel {
                 phase: p.as_str().into(),
@@ -200,7 +221,9 @@ impl Default for Metrics {
             change_phase,
             webhook_held,
             unguarded,
+            interceptions,
             phases: Mutex::new(HashMap::new()),
+            outcomes: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -254,6 +277,37 @@ impl Metrics {
         }
     }
 
+    /// Record how one ChangeRequest counts in the interception record (`(outcome, feedback)`,
+    /// None while it runs or when it is gone), and refresh the gauges of its namespace.
+    pub fn set_outcome(&self, namespace: &str, name: &str, outcome: Option<(&str, &str)>) {
+        let Ok(mut outcomes) = self.outcomes.lock() else {
+            return;
+        };
+        let key = format!("{namespace}/{name}");
+        let label = outcome.map(|(o, f)| OutcomeLabel {
+            namespace: namespace.into(),
+            outcome: o.into(),
+            feedback: f.into(),
+        });
+        let before = match &label {
+            Some(l) => outcomes.insert(key, l.clone()),
+            None => outcomes.remove(&key),
+        };
+        if before == label {
+            return;
+        }
+        for l in before.iter().chain(label.iter()) {
+            let n = outcomes.values().filter(|x| *x == l).count();
+            if n == 0 {
+                self.interceptions.remove(l);
+            } else {
+                self.interceptions
+                    .get_or_create(l)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
     /// Count a phase change.
     pub fn transition(&self, to: Phase) {
         self.transitions
@@ -297,5 +351,38 @@ mod tests {
         let text = m.encode();
         assert!(!text.contains("name=\"v2\""), "{text}");
         assert!(text.contains("graygate_changerequests{phase=\"Paused\"} 0"));
+    }
+
+    #[test]
+    fn the_interception_record_follows_each_change_and_its_feedback() {
+        let m = Metrics::default();
+        m.set_outcome("shop", "a", Some(("stopped", "none")));
+        m.set_outcome("shop", "b", Some(("stopped", "none")));
+        m.set_outcome("shop", "c", Some(("released", "none")));
+        m.set_outcome("shop", "a", Some(("stopped", "real-fault")));
+        m.set_outcome("web", "a", Some(("stopped", "false-alarm")));
+        let text = m.encode();
+        let line = |ns: &str, o: &str, f: &str, n: u32| {
+            format!(
+                "graygate_interceptions{{namespace=\"{ns}\",outcome=\"{o}\",feedback=\"{f}\"}} {n}"
+            )
+        };
+        for want in [
+            line("shop", "stopped", "none", 1),
+            line("shop", "stopped", "real-fault", 1),
+            line("shop", "released", "none", 1),
+            line("web", "stopped", "false-alarm", 1),
+        ] {
+            assert!(text.contains(&want), "{want} not in\n{text}");
+        }
+        m.set_outcome("shop", "b", None);
+        m.set_outcome("shop", "a", None);
+        let text = m.encode();
+        assert!(
+            !text.contains("outcome=\"stopped\",feedback=\"none\""),
+            "{text}"
+        );
+        assert!(!text.contains("feedback=\"real-fault\""), "{text}");
+        assert!(text.contains(&line("shop", "released", "none", 1)));
     }
 }

@@ -291,10 +291,12 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
         None
     };
     let now = jiff::Timestamp::now();
+    let mut judged = None;
     let judgement = match (judgement_due(&cr.spec, &status, now), &cr.spec.analysis) {
         (Some(window), Some(analysis)) if !deleting && workload.is_some() => {
             let t0 = Instant::now();
             let groups = rollout::groups(&sctx, step == Some(state::Step::Promote)).await?;
+            judged = Some(rollout::judged_window(&window, &groups));
             // The workload's released changes, read fresh from the cluster for every judgement.
             let history = if history::keep(cr) > 0 {
                 history::collect(cr, &readable_changes(ctx, &ns).await?)
@@ -330,6 +332,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
         blocker,
         workload,
         judgement,
+        judged,
     };
     let d = decide(&name, &cr.spec, &status, &obs);
 
@@ -393,6 +396,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
                 ctx.fence.check()?;
                 set_finalizer(&api, &fresh, false).await?;
                 ctx.metrics.set_phase(&ns, &name, None);
+                ctx.metrics.set_outcome(&ns, &name, None);
                 return Ok(Requeue::await_change());
             }
         }
@@ -405,6 +409,13 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
         .map_or_else(|| now.as_second(), |t| t.0.as_second());
     ctx.metrics
         .set_phase(&ns, &name, Some((d.status.phase, since)));
+    ctx.metrics.set_outcome(
+        &ns,
+        &name,
+        d.status
+            .interception()
+            .map(|o| (o, d.status.feedback_label())),
+    );
     Ok(match d.requeue {
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),

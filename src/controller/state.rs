@@ -148,6 +148,8 @@ pub struct Observation {
     pub workload: Option<WorkloadObs>,
     /// An analysis run made for this reconcile, when one was due.
     pub judgement: Option<Judgement>,
+    /// The window and pods that judgement looked at.
+    pub judged: Option<crate::api::JudgedWindow>,
 }
 
 /// The result of a decision.
@@ -1375,6 +1377,7 @@ impl Machine<'_> {
                     .map(trim_finding)
                     .collect();
                 b.reason = Some(trim_to(summary, 300));
+                b.judged.clone_from(&self.obs.judged);
                 if *verdict == Verdict::Fail {
                     b.consecutive_failures += 1;
                     let n = b.consecutive_failures;

@@ -41,6 +41,7 @@ fn obs(now: i64) -> Observation {
         blocker: None,
         workload: Some(workload(false, 0)),
         judgement: None,
+        judged: None,
     }
 }
 

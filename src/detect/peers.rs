@@ -140,6 +140,15 @@ fn aligned(change: &[Unit], reference: &[Unit]) -> Vec<(i64, f64, f64)> {
         .collect()
 }
 
+/// Per slot of the change: the change's median and the references' median at the same slot
+/// (`None` where no reference has a sample there), the slot first.
+pub fn lined_up(change: &[Unit], reference: &[Unit]) -> Vec<(i64, f64, Option<f64>)> {
+    let (c, r) = (by_slot(change), by_slot(reference));
+    c.iter()
+        .map(|(s, cv)| (*s, median(cv), r.get(s).map(|rv| median(rv))))
+        .collect()
+}
+
 /// Measure how far the change departs from the references, slot by slot.
 pub fn departure(change: &[Unit], reference: &[Unit], p: &Params) -> Departure {
     departure_with(change, reference, p, None)

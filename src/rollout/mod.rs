@@ -10,6 +10,7 @@ pub mod template;
 use crate::api::{ChangeRequest, LABEL_CHANGE, TargetKind};
 use crate::controller::state::{Step, WorkloadObs};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use serde_json::Value;
@@ -215,6 +216,30 @@ pub struct Groups {
     pub control: Vec<GroupPod>,
     /// With a fresh baseline: the long-running pods still on the old template (shown beside it).
     pub running: Vec<GroupPod>,
+}
+
+/// What a judgement over `window` of `groups` looked at, for status (pod names bounded).
+pub fn judged_window(
+    window: &crate::controller::state::JudgeWindow,
+    groups: &Groups,
+) -> crate::api::JudgedWindow {
+    use crate::api::JudgedWindow;
+    let mut omitted = 0;
+    let mut names = |pods: &[GroupPod]| {
+        omitted += pods.len().saturating_sub(JudgedWindow::MAX_PODS);
+        pods.iter()
+            .take(JudgedWindow::MAX_PODS)
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>()
+    };
+    JudgedWindow {
+        from: Time(window.from),
+        to: Time(window.to),
+        change: names(&groups.change),
+        control: names(&groups.control),
+        running: names(&groups.running),
+        pods_omitted: u32::try_from(omitted).unwrap_or(u32::MAX),
+    }
 }
 
 /// List the change and control pods from the selectors recorded in status. Once promoted

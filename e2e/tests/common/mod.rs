@@ -380,3 +380,18 @@ pub async fn generated_change(w: &World, ns: &str, known: &[String]) -> String {
     .await
     .unwrap()
 }
+
+/// A copy of the world's kubeconfig whose current context defaults to `ns`.
+pub fn kubeconfig_in(w: &World, ns: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(&w.admin_kubeconfig).unwrap();
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let current = kc["current-context"].as_str().unwrap().to_string();
+    for ctx in kc["contexts"].as_sequence_mut().unwrap() {
+        if ctx["name"].as_str() == Some(current.as_str()) {
+            ctx["context"]["namespace"] = ns.into();
+        }
+    }
+    let path = w.dir.path().join(format!("kubeconfig-{ns}"));
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    path
+}
