@@ -10,6 +10,7 @@ pub mod dashboard;
 pub mod detect;
 pub mod guard;
 pub mod logs;
+pub mod notify;
 pub mod rollout;
 pub mod server;
 pub mod util;

@@ -138,7 +138,11 @@ fn namespaced_rbac_is_exactly_the_calls_the_code_makes_in_each_namespace() {
 
 #[test]
 fn every_values_file_grants_what_the_code_needs() {
-    for values in ["ci/ha-values.yaml", "ci/servicemonitor-values.yaml"] {
+    for values in [
+        "ci/ha-values.yaml",
+        "ci/servicemonitor-values.yaml",
+        "ci/notifications-values.yaml",
+    ] {
         assert_exact(values, &[]);
     }
 }
@@ -171,5 +175,74 @@ fn the_operator_accepts_the_arguments_the_chart_renders() {
             !out.status.success() && err.contains("cannot reach the cluster"),
             "{values}: graygate {args:?} should parse and fail only at connecting; got:\n{err}"
         );
+    }
+}
+
+#[test]
+fn the_notification_file_the_chart_renders_is_one_graygate_reads_with_every_url_mounted() {
+    let docs = render("ci/notifications-values.yaml");
+    let cm = docs
+        .iter()
+        .find(|d| {
+            s(d, &["kind"]) == "ConfigMap"
+                && s(d, &["metadata", "name"]).ends_with("-notifications")
+        })
+        .expect("the notifications ConfigMap");
+    let config = graygate::notify::Config::parse(s(cm, &["data", "notifications.yaml"]))
+        .unwrap_or_else(|e| panic!("graygate refuses the chart's notification file: {e}"));
+    assert_eq!(config.sinks.len(), 2);
+    assert_eq!(
+        config.dashboard_url.as_deref(),
+        Some("https://graygate.example.com")
+    );
+    let dep = docs
+        .iter()
+        .find(|d| s(d, &["kind"]) == "Deployment")
+        .unwrap();
+    let pod = &dep["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.contains(&"--notifications=/etc/graygate/notifications.yaml"),
+        "{args:?}"
+    );
+    let mounts = container["volumeMounts"].as_sequence().unwrap();
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/charts/graygate/ci/notifications-values.yaml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    for (sink, given) in config
+        .sinks
+        .iter()
+        .zip(values["notifications"]["sinks"].as_sequence().unwrap())
+    {
+        // The URL file lies in a mount of the Secret's key the values name, as `url`.
+        let file = sink.url_file.as_ref().unwrap();
+        let dir = file.parent().unwrap().to_str().unwrap();
+        assert_eq!(file.file_name().unwrap(), "url");
+        let mount = mounts
+            .iter()
+            .find(|m| s(m, &["mountPath"]) == dir)
+            .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
+        let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+        assert_eq!(
+            s(volume, &["secret", "secretName"]),
+            s(given, &["urlSecret", "name"])
+        );
+        assert_eq!(
+            volume["secret"]["items"][0]["key"],
+            given["urlSecret"]["key"]
+        );
+        assert_eq!(s(&volume["secret"]["items"][0], &["path"]), "url");
     }
 }

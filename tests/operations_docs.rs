@@ -24,6 +24,7 @@ fn exported() -> BTreeMap<String, String> {
     m.set_phase("shop", "web-v2", Some((graygate::api::Phase::Paused, 1)));
     m.held("Deployment");
     m.set_outcome("shop", "web-v1", Some(("stopped", "real-fault")));
+    m.notification_sink("team");
     m.unguarded
         .get_or_create(&graygate::controller::metrics::WorkloadLabel {
             namespace: "shop".into(),

@@ -26,6 +26,9 @@ pub struct Point {
     pub beyond: bool,
     /// With a fresh baseline: the long-running pods' median at the slot.
     pub running: Option<f64>,
+    /// With `baselines.history`: the workload at the same time of day one day and one week
+    /// earlier (median).
+    pub history: Option<f64>,
 }
 
 /// One metric's plot.
@@ -97,16 +100,18 @@ pub fn plot(m: &judge::Metric, data: &MetricData, p: &Params) -> Option<Plot> {
             ),
         )
     };
-    let running = values
-        .running
-        .as_ref()
-        .filter(|r| !r.is_empty())
-        .map(|r| judge::peer_units(r, t0, slot, None))
-        .unwrap_or_default();
-    let running_at: std::collections::BTreeMap<i64, f64> = peers::lined_up(&change, &running)
-        .into_iter()
-        .filter_map(|(s, _, r)| Some((s, r?)))
-        .collect();
+    let beside = |g: Option<&GroupData>| -> std::collections::BTreeMap<i64, f64> {
+        let units = g
+            .filter(|g| !g.is_empty())
+            .map(|g| judge::peer_units(g, t0, slot, None))
+            .unwrap_or_default();
+        peers::lined_up(&change, &units)
+            .into_iter()
+            .filter_map(|(s, _, r)| Some((s, r?)))
+            .collect()
+    };
+    let running_at = beside(values.running.as_ref());
+    let history_at = beside(values.history.as_ref());
     let nonnegative = [Some(&values.change), Some(&reference)]
         .into_iter()
         .flatten()
@@ -142,6 +147,7 @@ pub fn plot(m: &judge::Metric, data: &MetricData, p: &Params) -> Option<Plot> {
                 band,
                 beyond,
                 running: running_at.get(&s).copied(),
+                history: history_at.get(&s).copied(),
             }
         })
         .collect();
@@ -197,6 +203,10 @@ mod tests {
             background: Some(GroupData(
                 [("old".to_string(), series(0.2, 0.0, 5, 10.0))].into(),
             )),
+            // The same hours a day earlier, at 0.12: drawn at the same time of day.
+            history: Some(GroupData(
+                [("".to_string(), series(0.12, 1000.0 - 86_400.0, 8, 10.0))].into(),
+            )),
             ..Default::default()
         });
         let p = Params {
@@ -214,6 +224,10 @@ mod tests {
         assert_eq!(marked, [false, false, false, false, true, true, true, true]);
         assert_eq!(plot.points[4].t, 1040.0);
         assert_eq!(plot.background, Some(0.2));
+        assert!(
+            plot.points.iter().all(|p| p.history == Some(0.12)),
+            "{plot:?}"
+        );
     }
 
     #[test]

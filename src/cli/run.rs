@@ -33,6 +33,9 @@ pub struct RunArgs {
     /// Default Prometheus URL for analyses that do not name one.
     #[arg(long, env = "GRAYGATE_PROMETHEUS_URL")]
     pub prometheus_url: Option<String>,
+    /// Notification sinks (YAML: `dashboardUrl`, `sinks[]`; see docs/operations.md).
+    #[arg(long, env = "GRAYGATE_NOTIFICATIONS")]
+    pub notifications: Option<std::path::PathBuf>,
     /// A kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then the in-cluster service account).
     #[arg(long)]
     pub kubeconfig: Option<std::path::PathBuf>,
@@ -214,6 +217,11 @@ pub const USER_AGENT: &str = concat!("graygate/", env!("CARGO_PKG_VERSION"));
 
 /// Run the operator until SIGTERM or Ctrl-C.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // A bad notification file stops the start, naming the field, before anything is touched.
+    let notify_config = match &args.notifications {
+        Some(path) => crate::notify::Config::load(path).map_err(|e| anyhow::anyhow!(e))?,
+        None => crate::notify::Config::default(),
+    };
     let mut cfg = match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -316,6 +324,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     metrics.leader.set(1);
+    let notifier = Arc::new(
+        crate::notify::Notifier::start(&notify_config, metrics.clone(), Default::default())
+            .map_err(|e| anyhow::anyhow!(e))?,
+    );
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -323,7 +335,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             analyzer(&args, &client),
             me,
         )
-        .with_fence(fence.clone()),
+        .with_fence(fence.clone())
+        .with_notifier(notifier),
     );
     let (ctl_stop_tx, ctl_stop_rx) = watch::channel(false);
     let mut ctl_stop = ctl_stop_rx.clone();

@@ -90,8 +90,28 @@ pub struct Metrics {
     /// The interception record: ChangeRequests graygate stopped on a failed batch or released,
     /// by namespace, outcome and the feedback people gave.
     pub interceptions: Family<OutcomeLabel, Gauge>,
+    /// Notifications by sink and result (sent, failed after every retry, dropped on a full queue).
+    pub notifications: Family<SinkResultLabel, Counter>,
+    /// Notification attempts that failed (each retry counts), by sink.
+    pub notification_errors: Family<SinkLabel, Counter>,
     phases: Mutex<HashMap<String, Phase>>,
     outcomes: Mutex<HashMap<String, OutcomeLabel>>,
+}
+
+/// Label set naming a notification sink and a result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkResultLabel {
+    /// The sink's name (`-` for a message dropped before any sink).
+    pub sink: String,
+    /// sent, failed or dropped.
+    pub result: String,
+}
+
+/// Label set naming a notification sink.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    /// The sink's name.
+    pub sink: String,
 }
 
 /// Label set of the interception record.
@@ -187,6 +207,18 @@ impl Default for Metrics {
             "ChangeRequests graygate stopped on a failed batch (outcome=stopped) or released (outcome=released), by namespace and the feedback recorded on them (graygate.io/feedback; none when not given)",
             interceptions.clone(),
         );
+        let notifications = Family::<SinkResultLabel, Counter>::default();
+        let notification_errors = Family::<SinkLabel, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notifications by sink and result: sent, failed (after every retry) or dropped (queue full)",
+            notifications.clone(),
+        );
+        registry.register(
+            "notification_errors",
+            "Notification attempts that failed, each retry counted, by sink",
+            notification_errors.clone(),
+        );
         for p in Phase::ALL {
             let _ = transitions.get_or_create(&PhaseLabel {
                 phase: p.as_str().into(),
@@ -222,6 +254,8 @@ impl Default for Metrics {
             webhook_held,
             unguarded,
             interceptions,
+            notifications,
+            notification_errors,
             phases: Mutex::new(HashMap::new()),
             outcomes: Mutex::new(HashMap::new()),
         }
@@ -306,6 +340,36 @@ impl Metrics {
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
+    }
+
+    /// Show a notification sink's series from the start, at zero.
+    pub fn notification_sink(&self, sink: &str) {
+        for result in ["sent", "failed"] {
+            let _ = self.notifications.get_or_create(&SinkResultLabel {
+                sink: sink.into(),
+                result: result.into(),
+            });
+        }
+        let _ = self
+            .notification_errors
+            .get_or_create(&SinkLabel { sink: sink.into() });
+    }
+
+    /// Count a notification's result.
+    pub fn notification(&self, sink: &str, result: &str) {
+        self.notifications
+            .get_or_create(&SinkResultLabel {
+                sink: sink.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Count a failed notification attempt.
+    pub fn notification_error(&self, sink: &str) {
+        self.notification_errors
+            .get_or_create(&SinkLabel { sink: sink.into() })
+            .inc();
     }
 
     /// Count a phase change.

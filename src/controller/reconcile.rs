@@ -34,6 +34,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Writes only while this replica surely holds the Lease.
     pub fence: Arc<crate::controller::lease::Fence>,
+    /// Tells people what changes did.
+    pub notifier: Arc<crate::notify::Notifier>,
 }
 
 impl Context {
@@ -51,11 +53,18 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            notifier: Arc::new(crate::notify::Notifier::disabled(metrics.clone())),
             metrics,
             analyzer,
             failures: Mutex::new(HashMap::new()),
             fence: Arc::new(crate::controller::lease::Fence::open()),
         }
+    }
+
+    /// Send notifications through `notifier`.
+    pub fn with_notifier(mut self, notifier: Arc<crate::notify::Notifier>) -> Self {
+        self.notifier = notifier;
+        self
     }
 
     /// Fence every write of this context with the Lease (the operator; tests keep an open fence).
@@ -168,6 +177,41 @@ async fn publish(ctx: &Context, cr: &ChangeRequest, note: &state::Note) {
     if let Err(e) = ctx.recorder.publish(&ev, &cr.object_ref(&())).await {
         tracing::warn!(error = %e, reason = note.reason, "could not record Event");
     }
+}
+
+/// Tell the configured sinks of an event people want to hear of (only the leader, as for Events).
+fn notify(ctx: &Context, cr: &ChangeRequest, status: &ChangeRequestStatus, note: &state::Note) {
+    let Some(event) = crate::notify::Event::from_reason(note.reason) else {
+        return;
+    };
+    if !ctx.fence.allows() {
+        return;
+    }
+    let ns = cr.namespace().unwrap_or_default();
+    let name = cr.name_any();
+    ctx.notifier.notify(crate::notify::Message {
+        event,
+        url: ctx.notifier.link(&ns, &name),
+        namespace: ns,
+        target: format!("{:?}/{}", cr.spec.target.kind, cr.spec.target.name),
+        phase: status.phase.as_str().into(),
+        batch: note.batch,
+        // A stop's Event says what graygate did; status says why: the one-line verdict.
+        summary: match event {
+            crate::notify::Event::RolledBack | crate::notify::Event::Paused => status
+                .message
+                .clone()
+                .unwrap_or_else(|| note.message.clone()),
+            _ => note.message.clone(),
+        },
+        time: jiff::Timestamp::now().to_string(),
+        run: status
+            .started_at
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+        name,
+    });
 }
 
 /// Write the status computed from the observation of `observed`: the resourceVersion makes it a
@@ -377,6 +421,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
             tracing::info!(changerequest = %key(cr), reason = note.reason, "{}", note.message);
         }
         publish(ctx, cr, note).await;
+        notify(ctx, cr, &d.status, note);
     }
     // Act on the recorded status, so strategies see the same plan the decision made.
     let mut acted = cr.clone();

@@ -185,6 +185,46 @@ pub fn interception_panel(changes: &[ChangeRequest]) -> String {
             v = esc(&value)
         );
     }
+    // Over time: the stopped changes by the week they ended, the newest first (at most 12 weeks).
+    let mut weeks: std::collections::BTreeMap<String, (usize, usize, usize)> = Default::default();
+    for c in changes
+        .iter()
+        .filter(|c| interception(c) == Some("stopped"))
+    {
+        let Some(end) = c
+            .status
+            .as_ref()
+            .and_then(|s| s.finished_at.as_ref().or(s.phase_since.as_ref()))
+        else {
+            continue;
+        };
+        let date = end.0.to_zoned(jiff::tz::TimeZone::UTC).date();
+        let week = date.iso_week_date();
+        let e = weeks
+            .entry(format!("{}-W{:02}", week.year(), week.week()))
+            .or_default();
+        e.0 += 1;
+        match feedback_label(c) {
+            "real-fault" => e.1 += 1,
+            "false-alarm" => e.2 += 1,
+            _ => {}
+        }
+    }
+    if !weeks.is_empty() {
+        s.push_str(r#"<table id="interceptions-by-week"><tr><th>Week</th><th>Stopped</th><th>Real faults</th><th>False alarms</th><th>Precision</th></tr>"#);
+        for (week, (n, real, fa)) in weeks.iter().rev().take(12) {
+            let p = if real + fa > 0 {
+                format!("{:.0}%", 100.0 * *real as f64 / (real + fa) as f64)
+            } else {
+                "-".into()
+            };
+            let _ = write!(
+                s,
+                "<tr><td>{week}</td><td>{n}</td><td>{real}</td><td>{fa}</td><td>{p}</td></tr>"
+            );
+        }
+        s.push_str("</table>");
+    }
     s.push_str(r#"<p class="muted">Precision is confirmed real faults ÷ (real faults + false alarms) among the changes graygate stopped; record feedback with <code>kubectl graygate feedback NAME real-fault|false-alarm|drill</code>.</p></section>"#);
     s
 }
@@ -676,6 +716,7 @@ mod tests {
         cr.status = Some(ChangeRequestStatus {
             phase,
             verdict,
+            finished_at: Some(Time("2026-11-30T10:00:00Z".parse().unwrap())),
             feedback: fb.map(|verdict| Feedback {
                 verdict,
                 recorded_at: Time(jiff::Timestamp::UNIX_EPOCH),
@@ -724,6 +765,10 @@ mod tests {
         assert_eq!(kpi("precision"), "67%");
         assert_eq!(kpi("released, then marked real-fault"), "1");
         assert_eq!(html.matches("<tr data-change=").count(), 7);
+        assert!(
+            html.contains("<tr><td>2026-W49</td><td>4</td><td>2</td><td>1</td><td>67%</td></tr>"),
+            "{html}"
+        );
         // The live change comes first, and its name is escaped.
         let first = html.find("<tr data-change=").unwrap();
         assert!(html[first..].starts_with(r#"<tr data-change="&lt;g&gt;""#));

@@ -20,6 +20,7 @@ const REFERENCE: &str = "#1c7ed6";
 const BAND: &str = "#a5d8ff";
 const RUNNING: &str = "#868e96";
 const BACKGROUND: &str = "#2b8a3e";
+const HISTORY: &str = "#ae3ec9";
 const BEYOND: &str = "#fa5252";
 
 fn clock(t: f64) -> String {
@@ -42,6 +43,7 @@ pub fn render(plot: &Plot, reference_name: &str) -> String {
         ys.push(p.change);
         ys.extend(p.reference);
         ys.extend(p.running);
+        ys.extend(p.history);
         if let Some((lo, hi)) = p.band {
             ys.extend([lo, hi]);
         }
@@ -156,7 +158,9 @@ pub fn render(plot: &Plot, reference_name: &str) -> String {
         .filter_map(|p| Some((p.t, p.reference?)))
         .collect();
     let running: Vec<(f64, f64)> = pts.iter().filter_map(|p| Some((p.t, p.running?))).collect();
+    let history: Vec<(f64, f64)> = pts.iter().filter_map(|p| Some((p.t, p.history?))).collect();
     let change: Vec<(f64, f64)> = pts.iter().map(|p| (p.t, p.change)).collect();
+    line(&mut s, "history", HISTORY, "2 3", &history);
     line(&mut s, "running", RUNNING, "5 4", &running);
     line(&mut s, "reference", REFERENCE, "", &reference);
     line(&mut s, "change", CHANGE, "", &change);
@@ -184,6 +188,9 @@ pub fn render(plot: &Plot, reference_name: &str) -> String {
     item(&mut s, BAND, "band");
     if !running.is_empty() {
         item(&mut s, RUNNING, "long-running pods");
+    }
+    if !history.is_empty() {
+        item(&mut s, HISTORY, "a day / a week earlier");
     }
     if plot.background.is_some() {
         item(&mut s, BACKGROUND, "before the change");
@@ -218,6 +225,7 @@ mod tests {
                     band: Some((0.075, 0.125)),
                     beyond: *b,
                     running: None,
+                    history: None,
                 })
                 .collect(),
             background: Some(0.1),

@@ -635,6 +635,20 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                 );
                 tracing::warn!(namespace = %ns, workload = %w.name, "{msg}");
                 event(ctx, &w.reference, true, "UnguardedChange", msg.clone()).await;
+                if ctx.fence.allows() {
+                    ctx.notifier.notify(crate::notify::Message {
+                        event: crate::notify::Event::UnguardedChange,
+                        namespace: ns.into(),
+                        name: w.name.clone(),
+                        target: format!("{kind}/{}", w.name),
+                        phase: "Unguarded".into(),
+                        batch: 0,
+                        summary: msg.clone(),
+                        time: jiff::Timestamp::now().to_string(),
+                        url: None,
+                        run: hash.clone(),
+                    });
+                }
                 event(
                     ctx,
                     &policy.object_ref(&()),

@@ -104,3 +104,25 @@ src/access.rs; tests/chart.rs fails when they differ.
 {{- define "graygate.operatorSeries" -}}
 job="{{ include "graygate.fullname" . }}-metrics",namespace="{{ .Release.Namespace }}"
 {{- end -}}
+
+{{/*
+The operator's notification file: each sink's URL comes from its Secret, mounted at
+/etc/graygate/notifications/<sink>/url.
+*/}}
+{{- define "graygate.notificationsConfig" -}}
+{{- with .Values.notifications.dashboardUrl }}
+dashboardUrl: {{ . | quote }}
+{{- end }}
+sinks:
+{{- range .Values.notifications.sinks }}
+  - name: {{ .name | quote }}
+    format: {{ .format | default "webhook" | quote }}
+    urlFile: /etc/graygate/notifications/{{ .name }}/url
+    {{- with .namespaces }}
+    namespaces: {{ toJson . }}
+    {{- end }}
+    {{- with .events }}
+    events: {{ toJson . }}
+    {{- end }}
+{{- end }}
+{{- end }}
