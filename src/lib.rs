@@ -8,12 +8,14 @@ pub mod cli;
 pub mod controller;
 pub mod dashboard;
 pub mod detect;
+pub mod fence;
 pub mod guard;
 pub mod logs;
 pub mod notify;
 pub mod rollout;
 pub mod server;
 pub mod util;
+pub mod workload;
 
 /// Version and git revision, as `--version` prints them.
 pub const VERSION: &str = concat!(

@@ -11,19 +11,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration as StdDuration;
 
-/// The state the workload should be brought to. Strategies make it so, idempotently.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Step {
-    /// `changed` pods on the new template, the rest on the old one.
-    Batch {
-        /// Pods on the new template.
-        changed: i32,
-    },
-    /// Every pod on the new template, written into the target; canary removed.
-    Promote,
-    /// Every pod back on the recorded stable template; canary removed.
-    Restore,
-}
+pub use crate::workload::{JudgeWindow, Step, WorkloadObs};
 
 /// What graygate must do to the cluster after recording the new status.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,36 +35,6 @@ pub struct Note {
     pub message: String,
     /// The batch in progress when it happened (0 before the first).
     pub batch: u32,
-}
-
-/// What the workload looks like, as far as the current step is concerned.
-#[derive(Clone, Debug, PartialEq, Default)]
-pub struct WorkloadObs {
-    /// The target's desired replicas as its spec says now.
-    pub replicas: i32,
-    /// The target is available and not in the middle of another rollout.
-    pub healthy: bool,
-    /// Why it is not healthy, for the message.
-    pub unhealthy_reason: String,
-    /// The target's pod template as it is now.
-    pub template: Value,
-    /// A guarded workload holding a new template: the template its pods run (the stable one).
-    pub running: Option<Value>,
-    /// The target's selector labels.
-    pub selector: BTreeMap<String, String>,
-    /// The target's current revision (Deployment: template hash; StatefulSet: currentRevision).
-    pub revision: String,
-    /// For StatefulSets, the current `rollingUpdate.partition`.
-    pub partition: Option<i32>,
-    /// Pods on the new template that are ready and available.
-    pub changed_ready: i32,
-    /// The workload has reached the step the status asks for, and every controller has caught up.
-    pub step_reached: bool,
-    /// The replica count batches follow when something other than graygate owns it (an
-    /// autoscaler, or the Deployment of a guarded change); `None` when graygate sizes the target.
-    pub live_replicas: Option<i32>,
-    /// The autoscaler that owns the target's replica count, as `Kind/name`.
-    pub autoscaler: Option<String>,
 }
 
 /// Annotation values on the ChangeRequest.
@@ -163,22 +121,6 @@ pub struct Decision {
     pub notes: Vec<Note>,
     /// When to look again, at the latest.
     pub requeue: Option<StdDuration>,
-}
-
-/// The analysis window of a judgement that is due now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JudgeWindow {
-    /// The 1-based batch being judged.
-    pub batch: u32,
-    /// Start of the window (the batch became ready, plus warm-up).
-    pub from: Timestamp,
-    /// End of the window (now).
-    pub to: Timestamp,
-    /// How many judgements the whole change holds ([`planned_looks`]). Each judgement tests
-    /// again, and a batch's judgements test growing windows of the same data, so the tests'
-    /// level is divided by this number (Bonferroni): a healthy change then fails a given test
-    /// with probability at most the level, however short the interval or many the batches.
-    pub looks: u32,
 }
 
 const MAX_FINDINGS: usize = 20;

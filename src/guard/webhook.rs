@@ -12,9 +12,7 @@ use crate::rollout::template_hash;
 use base64::Engine;
 use serde_json::{Value, json};
 
-/// The partition that holds every pod of a StatefulSet on its current revision, whatever its
-/// size becomes (a scale-up through the scale subresource never reaches the webhook).
-pub const HOLD_PARTITION: i64 = i32::MAX as i64;
+pub use crate::workload::HOLD_PARTITION;
 
 /// What the webhook answers for one admission request.
 #[derive(Debug, Default, PartialEq)]

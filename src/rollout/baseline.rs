@@ -8,7 +8,7 @@
 use super::template::with_label;
 use super::{Ctx, Error, same_template};
 use crate::api::{LABEL_BASELINE, LABEL_CHANGE, MAX_BASELINE_PODS};
-use crate::controller::state::Step;
+use crate::workload::Step;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Patch;
 use kube::{Api, ResourceExt};

@@ -4,9 +4,9 @@
 
 use super::{Ctx, Error, same_template, template_of};
 use crate::api::LABEL_CHANGE;
-use crate::controller::state::{Step, WorkloadObs};
 use crate::rollout::template::{apply_spec, with_label};
 use crate::util::short_hash;
+use crate::workload::{Step, WorkloadObs};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Patch;
 use kube::{Api, Resource, ResourceExt};

@@ -12,7 +12,7 @@ use crate::api::{
     ANN_CHANGE, ANN_FAILED, ANN_FAILED_TEMPLATES, ANN_HELD, ANN_RUNNING, MANAGER_ROLLOUT,
     patch_params, post_params,
 };
-use crate::controller::state::{Step, WorkloadObs};
+use crate::workload::{Step, WorkloadObs};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ListParams, Patch};

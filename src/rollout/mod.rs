@@ -8,7 +8,7 @@ pub mod statefulset;
 pub mod template;
 
 use crate::api::{ChangeRequest, LABEL_CHANGE, TargetKind};
-use crate::controller::state::{Step, WorkloadObs};
+use crate::workload::{Step, WorkloadObs};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
@@ -36,6 +36,12 @@ pub enum Error {
     NotLeader,
 }
 
+impl From<crate::fence::NotLeader> for Error {
+    fn from(_: crate::fence::NotLeader) -> Error {
+        Error::NotLeader
+    }
+}
+
 impl Error {
     /// A stable category, used as a metric label and Event reason.
     pub fn category(&self) -> &'static str {
@@ -59,7 +65,7 @@ pub struct Ctx<'a> {
     /// Kubernetes client.
     pub client: &'a Client,
     /// The write fence: checked before every write.
-    pub fence: &'a crate::controller::lease::Fence,
+    pub fence: &'a crate::fence::Fence,
     /// The ChangeRequest's namespace.
     pub ns: &'a str,
     /// The ChangeRequest, with its recorded status.
@@ -220,7 +226,7 @@ pub struct Groups {
 
 /// What a judgement over `window` of `groups` looked at, for status (pod names bounded).
 pub fn judged_window(
-    window: &crate::controller::state::JudgeWindow,
+    window: &crate::workload::JudgeWindow,
     groups: &Groups,
 ) -> crate::api::JudgedWindow {
     use crate::api::JudgedWindow;

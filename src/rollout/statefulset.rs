@@ -3,7 +3,7 @@
 
 use super::{Ctx, Error, same_template, template_of};
 use crate::api::{ANN_CHANGE, ANN_FAILED, ANN_HELD, ANN_PARTITION, ANN_RUNNING};
-use crate::controller::state::{Step, WorkloadObs};
+use crate::workload::{Step, WorkloadObs};
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch};
@@ -246,7 +246,7 @@ async fn hold_again(
     selector: &std::collections::BTreeMap<String, String>,
     status: &crate::api::ChangeRequestStatus,
 ) -> Result<(), Error> {
-    let hold = crate::guard::webhook::HOLD_PARTITION as i32;
+    let hold = crate::workload::HOLD_PARTITION as i32;
     if partition_of(sts) != hold {
         ctx.fence.check()?;
         let hash =
