@@ -90,6 +90,8 @@ pub struct Metrics {
     /// The interception record: ChangeRequests graygate stopped on a failed batch or released,
     /// by namespace, outcome and the feedback people gave.
     pub interceptions: Family<OutcomeLabel, Gauge>,
+    /// Time the admission webhook took to answer a review (decoding to answer).
+    pub admission_duration: Histogram,
     /// Notifications by sink and result (sent, failed after every retry, dropped on a full queue).
     pub notifications: Family<SinkResultLabel, Counter>,
     /// Notification attempts that failed (each retry counts), by sink.
@@ -207,6 +209,14 @@ impl Default for Metrics {
             "ChangeRequests graygate stopped on a failed batch (outcome=stopped) or released (outcome=released), by namespace and the feedback recorded on them (graygate.io/feedback; none when not given)",
             interceptions.clone(),
         );
+        let admission_duration = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25,
+        ]);
+        registry.register(
+            "webhook_admission_duration_seconds",
+            "Time the admission webhook took to answer an AdmissionReview, from the received body to the answer",
+            admission_duration.clone(),
+        );
         let notifications = Family::<SinkResultLabel, Counter>::default();
         let notification_errors = Family::<SinkLabel, Counter>::default();
         registry.register(
@@ -254,6 +264,7 @@ impl Default for Metrics {
             webhook_held,
             unguarded,
             interceptions,
+            admission_duration,
             notifications,
             notification_errors,
             phases: Mutex::new(HashMap::new()),

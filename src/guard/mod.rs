@@ -18,8 +18,16 @@ struct Hook {
 
 async fn mutate(
     State(h): State<Hook>,
-    axum::Json(doc): axum::Json<serde_json::Value>,
-) -> axum::Json<serde_json::Value> {
+    body: axum::body::Bytes,
+) -> Result<axum::Json<serde_json::Value>, (axum::http::StatusCode, String)> {
+    // Timed from the received body to the answer: decoding, the review and encoding.
+    let t0 = std::time::Instant::now();
+    let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("the body is not an AdmissionReview (JSON): {e}"),
+        )
+    })?;
     let answer = webhook::respond(&doc, &h.trusted);
     if answer.pointer("/response/patch").is_some() {
         let kind = doc
@@ -28,7 +36,10 @@ async fn mutate(
             .unwrap_or("");
         h.metrics.held(kind);
     }
-    axum::Json(answer)
+    h.metrics
+        .admission_duration
+        .observe(t0.elapsed().as_secs_f64());
+    Ok(axum::Json(answer))
 }
 
 /// Serve the webhook (`POST /mutate`) over TLS on `listener` until the process ends. Every
@@ -72,5 +83,38 @@ pub async fn serve(
                 .serve_connection(io, service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_review_is_timed_and_a_body_that_is_not_json_is_refused() {
+        let metrics = Arc::new(crate::controller::metrics::Metrics::default());
+        let hook = Hook {
+            trusted: Arc::new(Vec::new()),
+            metrics: metrics.clone(),
+        };
+        let review = serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {"uid": "u1", "kind": {"kind": "ConfigMap"}, "operation": "CREATE",
+                        "object": {}, "userInfo": {"username": "alice"}},
+        });
+        let answer = mutate(State(hook.clone()), review.to_string().into())
+            .await
+            .unwrap();
+        assert_eq!(answer.0["response"]["uid"], "u1");
+        assert_eq!(answer.0["response"]["allowed"], true);
+        let err = mutate(State(hook), "{not json".into()).await.unwrap_err();
+        assert_eq!(err.0, axum::http::StatusCode::BAD_REQUEST);
+        assert!(err.1.contains("AdmissionReview"), "{}", err.1);
+        let text = metrics.encode();
+        assert!(
+            text.contains("graygate_webhook_admission_duration_seconds_count 1"),
+            "{text}"
+        );
     }
 }
