@@ -1,10 +1,11 @@
 //! Property tests of every parser that takes input from outside: durations, change-window
-//! clocks, query templating, `analyze` input and cases, AdmissionReview documents and the log
-//! miner. Never a panic; a pod name cannot break out of a query template. Bounded: a fixed number
+//! clocks, query templating, `analyze` input and cases, AdmissionReview documents, Prometheus
+//! query_range answers and the log miner. Never a panic; a pod name cannot break out of a query template. Bounded: a fixed number
 //! of cases per property (proptest's default 256), inputs of bounded size.
 
 use graygate::analysis::backtest::parse_cases;
 use graygate::analysis::input::parse;
+use graygate::analysis::promapi::{PromError, decode};
 use graygate::analysis::template::{pods_regex, render};
 use graygate::api::Duration;
 use graygate::api::window::parse_clock;
@@ -138,5 +139,26 @@ proptest! {
             let _ = m.template(m.resolve(id));
         }
         prop_assert!(m.templates().count() <= lines.len().max(1));
+    }
+
+    #[test]
+    fn prometheus_answers_never_panic(v in json_value(), raw in prop::collection::vec(any::<u8>(), 0..256), status in 100u16..600) {
+        let _ = decode(status, &raw);
+        let _ = decode(status, v.to_string().as_bytes());
+        // A matrix of arbitrary labels and sample pairs: every series comes back, each sample
+        // whose value parses as a number kept.
+        let series: Vec<Value> = match &v {
+            Value::Object(m) => m.iter().map(|(k, x)| json!({"metric": {"pod": k}, "values": [[1.5, x.to_string()], [2, "NaN"]]})).collect(),
+            _ => vec![json!({"metric": {}, "values": [[1, v.to_string()]]})],
+        };
+        let body = json!({"status": "success", "data": {"resultType": "matrix", "result": series}});
+        let out = decode(200, body.to_string().as_bytes());
+        prop_assert!(out.is_ok(), "{:?}", out);
+        let out = out.unwrap();
+        prop_assert_eq!(out.len(), series.len());
+        prop_assert!(out.iter().all(|s| s.samples.len() <= 2));
+        // An error answer is classified, never taken for data.
+        let err = json!({"status": "error", "errorType": "bad_data", "error": v.to_string()});
+        prop_assert_eq!(decode(400, err.to_string().as_bytes()), Err(PromError::BadData(v.to_string())));
     }
 }

@@ -6,6 +6,7 @@ pub mod history;
 pub mod input;
 pub mod judge;
 pub mod plot;
+pub mod promapi;
 pub mod prometheus;
 pub mod recorded;
 pub mod template;

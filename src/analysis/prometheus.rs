@@ -4,6 +4,7 @@
 use super::defaults::default_metrics;
 use super::history::History;
 use super::judge::{self, GroupData, Groups, Metric, MetricData};
+use super::promapi::{Prom, PromError};
 use super::template::{escape_literal, pods_regex, promql_duration, render};
 use super::{Analyzer, JudgeRequest};
 use crate::api::{AnalysisSpec, FieldError, Finding, MetricSpec, TargetKind, Verdict};
@@ -12,7 +13,6 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
-use prometheus_http_query::Client as Prom;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -98,7 +98,7 @@ pub async fn client(
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
     let prom =
-        Prom::from(http, &url).map_err(|e| format!("analysis.prometheus.address {url:?}: {e}"))?;
+        Prom::new(http, &url).map_err(|e| format!("analysis.prometheus.address {url:?}: {e}"))?;
     let token = match (spec.and_then(|p| p.bearer_token_secret.as_ref()), kube) {
         (Some(sel), Some(k)) => {
             let secret = Api::<Secret>::namespaced(k.clone(), ns)
@@ -134,52 +134,40 @@ pub async fn range(
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
         }
-        let mut q = prom.query_range(
-            query,
-            from.as_second(),
-            to.as_second().max(from.as_second() + 1),
-            step,
-        );
-        if let Some(t) = token {
-            match reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")) {
-                Ok(h) => q = q.header(reqwest::header::AUTHORIZATION, h),
-                Err(_) => {
-                    return Err(QueryError::Unavailable(
-                        "the bearer token is not a valid header value".into(),
-                    ));
-                }
-            }
-        }
-        match q.get().await {
-            Ok(res) => {
+        match prom
+            .query_range(
+                token,
+                query,
+                from.as_second(),
+                to.as_second().max(from.as_second() + 1),
+                step,
+            )
+            .await
+        {
+            Ok(series) => {
                 let mut out = BTreeMap::new();
-                if let Some(matrix) = res.data().as_matrix() {
-                    for s in matrix {
-                        let labels = s.metric();
-                        let key = labels.get("pod").cloned().unwrap_or_else(|| {
-                            let mut l: Vec<String> =
-                                labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                            l.sort();
-                            l.join(",")
-                        });
-                        out.insert(
-                            key,
-                            s.samples()
-                                .iter()
-                                .map(|p| (p.timestamp(), p.value()))
-                                .collect(),
-                        );
-                    }
+                for s in series {
+                    let key = s.labels.get("pod").cloned().unwrap_or_else(|| {
+                        let mut l: Vec<String> =
+                            s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        l.sort();
+                        l.join(",")
+                    });
+                    out.insert(key, s.samples);
                 }
                 return Ok(GroupData(out));
             }
-            Err(prometheus_http_query::Error::Prometheus(e)) if e.is_bad_data() => {
+            Err(PromError::BadData(m)) => {
                 return Err(QueryError::Rejected(FieldError::new(
                     field,
-                    format!("Prometheus rejected the query: {}", e.message()),
+                    format!("Prometheus rejected the query: {m}"),
                 )));
             }
-            Err(e) => last = e.to_string(),
+            // Asking again gets as much again: say which query, once.
+            Err(e @ PromError::TooLarge(_)) => {
+                return Err(QueryError::Unavailable(format!("{field}: {e}")));
+            }
+            Err(PromError::Unavailable(m)) => last = m,
         }
     }
     Err(QueryError::Unavailable(last))
