@@ -55,6 +55,21 @@ async fn run() -> anyhow::Result<bool> {
     );
     w.start_graygate(&[])?;
     println!("{} graygate run started", t());
+    // The web view a person would open with `kubectl graygate dashboard`, on the demo's cluster.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let dashboard = format!("http://{}/ns/shop", listener.local_addr()?);
+    tokio::spawn(graygate::dashboard::serve(
+        listener,
+        graygate::dashboard::Options {
+            client: w.client.clone(),
+            namespace: "shop".into(),
+            prometheus_url: w.prometheus_url(),
+        },
+    ));
+    println!(
+        "{} dashboard (what `kubectl graygate dashboard` serves): {dashboard} — open it to watch the changes and, once judged, the plots of their evidence",
+        t()
+    );
 
     let mut files: Vec<PathBuf> = std::fs::read_dir(examples_dir())?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -206,6 +221,17 @@ async fn run() -> anyhow::Result<bool> {
         );
     } else {
         println!("Unexpected outcome; graygate's log:\n{}", w.graygate_logs());
+    }
+    if std::env::args().any(|a| a == "--keep") {
+        println!(
+            "Keeping the cluster and the dashboard ({dashboard}) up until Ctrl-C (admin kubeconfig: {}).",
+            w.admin_kubeconfig.display()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    } else {
+        println!(
+            "Run `./target/debug/graygate-demo --keep` to keep the cluster and the dashboard up afterwards."
+        );
     }
     Ok(as_expected)
 }
