@@ -132,6 +132,11 @@ fn is_dns_subdomain(s: &str) -> bool {
 impl WorkloadSelector {
     /// Check the selector as the API server checks a label selector; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
+        if self.names.is_empty() && self.match_labels.is_empty() {
+            return Err(
+                "spec.workloads: name the workloads (names) or the labels they carry (matchLabels); a selector with neither guards nothing".into(),
+            );
+        }
         for (k, v) in &self.match_labels {
             let (prefix, name) = match k.split_once('/') {
                 Some((p, n)) => (Some(p), n),
@@ -296,6 +301,17 @@ mod tests {
                 .validate()
                 .unwrap_err()
                 .starts_with("spec.workloads.names[1]:")
+        );
+        // Kinds alone select nothing: refused, rather than a policy that silently guards nothing.
+        let kinds_only = WorkloadSelector {
+            kinds: vec![TargetKind::Deployment],
+            ..Default::default()
+        };
+        assert!(
+            kinds_only
+                .validate()
+                .unwrap_err()
+                .starts_with("spec.workloads: name the workloads")
         );
     }
 }
