@@ -3,9 +3,12 @@
 //! Deployments; each gets a one-batch change with a short bake and no analysis. Prints the
 //! operator's resident memory (peak and at the end), reconcile latency p50/p99 (from its own
 //! histogram), API requests per second (counted by the proxy in front of the API server) and the
-//! time until every change is Succeeded.
+//! time until every change is Succeeded. With `--guarded`, each namespace has a ChangePolicy that
+//! guards its Deployments, and every change is a plain image patch of a Deployment held by the
+//! admission webhook; the webhook's own admission latency (p50/p99) is printed too.
 //!
 //!   cargo run --release -p graygate-e2e --bin graygate-scale -- --changes 1000 --namespaces 100
+//!   cargo run --release -p graygate-e2e --bin graygate-scale -- --changes 1000 --namespaces 100 --guarded
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
@@ -28,6 +31,10 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// Guarded workloads: a ChangePolicy per namespace, each change an image patch through the
+    /// admission webhook.
+    #[arg(long)]
+    guarded: bool,
 }
 
 fn status_kb(pid: u32, field: &str) -> Option<u64> {
@@ -62,10 +69,12 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
     prev.0
 }
 
-fn reconcile_buckets(metrics: &str) -> Vec<(f64, f64)> {
+/// A histogram's buckets from the metrics text.
+fn histogram(metrics: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket");
     let mut out: Vec<(f64, f64)> = metrics
         .lines()
-        .filter(|l| l.starts_with("graygate_reconcile_duration_seconds_bucket"))
+        .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| {
             let le = l.split("le=\"").nth(1)?.split('"').next()?;
             let le = if le == "+Inf" {
@@ -130,9 +139,18 @@ async fn main() -> anyhow::Result<()> {
         args.changes,
         wait_start.elapsed().as_secs_f64()
     );
-    let port = w.start_graygate(&[])?;
+    let hook = if args.guarded {
+        w.install_webhook("Fail").await?
+    } else {
+        Vec::new()
+    };
+    let hook_args: Vec<&str> = hook.iter().map(String::as_str).collect();
+    let port = w.start_graygate(&hook_args)?;
     let pid = w.graygate_pid().context("graygate pid")?;
     tokio::time::sleep(Duration::from_secs(5)).await;
+    if args.guarded {
+        guard_all(&w, &args, per_ns).await?;
+    }
     let requests_before = w.audit.lock().map(|a| a.len()).unwrap_or(0);
     let start = Instant::now();
     // Every namespace's ChangeRequests at once, 20 namespaces in flight.
@@ -147,16 +165,46 @@ async fn main() -> anyhow::Result<()> {
                 .collect()
         })
         .collect();
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(batches.iter())
-        .map(|docs| w.apply(docs))
-        .buffer_unordered(20)
-        .collect()
-        .await;
-    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    if args.guarded {
+        // Each change is what a person or a pipeline does: a patch of the Deployment's image.
+        let patches: Vec<(String, usize)> = (0..args.changes)
+            .map(|i| (format!("scale-{:03}", i / per_ns), i % per_ns))
+            .collect();
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(patches)
+            .map(|(ns, d)| {
+                let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+                    Api::namespaced(w.client.clone(), &ns);
+                async move {
+                    api.patch(
+                        &format!("app-{d}"),
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Strategic(serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "shop/web:healthy-v2"}]}}}})),
+                    )
+                    .await?;
+                    Ok(())
+                }
+            })
+            .buffer_unordered(20)
+            .collect()
+            .await;
+        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    } else {
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(batches.iter())
+            .map(|docs| w.apply(docs))
+            .buffer_unordered(20)
+            .collect()
+            .await;
+        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    }
     let created = start.elapsed();
     eprintln!(
-        "{} ChangeRequests created in {:.1} s",
+        "{} {} in {:.1} s",
         args.changes,
+        if args.guarded {
+            "Deployments patched (each held by the webhook)"
+        } else {
+            "ChangeRequests created"
+        },
         created.as_secs_f64()
     );
     let mut peak_rss = 0;
@@ -202,6 +250,11 @@ async fn main() -> anyhow::Result<()> {
         .lock()
         .map(|a| a[requests_before..].to_vec())
         .unwrap_or_default();
+    // graygate's own requests (the benchmark's lists and patches are not its).
+    let audit: Vec<_> = audit
+        .into_iter()
+        .filter(|e| e.user_agent.starts_with(graygate::cli::run::USER_AGENT))
+        .collect();
     let requests = audit.len();
     let mut by_kind: std::collections::BTreeMap<String, usize> = Default::default();
     for e in &audit {
@@ -217,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .text()
         .await?;
-    let buckets = reconcile_buckets(&metrics);
+    let buckets = histogram(&metrics, "graygate_reconcile_duration_seconds");
     let reconciles = buckets.last().map_or(0.0, |b| b.1);
     println!("changes: {}", args.changes);
     println!("namespaces: {}", args.namespaces);
@@ -248,10 +301,20 @@ async fn main() -> anyhow::Result<()> {
         show(0.99)
     );
     println!(
-        "API requests: {requests} in {:.1} s = {:.1} per second",
+        "API requests by graygate: {requests} in {:.1} s = {:.1} per second, {:.1} per change",
         done.as_secs_f64(),
-        requests as f64 / done.as_secs_f64()
+        requests as f64 / done.as_secs_f64(),
+        requests as f64 / args.changes as f64
     );
+    if args.guarded {
+        let admission = histogram(&metrics, "graygate_webhook_admission_duration_seconds");
+        let n = admission.last().map_or(0.0, |b| b.1);
+        println!(
+            "admission reviews answered: {n:.0}; latency p50 {:.2} ms, p99 {:.2} ms",
+            quantile(&admission, 0.5) * 1000.0,
+            quantile(&admission, 0.99) * 1000.0
+        );
+    }
     for (kind, n) in by_kind.iter().take(10) {
         println!(
             "  {kind}: {n} ({:.1} per change)",
@@ -263,4 +326,42 @@ async fn main() -> anyhow::Result<()> {
         reconciles / args.changes as f64
     );
     Ok(())
+}
+
+/// One ChangePolicy per namespace guarding its Deployments (one 100% batch, 2 s bake, no
+/// analysis, as the explicit changes); returns once every Deployment is labelled guarded.
+async fn guard_all(w: &World, args: &Args, per_ns: usize) -> anyhow::Result<()> {
+    for n in 0..args.namespaces {
+        let ns = format!("scale-{n:03}");
+        let names: Vec<String> = (0..per_ns)
+            .filter(|d| n * per_ns + d < args.changes)
+            .map(|d| format!("app-{d}"))
+            .collect();
+        w.apply(&format!(
+            "apiVersion: graygate.io/v1alpha1\nkind: ChangePolicy\nmetadata: {{name: all, namespace: {ns}}}\nspec:\n  workloads: {{kinds: [Deployment], names: [{}]}}\n  change:\n    batches: [{{percent: 100, bake: 2s}}]\n",
+            names.join(", ")
+        ))
+        .await?;
+    }
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::all(w.client.clone());
+    let t0 = Instant::now();
+    loop {
+        let guarded = deployments
+            .list(&ListParams::default().labels(graygate::api::LABEL_GUARDED_BY))
+            .await?
+            .items
+            .len();
+        if guarded >= args.changes.min(per_ns * args.namespaces) {
+            eprintln!(
+                "{guarded} Deployments guarded after {:.0} s",
+                t0.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(args.timeout),
+            "only {guarded} Deployments were guarded"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
