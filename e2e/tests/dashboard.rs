@@ -120,21 +120,6 @@ batches:
     )
 }
 
-fn plugin(w: &World, kubeconfig: &Path, args: &[&str]) {
-    let out = Command::new(graygate_bin().unwrap())
-        .arg("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl graygate {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = w;
-}
-
 /// The Grafana panels' queries evaluated by Prometheus's engine (`promtool test rules`) over
 /// the series graygate exported: returns promtool's verdict on the expected values.
 fn grafana_panels_read(metrics_text: &str, expected: &[(&str, f64)]) {
@@ -255,8 +240,8 @@ async fn the_dashboard_shows_the_evidence_and_the_interception_record() {
 
     // Feedback on two stopped changes: one real, one a false alarm.
     let kubeconfig = kubeconfig_in(&w, NS);
-    plugin(&w, &kubeconfig, &["feedback", "bad", "real-fault"]);
-    plugin(&w, &kubeconfig, &["feedback", "errors", "false-alarm"]);
+    graygate_kubectl(&kubeconfig, &["feedback", "bad", "real-fault"]);
+    graygate_kubectl(&kubeconfig, &["feedback", "errors", "false-alarm"]);
     for (name, verdict) in [
         ("bad", FeedbackVerdict::RealFault),
         ("errors", FeedbackVerdict::FalseAlarm),

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use common::*;
 use graygate::api::Phase;
-use graygate_e2e::world::{World, WorldOptions, graygate_bin};
+use graygate_e2e::world::{World, WorldOptions};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -132,16 +132,7 @@ sinks:
     w.wait_phase(NS, "good", Phase::AwaitingApproval, LONG)
         .await
         .unwrap();
-    let out = std::process::Command::new(graygate_bin().unwrap())
-        .args(["kubectl", "approve", "good", "-n", NS])
-        .env("KUBECONFIG", kubeconfig_in(&w, NS))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    graygate_kubectl(&kubeconfig_in(&w, NS), &["approve", "good"]);
     let good = w
         .wait_phase(NS, "good", Phase::Succeeded, LONG)
         .await

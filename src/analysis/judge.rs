@@ -263,6 +263,19 @@ impl Params {
     }
 }
 
+impl Params {
+    /// The `peers` detector's settings for metric `m`.
+    pub fn peers(&self, m: &Metric) -> peers::Params {
+        peers::Params {
+            direction: m.direction,
+            min_delta: m.min_delta,
+            far: self.far,
+            far_samples: self.far_samples,
+            long: self.long,
+        }
+    }
+}
+
 impl Default for Params {
     fn default() -> Self {
         Params {
@@ -406,6 +419,25 @@ pub(crate) fn peer_inputs(
     let change = peer_units(&values.change, t0, slot, p.skip_change_before);
     let refs = peer_units(reference, t0, slot, None);
     Some((change, refs, slot))
+}
+
+/// What the change is held to: the control group when it is used and has data, else the
+/// workload before the change; `None` without either.
+pub(crate) fn reference<'a>(
+    values: &'a Groups,
+    p: &Params,
+) -> Option<(&'static str, &'a GroupData)> {
+    let control = values
+        .control
+        .as_ref()
+        .filter(|c| p.use_control && !c.is_empty());
+    control.map(|c| ("control", c)).or_else(|| {
+        values
+            .background
+            .as_ref()
+            .filter(|b| !b.is_empty())
+            .map(|b| ("background", b))
+    })
 }
 
 /// A metric's values: plain, or numerator ÷ denominator per pod and time.
@@ -560,13 +592,7 @@ fn run_detector(
             let Some((change, refs, slot)) = peer_inputs(values, reference, p) else {
                 return (missing("change"), format!("change vs {label}"));
             };
-            let params = peers::Params {
-                direction: m.direction,
-                min_delta: m.min_delta,
-                far: p.far,
-                far_samples: p.far_samples,
-                long: p.long,
-            };
+            let params = p.peers(m);
             let plain = detect::peers::detect(&change, &refs, &params);
             // The workload's released changes: recorded against the control group of their time,
             // they apply as well to the background the last batch (all pods young) is held to.
@@ -739,17 +765,7 @@ pub fn judge_with_history(
     let mut decided = 0;
     for (m, data) in metrics {
         let values = metric_values(data);
-        let control = values
-            .control
-            .as_ref()
-            .filter(|c| p.use_control && !c.is_empty());
-        let reference = control.map(|c| ("control", c)).or_else(|| {
-            values
-                .background
-                .as_ref()
-                .filter(|b| !b.is_empty())
-                .map(|b| ("background", b))
-        });
+        let reference = reference(&values, p);
         let mut outcomes = Vec::new();
         for name in &m.detectors {
             let (mut d, groups) = run_detector(name, m, data, &values, reference, p, history);

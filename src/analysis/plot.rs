@@ -62,27 +62,13 @@ impl Plot {
 /// The plot of one metric's data as the judge with `p` saw it; `None` without change samples.
 pub fn plot(m: &judge::Metric, data: &MetricData, p: &Params) -> Option<Plot> {
     let values = judge::metric_values(data);
-    let control = values
-        .control
-        .as_ref()
-        .filter(|c| p.use_control && !c.is_empty());
     let background = values.background.as_ref().filter(|b| !b.is_empty());
-    let (label, reference) = match (control, background) {
-        (Some(c), _) => ("control", c.clone()),
-        (None, Some(b)) => ("background", b.clone()),
-        (None, None) => ("none", GroupData::default()),
-    };
+    let (label, reference) = judge::reference(&values, p)
+        .map_or(("none", GroupData::default()), |(l, g)| (l, g.clone()));
     let (change, refs, slot) = judge::peer_inputs(&values, &reference, p)?;
     let t0 = values.change.first_time()?;
     let ratio = matches!(data, MetricData::Ratio { .. });
-    let params = peers::Params {
-        direction: m.direction,
-        min_delta: m.min_delta,
-        far: p.far,
-        far_samples: p.far_samples,
-        long: p.long,
-    };
-    let dep = peers::departure(&change, &refs, &params);
+    let dep = peers::departure(&change, &refs, &p.peers(m));
     let (band_width, band_rule) = if ratio {
         (
             m.min_delta,
@@ -131,15 +117,8 @@ pub fn plot(m: &judge::Metric, data: &MetricData, p: &Params) -> Option<Plot> {
                 let lo = t - band_width;
                 (if nonnegative { lo.max(0.0) } else { lo }, t + band_width)
             });
-            let beyond = typical.is_some_and(|t| {
-                let diff = value - t;
-                let bad = match m.direction {
-                    Direction::Increase => diff,
-                    Direction::Decrease => -diff,
-                    Direction::Either => diff.abs(),
-                };
-                bad > band_width
-            });
+            let beyond =
+                typical.is_some_and(|t| peers::bad_part(m.direction, value - t) > band_width);
             Point {
                 t: t0 + s as f64 * slot,
                 change: value,

@@ -395,3 +395,18 @@ pub fn kubeconfig_in(w: &World, ns: &str) -> std::path::PathBuf {
     std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
     path
 }
+
+/// Run `graygate kubectl ARGS` (the plugin) with `kubeconfig`; panics with its stderr on failure.
+pub fn graygate_kubectl(kubeconfig: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new(graygate_e2e::world::graygate_bin().unwrap())
+        .arg("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl graygate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
