@@ -76,9 +76,18 @@ fn unit_of(groups: &[&LogGroup]) -> f64 {
     }
 }
 
+/// Error level as people and logging libraries write it: the words (ERROR, FATAL, …), exceptions
+/// and tracebacks, and the severity field of structured logs — logfmt `level=error`, JSON
+/// `"level":"error"` / `"severity":"ERROR"` (zap, logrus, slog, bunyan-style names), klog's
+/// `E1201 10:00:00.000000` header and capnslog's ` E | `.
 static ERROR_LEVEL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b(ERROR|FATAL|CRITICAL|PANIC|panic|Traceback|[A-Za-z]*Exception|[A-Za-z]*Error:)")
-        .unwrap_or_else(|_| unreachable_regex())
+    Regex::new(concat!(
+        r"\b(ERROR|FATAL|CRITICAL|PANIC|panic|Traceback|[A-Za-z]*Exception|[A-Za-z]*Error:)",
+        r#"|(?i:\b(level|lvl|severity)"?\s*[=:]\s*"?(error|err|fatal|crit|critical|panic|alert|emerg)\b)"#,
+        r"|^[EF]\d{4} \d\d:\d\d:\d\d",
+        r"|^\S+ \S+ [EC] \| ",
+    ))
+    .unwrap_or_else(|_| unreachable_regex())
 });
 static SECRETS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
     [
@@ -125,6 +134,9 @@ fn binomial_sf(k: u64, n: u64, p: f64) -> f64 {
 #[derive(Default)]
 struct Counts {
     n: [u64; 3],
+    /// Episodes in the change group: runs of the template's lines written one after another by
+    /// one pod count once (see `detect`).
+    episodes: u64,
     error_level: bool,
     example: Option<String>,
 }
@@ -144,9 +156,12 @@ pub fn detect(
     let mut counts: BTreeMap<u32, Counts> = BTreeMap::new();
     let keep = |l: &str| !p.ignore.iter().any(|re| re.is_match(l));
     let mut totals = [0u64; 3];
+    // The change group's template ids per pod in log order, to count episodes once the
+    // templates have settled.
+    let mut sequence: Vec<Vec<u32>> = Vec::new();
     let mut add = |miner: &mut Miner, line: &str, which: usize| {
         if !keep(line) {
-            return;
+            return None;
         }
         totals[which] += 1;
         let id = miner.add(line);
@@ -156,6 +171,7 @@ pub fn detect(
             c.example = Some(line.to_string());
         }
         c.error_level |= is_error_level(line);
+        Some(id)
     };
     for l in before.lines() {
         add(&mut miner, l, 0);
@@ -163,8 +179,8 @@ pub fn detect(
     for l in control.lines() {
         add(&mut miner, l, 1);
     }
-    for l in change.lines() {
-        add(&mut miner, l, 2);
+    for lines in change.pods.values() {
+        sequence.push(lines.iter().filter_map(|l| add(&mut miner, l, 2)).collect());
     }
     // Templates merge as the miner learns: count by the final template.
     let mut merged: BTreeMap<u32, Counts> = BTreeMap::new();
@@ -176,6 +192,18 @@ pub fn detect(
         m.error_level |= c.error_level;
         if m.example.is_none() {
             m.example = c.example;
+        }
+    }
+    for ids in &sequence {
+        let mut last = None;
+        for id in ids {
+            let id = miner.resolve(*id);
+            if last != Some(id)
+                && let Some(m) = merged.get_mut(&id)
+            {
+                m.episodes += 1;
+            }
+            last = Some(id);
         }
     }
     let unit = unit_of(&[change, control, before]);
@@ -200,12 +228,15 @@ pub fn detect(
         if c_control == 0 && c_before == 0 {
             // Never in the reference: new only if the reference had a fair chance to show it.
             // Were the template as frequent per pod-second there as in the change group, every
-            // one of its lines would fall in the change group with this probability. An
-            // error-level template (rare in healthy software, and the first sign of most bad
-            // releases) needs only a reference watched at least as long as the change group
-            // (p <= 1/2 for one line); any other needs p < alpha.
+            // one of its occurrences would fall in the change group with this probability. An
+            // occurrence is an episode, not a line: lines a pod writes one after another with
+            // the same template are one event (a stalled disk makes etcd warn about every
+            // request waiting on it at once), and the product below holds only for
+            // independent occurrences. An error-level template (rare in healthy software, and
+            // the first sign of most bad releases) needs only a reference watched at least as
+            // long as the change group (p <= 1/2 for one episode); any other needs p < alpha.
             let share = time.change / (time.change + reference);
-            let p_value = share.powi(c_change.min(i32::MAX as u64) as i32);
+            let p_value = share.powi(c.episodes.clamp(1, i32::MAX as u64) as i32);
             let level = if c.error_level { 0.5 } else { p.alpha };
             let fair = if c.error_level {
                 p_value <= level
@@ -221,9 +252,15 @@ pub fn detect(
                     score: Some(p_value),
                     threshold: Some(level),
                     explanation: format!(
-                        "new{}: {} times in {} change pod(s) over {:.1} pod-minutes, never in {} control pod(s) over {:.1} pod-minutes nor before the change ({:.1} pod-minutes); as often there, it would have shown with p={}; e.g. {example:?}",
+                        "new{}: {} times{} in {} change pod(s) over {:.1} pod-minutes, never in {} control pod(s) over {:.1} pod-minutes nor before the change ({:.1} pod-minutes); as often there, it would have shown with p={}; e.g. {example:?}",
                         if c.error_level { " error-level template" } else { " template" },
                         c_change,
+                        if c.episodes < c_change {
+                            let s = if c.episodes == 1 { "" } else { "s" };
+                            format!(" ({} episode{s})", c.episodes)
+                        } else {
+                            String::new()
+                        },
                         n_change,
                         minutes(time.change),
                         n_control,
@@ -343,6 +380,21 @@ mod tests {
             .collect()
     }
 
+    /// `extra` spread evenly among `base`, as a pod that serves requests writes them.
+    fn spread(base: Vec<String>, extra: Vec<String>) -> Vec<String> {
+        let every = base.len() / (extra.len() + 1);
+        let mut out = Vec::with_capacity(base.len() + extra.len());
+        let mut extra = extra.into_iter();
+        for (i, line) in base.into_iter().enumerate() {
+            out.push(line);
+            if every > 0 && (i + 1) % every == 0 {
+                out.extend(extra.next());
+            }
+        }
+        out.extend(extra);
+        out
+    }
+
     fn params() -> Params {
         Params::from_spec(&LogAnalysisSpec::default())
     }
@@ -430,10 +482,37 @@ mod tests {
         assert!(detect(&change, &control, &LogGroup::default(), &params()).is_empty());
         // The same four in a canary as long as the reference: (1/2)^4 = 0.06, still not enough;
         // ten are: (1/2)^10 = 0.001.
-        let change = timed(&[("c1", [requests(100, "c1"), warns(10)].concat())], 60.0);
+        let change = timed(&[("c1", spread(requests(100, "c1"), warns(10)))], 60.0);
         let f = detect(&change, &control, &LogGroup::default(), &params());
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].detector, "new-template");
+        assert!((f[0].score.unwrap() - 0.5f64.powi(10)).abs() < 1e-15);
+    }
+
+    #[test]
+    fn lines_written_at_once_are_one_episode() {
+        // The ten warnings written one after another (one stall that every waiting request
+        // reports) are one event: (1/2)^1, no evidence of a new template.
+        let control = timed(&[("k1", requests(10, "k1"))], 60.0);
+        let burst = timed(&[("c1", [requests(100, "c1"), warns(10)].concat())], 60.0);
+        assert!(detect(&burst, &control, &LogGroup::default(), &params()).is_empty());
+        // Two such bursts apart in each of two canary pods: four episodes in 2 pod-minutes
+        // against 1 reference minute, (120/180)^4 = 0.198, still nothing.
+        let twice = |pod: &str| [warns(5), requests(50, pod), warns(5), requests(50, pod)].concat();
+        let two = timed(&[("c1", twice("c1")), ("c2", twice("c2"))], 60.0);
+        assert!(detect(&two, &control, &LogGroup::default(), &params()).is_empty());
+        // An error-level line needs one episode, burst or not.
+        let errors = timed(
+            &[("c1", [requests(100, "c1"), vec![exception(); 5]].concat())],
+            60.0,
+        );
+        let f = detect(&errors, &control, &LogGroup::default(), &params());
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].explanation.contains("5 times (1 episode)"),
+            "{}",
+            f[0].explanation
+        );
     }
 
     #[test]
@@ -486,7 +565,7 @@ mod tests {
         // Eight a pod-minute in the canary, none in the control pods this minute, but as many
         // in the hour before the change.
         let line = |n| vec!["INFO [cron] compaction pass started".to_string(); n];
-        let change = timed(&[("c1", [requests(50, "c1"), line(8)].concat())], 60.0);
+        let change = timed(&[("c1", spread(requests(50, "c1"), line(8)))], 60.0);
         let control = timed(
             &[("k1", requests(50, "k1")), ("k2", requests(50, "k2"))],
             60.0,
@@ -524,6 +603,35 @@ mod tests {
             "{}",
             f[0].explanation
         );
+    }
+
+    #[test]
+    fn error_level_in_the_formats_loggers_write() {
+        for line in [
+            "ERROR [db] connection lost",
+            "java.lang.IllegalStateException: boom",
+            r#"{"level":"error","ts":"2026-12-01T10:00:00Z","msg":"failed to apply request"}"#,
+            r#"{"severity":"ERROR","message":"payment declined"}"#,
+            r#"{"level": "fatal", "msg": "cannot start"}"#,
+            r#"ts=2026-12-01T10:00:00Z level=error msg="scrape failed""#,
+            "time=10:00 lvl=crit msg=down",
+            r#"E1201 10:00:00.000100   160 reflector.go:4000] "Unhandled Error" err="x""#,
+            "F1201 10:00:00.000100   160 server.go:12] cannot listen",
+            "2026-12-01 10:00:00.000000 E | etcdserver: publish error",
+        ] {
+            assert!(is_error_level(line), "{line}");
+        }
+        for line in [
+            "INFO [http] GET /errors status=200",
+            r#"{"level":"info","msg":"error budget at 99%"}"#,
+            "ts=2026-12-01T10:00:00Z level=warn msg=slow",
+            r#"I1201 10:00:00.000100   160 reflector.go:4000] "Caches populated""#,
+            "W1201 10:00:00.000100   160 warnings.go:70] deprecated",
+            "2026-12-01 10:00:00.000000 W | etcdserver: read-only range request took too long",
+            "Everything fine, level=errorless",
+        ] {
+            assert!(!is_error_level(line), "{line}");
+        }
     }
 
     #[test]
