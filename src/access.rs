@@ -74,7 +74,7 @@ pub const OPERATOR_ACCESS: &[Access] = &[
     Access {
         group: "apps",
         resource: "replicasets",
-        verbs: &["get", "list", "create", "patch", "delete"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
         scope: Scope::Watched,
         why: "a guarded Deployment's running ReplicaSet; its canary ReplicaSet, handed to the Deployment on release",
     },
@@ -95,7 +95,7 @@ pub const OPERATOR_ACCESS: &[Access] = &[
     Access {
         group: "autoscaling",
         resource: "horizontalpodautoscalers",
-        verbs: &["list"],
+        verbs: &["list", "watch"],
         scope: Scope::Watched,
         why: "find the autoscaler of a target: its replica count is then left to it and batches follow it",
     },

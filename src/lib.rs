@@ -4,6 +4,7 @@
 pub mod access;
 pub mod analysis;
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod controller;
 pub mod dashboard;

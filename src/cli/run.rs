@@ -336,7 +336,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             me,
         )
         .with_fence(fence.clone())
-        .with_notifier(notifier),
+        .with_notifier(notifier)
+        .with_cache(Arc::new(crate::cache::Caches::start(
+            &client,
+            &args.namespaces,
+        ))),
     );
     let (ctl_stop_tx, ctl_stop_rx) = watch::channel(false);
     let mut ctl_stop = ctl_stop_rx.clone();

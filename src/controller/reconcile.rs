@@ -36,6 +36,8 @@ pub struct Context {
     pub fence: Arc<crate::controller::lease::Fence>,
     /// Tells people what changes did.
     pub notifier: Arc<crate::notify::Notifier>,
+    /// Watch caches the workloads are read from (none: every read goes to the API server).
+    pub cache: Option<Arc<crate::cache::Caches>>,
 }
 
 impl Context {
@@ -58,7 +60,14 @@ impl Context {
             analyzer,
             failures: Mutex::new(HashMap::new()),
             fence: Arc::new(crate::controller::lease::Fence::open()),
+            cache: None,
         }
+    }
+
+    /// Read workloads from these watch caches.
+    pub fn with_cache(mut self, cache: Arc<crate::cache::Caches>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Send notifications through `notifier`.
@@ -326,6 +335,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
         fence: &ctx.fence,
         ns: &ns,
         cr,
+        cache: ctx.cache.as_deref(),
     };
     let step = current_step(&cr.spec, &status);
     let workload = rollout::observe(&sctx, step.as_ref()).await?;
@@ -431,6 +441,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
         fence: &ctx.fence,
         ns: &ns,
         cr: &acted,
+        cache: ctx.cache.as_deref(),
     };
     for action in &d.actions {
         match action {
@@ -480,6 +491,13 @@ fn retry_after_error(object: &str, err: &Error, ctx: &Context) -> Requeue {
         // down; no backoff builds up for the object.
         tracing::debug!(changerequest = %object, "write refused while the Lease is not surely held");
         return Requeue::requeue(Duration::from_secs(1));
+    }
+    if matches!(err, Error::Kube(kube::Error::Api(e)) if e.code == 409) {
+        // A write made from a cached read met a newer version of the object (its
+        // resourceVersion precondition failed): the watch brings that version within moments,
+        // and the next reconcile decides again from it. Counted, not a failure of the object.
+        tracing::debug!(changerequest = %object, error = %err, "write refused: the object changed since it was read; reading again");
+        return Requeue::requeue(Duration::from_millis(500));
     }
     let n = match ctx.failures.lock() {
         Ok(mut f) => {
@@ -574,10 +592,16 @@ pub async fn run_controller(
                 }),
         );
     }
+    let cache = ctx.cache.clone();
     tokio::spawn(async move {
         // kube's readiness signal wakes only its most recent waiter (a oneshot receiver shared
         // through a mutex), and the controller's own runner waits on it too; polling again
         // after a timeout re-registers this task, and sees the state once the runner set it.
+        if let Some(cache) = &cache {
+            while !cache.ready() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
         for store in stores {
             loop {
                 match tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready())

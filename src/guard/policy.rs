@@ -216,7 +216,7 @@ async fn read_workloads(
         }
         let template = template_of(&d.spec.as_ref().map(|s| &s.template))?;
         let running = if d.annotations().contains_key(ANN_HELD) {
-            guarded::running_template(&ctx.client, ns, &d)
+            guarded::running_template(&ctx.client, ctx.cache.as_deref(), ns, &d)
                 .await?
                 .map(|(t, _)| t)
         } else {

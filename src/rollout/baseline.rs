@@ -50,8 +50,7 @@ pub async fn reached(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<bool, Error> 
     let Some(name) = status.baseline_name else {
         return Ok(true);
     };
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    let current = api.get_opt(&name).await?;
+    let current = ctx.read::<Deployment>(&name).await?;
     Ok(match (step, current) {
         (Some(Step::Batch { changed }), Some(d)) => {
             let (spec, ready, settled) = counts(&d);
@@ -75,7 +74,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
         return Ok(());
     };
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    let current = api.get_opt(&name).await?;
+    let current = ctx.read::<Deployment>(&name).await?;
     let Step::Batch { changed } = step else {
         if current.is_some() {
             ctx.fence.check()?;
@@ -97,16 +96,19 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 api.patch(
                     &name,
                     &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
-                    &Patch::Json::<()>(serde_json::from_value(json!([
-                        {"op": "replace", "path": "/spec/replicas", "value": want},
-                        {"op": "replace", "path": "/spec/template", "value": t},
-                    ]))?),
+                    &Patch::Json::<()>(serde_json::from_value(crate::cache::fenced_json(
+                        &d,
+                        json!([
+                            {"op": "replace", "path": "/spec/replicas", "value": want},
+                            {"op": "replace", "path": "/spec/template", "value": t},
+                        ]),
+                    ))?),
                 )
                 .await?;
             }
         }
         None => {
-            let Some(target) = api.get_opt(&ctx.cr.spec.target.name).await? else {
+            let Some(target) = ctx.read::<Deployment>(&ctx.cr.spec.target.name).await? else {
                 return Ok(());
             };
             let id = (name.as_str(), LABEL_BASELINE);

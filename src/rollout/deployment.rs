@@ -4,6 +4,7 @@
 
 use super::{Ctx, Error, same_template, template_of};
 use crate::api::LABEL_CHANGE;
+use crate::cache::{fenced_json, fenced_merge};
 use crate::rollout::template::{apply_spec, with_label};
 use crate::util::short_hash;
 use crate::workload::{Step, WorkloadObs};
@@ -29,8 +30,7 @@ fn counts(d: &Deployment) -> (i32, i32, i32, i32, bool) {
 
 /// Observe the target (and canary) against the step the status asks for.
 pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<WorkloadObs>, Error> {
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    let Some(target) = api.get_opt(&ctx.cr.spec.target.name).await? else {
+    let Some(target) = ctx.read::<Deployment>(&ctx.cr.spec.target.name).await? else {
         return Ok(None);
     };
     let template = template_of(&target.spec.as_ref().map(|s| &s.template))?;
@@ -63,7 +63,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         }
     };
     let canary = match &status.canary_name {
-        Some(name) => api.get_opt(name).await?,
+        Some(name) => ctx.read::<Deployment>(name).await?,
         None => None,
     };
     let (changed_ready, step_reached) = match step {
@@ -143,7 +143,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
 /// Bring the Deployment pair to `step`. Calls the API only where the cluster differs.
 pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    let Some(target) = api.get_opt(&ctx.cr.spec.target.name).await? else {
+    let Some(target) = ctx.read::<Deployment>(&ctx.cr.spec.target.name).await? else {
         return Ok(());
     };
     let status = ctx.cr.status.clone().unwrap_or_default();
@@ -151,7 +151,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     let Some(canary_name) = status.canary_name.clone() else {
         return Ok(());
     };
-    let canary = api.get_opt(&canary_name).await?;
+    let canary = ctx.read::<Deployment>(&canary_name).await?;
     let (replicas, ..) = counts(&target);
     // An autoscaler owns the target's replicas: graygate never writes them.
     let autoscaled = super::autoscaler(ctx).await?.is_some();
@@ -178,10 +178,13 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                     let (c_spec, _, _, c_avail, _) = counts(c);
                     let current = template_of(&c.spec.as_ref().map(|s| &s.template))?;
                     if c_spec != *changed || !same_template(&current, &canary_template) {
-                        let patch = json!([
-                            {"op": "replace", "path": "/spec/replicas", "value": changed},
-                            {"op": "replace", "path": "/spec/template", "value": canary_template},
-                        ]);
+                        let patch = fenced_json(
+                            c,
+                            json!([
+                                {"op": "replace", "path": "/spec/replicas", "value": changed},
+                                {"op": "replace", "path": "/spec/template", "value": canary_template},
+                            ]),
+                        );
                         ctx.fence.check()?;
                         api.patch(
                             &canary_name,
@@ -197,7 +200,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             let stable_wanted = n_total - changed;
             if !autoscaled && canary_available >= *changed && replicas != stable_wanted {
                 ctx.fence.check()?;
-                scale(&api, &target.name_any(), stable_wanted).await?;
+                scale(&api, &target, stable_wanted).await?;
             }
         }
         Step::Promote => {
@@ -212,9 +215,10 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             let rolled =
                 caught_up && total == replicas && updated == replicas && available == replicas;
             if !same_template(&template, &new_template) {
-                let patch = json!([
-                    {"op": "replace", "path": "/spec/template", "value": new_template},
-                ]);
+                let patch = fenced_json(
+                    &target,
+                    json!([{"op": "replace", "path": "/spec/template", "value": new_template}]),
+                );
                 ctx.fence.check()?;
                 api.patch(
                     &target.name_any(),
@@ -225,7 +229,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             } else if replicas != n_total {
                 if rolled {
                     ctx.fence.check()?;
-                    scale(&api, &target.name_any(), n_total).await?;
+                    scale(&api, &target, n_total).await?;
                 }
             } else if rolled && canary.is_some() {
                 ctx.fence.check()?;
@@ -245,9 +249,10 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             // once no pod of another template is left to grow.
             let (_, total, updated, _, caught_up) = counts(&target);
             if !same_template(&template, &stable) {
-                let patch = json!([
-                    {"op": "replace", "path": "/spec/template", "value": stable},
-                ]);
+                let patch = fenced_json(
+                    &target,
+                    json!([{"op": "replace", "path": "/spec/template", "value": stable}]),
+                );
                 ctx.fence.check()?;
                 api.patch(
                     &target.name_any(),
@@ -257,18 +262,18 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 .await?;
             } else if replicas != n_total && caught_up && updated == total {
                 ctx.fence.check()?;
-                scale(&api, &target.name_any(), n_total).await?;
+                scale(&api, &target, n_total).await?;
             }
         }
     }
     Ok(())
 }
 
-async fn scale(api: &Api<Deployment>, name: &str, replicas: i32) -> Result<(), Error> {
+async fn scale(api: &Api<Deployment>, d: &Deployment, replicas: i32) -> Result<(), Error> {
     api.patch_scale(
-        name,
+        &d.name_any(),
         &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
-        &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        &Patch::Merge(fenced_merge(d, json!({"spec": {"replicas": replicas}}))),
     )
     .await?;
     Ok(())

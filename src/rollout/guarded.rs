@@ -12,10 +12,11 @@ use crate::api::{
     ANN_CHANGE, ANN_FAILED, ANN_FAILED_TEMPLATES, ANN_HELD, ANN_RUNNING, MANAGER_ROLLOUT,
     patch_params, post_params,
 };
+use crate::cache::fenced_merge;
 use crate::workload::{Step, WorkloadObs};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{ListParams, Patch};
+use kube::api::Patch;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -49,9 +50,10 @@ fn owned_by(rs: &ReplicaSet, d: &Deployment) -> bool {
 }
 
 /// The ReplicaSet whose pods serve while the Deployment holds a new template: the one of the
-/// Deployment's own ReplicaSets with pods and the highest revision.
+/// Deployment's own ReplicaSets with pods and the highest revision (read from `cache` when given).
 pub async fn running_set(
     client: &kube::Client,
+    cache: Option<&crate::cache::Caches>,
     ns: &str,
     d: &Deployment,
     except: Option<&str>,
@@ -61,27 +63,28 @@ pub async fn running_set(
         .as_ref()
         .and_then(|s| s.selector.match_labels.clone())
         .unwrap_or_default();
-    let sel: Vec<String> = sel.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
-    let mut sets: Vec<ReplicaSet> = api
-        .list(&ListParams::default().labels(&sel.join(",")))
-        .await?
-        .items
+    let sets = super::list_labelled::<ReplicaSet>(client, cache, ns, &sel).await?;
+    Ok(pick_running(sets, d, except))
+}
+
+fn pick_running(sets: Vec<ReplicaSet>, d: &Deployment, except: Option<&str>) -> Option<ReplicaSet> {
+    let mut sets: Vec<ReplicaSet> = sets
         .into_iter()
         .filter(|rs| owned_by(rs, d) && Some(rs.name_any().as_str()) != except)
         .filter(|rs| rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0) > 0)
         .collect();
     sets.sort_by_key(revision);
-    Ok(sets.pop())
+    sets.pop()
 }
 
 /// The template the pods of a held Deployment run, when it differs from the one it holds.
 pub async fn running_template(
     client: &kube::Client,
+    cache: Option<&crate::cache::Caches>,
     ns: &str,
     d: &Deployment,
 ) -> Result<Option<(Value, String)>, Error> {
-    let Some(rs) = running_set(client, ns, d, None).await? else {
+    let Some(rs) = running_set(client, cache, ns, d, None).await? else {
         return Ok(None);
     };
     let t = rs_template(&rs)?;
@@ -109,8 +112,7 @@ fn rs_counts(rs: &ReplicaSet) -> (i32, i32, i32, bool) {
 
 /// Observe a guarded Deployment against the step the status asks for.
 pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<WorkloadObs>, Error> {
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    let Some(d) = api.get_opt(&ctx.cr.spec.target.name).await? else {
+    let Some(d) = ctx.read::<Deployment>(&ctx.cr.spec.target.name).await? else {
         return Ok(None);
     };
     let status = ctx.cr.status.clone().unwrap_or_default();
@@ -131,7 +133,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         .unwrap_or_default();
     let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let canary_name = status.canary_name.clone();
-    let stable = running_set(ctx.client, ctx.ns, &d, canary_name.as_deref()).await?;
+    let stable = running_set(ctx.client, ctx.cache, ctx.ns, &d, canary_name.as_deref()).await?;
     let running = match &stable {
         Some(rs) if !same_template(&rs_template(rs)?, &template) => Some(rs_template(rs)?),
         _ => None,
@@ -213,8 +215,7 @@ async fn canary(ctx: &Ctx<'_>) -> Result<Option<ReplicaSet>, Error> {
     let Some(name) = status.canary_name else {
         return Ok(None);
     };
-    let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    Ok(api.get_opt(&name).await?)
+    ctx.read::<ReplicaSet>(&name).await
 }
 
 fn new_template(ctx: &Ctx<'_>, held: &Value) -> Result<Value, Error> {
@@ -267,7 +268,7 @@ pub fn max_surge(d: &Deployment, replicas: i32) -> i32 {
 /// Bring the guarded Deployment and its canary to `step`. Calls the API only where they differ.
 pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    let Some(d) = api.get_opt(&ctx.cr.spec.target.name).await? else {
+    let Some(d) = ctx.read::<Deployment>(&ctx.cr.spec.target.name).await? else {
         return Ok(());
     };
     let status = ctx.cr.status.clone().unwrap_or_default();
@@ -275,7 +276,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
         return Ok(());
     };
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    let canary = rs_api.get_opt(&name).await?;
+    let canary = ctx.read::<ReplicaSet>(&name).await?;
     let template = template_of(&d.spec.as_ref().map(|s| &s.template))?;
     let new_template = new_template(ctx, &template)?;
     match step {
@@ -283,7 +284,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             None => create_canary(ctx, &rs_api, &d, &name, *changed, &new_template).await?,
             Some(c) if rs_counts(&c).0 != *changed => {
                 ctx.fence.check()?;
-                scale_set(&rs_api, &name, *changed).await?;
+                scale_set(&rs_api, &c, *changed).await?;
             }
             Some(_) => {}
         },
@@ -305,7 +306,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                     let (spec, total, _, caught_up) = rs_counts(&c);
                     if spec != wanted {
                         ctx.fence.check()?;
-                        scale_set(&rs_api, &name, wanted).await?;
+                        scale_set(&rs_api, &c, wanted).await?;
                     } else if caught_up && total == wanted {
                         let owner = d.controller_owner_ref(&()).ok_or(Error::NoNamespace)?;
                         ctx.fence.check()?;
@@ -313,7 +314,10 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                             .patch(
                                 &name,
                                 &patch_params(MANAGER_ROLLOUT),
-                                &Patch::Merge(json!({"metadata": {"ownerReferences": [owner]}})),
+                                &Patch::Merge(fenced_merge(
+                                    &c,
+                                    json!({"metadata": {"ownerReferences": [owner]}}),
+                                )),
                             )
                             .await?;
                     }
@@ -324,10 +328,10 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                         api.patch(
                             &d.name_any(),
                             &patch_params(MANAGER_ROLLOUT),
-                            &Patch::Merge(json!({
+                            &Patch::Merge(fenced_merge(&d, json!({
                                 "metadata": {"annotations": {ANN_HELD: null, ANN_RUNNING: null, ANN_CHANGE: null, ANN_FAILED: null}},
                                 "spec": {"paused": false},
-                            })),
+                            }))),
                         )
                         .await?;
                     }
@@ -358,7 +362,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 api.patch(
                     &d.name_any(),
                     &patch_params(MANAGER_ROLLOUT),
-                    &Patch::Merge(json!({"metadata": {"annotations": {ANN_FAILED: failed, ANN_FAILED_TEMPLATES: list}}})),
+                    &Patch::Merge(fenced_merge(&d, json!({"metadata": {"annotations": {ANN_FAILED: failed, ANN_FAILED_TEMPLATES: list}}}))),
                 )
                 .await?;
             }
@@ -367,11 +371,11 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     Ok(())
 }
 
-async fn scale_set(api: &Api<ReplicaSet>, name: &str, replicas: i32) -> Result<(), Error> {
+async fn scale_set(api: &Api<ReplicaSet>, rs: &ReplicaSet, replicas: i32) -> Result<(), Error> {
     api.patch(
-        name,
+        &rs.name_any(),
         &patch_params(MANAGER_ROLLOUT),
-        &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        &Patch::Merge(fenced_merge(rs, json!({"spec": {"replicas": replicas}}))),
     )
     .await?;
     Ok(())

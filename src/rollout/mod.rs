@@ -70,6 +70,56 @@ pub struct Ctx<'a> {
     pub ns: &'a str,
     /// The ChangeRequest, with its recorded status.
     pub cr: &'a ChangeRequest,
+    /// Watch caches to read workloads from; without them every read goes to the API server.
+    pub cache: Option<&'a crate::cache::Caches>,
+}
+
+impl Ctx<'_> {
+    /// `name` in the change's namespace: from the watch cache when it holds it, else read from
+    /// the API server. Writes made from it carry its version (`cache::fenced_*`).
+    pub async fn read<K: crate::cache::Cached>(&self, name: &str) -> Result<Option<K>, Error> {
+        if let Some(o) = self.cache.and_then(|c| c.get::<K>(self.ns, name)) {
+            return Ok(Some((*o).clone()));
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), self.ns);
+        Ok(api.get_opt(name).await?)
+    }
+
+    /// The objects of the change's namespace that carry every label of `labels` (see
+    /// `list_labelled`).
+    pub async fn list<K: crate::cache::Cached>(
+        &self,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<K>, Error> {
+        list_labelled(self.client, self.cache, self.ns, labels).await
+    }
+}
+
+/// The objects of `ns` that carry every label of `labels`: from the watch cache once it has
+/// listed, else listed from the API server.
+pub async fn list_labelled<K: crate::cache::Cached>(
+    client: &Client,
+    cache: Option<&crate::cache::Caches>,
+    ns: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<K>, Error> {
+    if let Some(all) = cache.and_then(|c| c.list::<K>(ns)) {
+        return Ok(all
+            .into_iter()
+            .filter(|o| {
+                labels
+                    .iter()
+                    .all(|(k, v)| o.meta().labels.as_ref().and_then(|l| l.get(k)) == Some(v))
+            })
+            .map(|o| (*o).clone())
+            .collect());
+    }
+    let sel: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default().labels(&sel.join(",")))
+        .await?
+        .items)
 }
 
 /// A pod template as plain JSON (what graygate compares, hashes and records).
@@ -160,11 +210,9 @@ pub async fn autoscaler(ctx: &Ctx<'_>) -> Result<Option<String>, Error> {
     if ctx.cr.spec.target.kind != TargetKind::Deployment {
         return Ok(None);
     }
-    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    Ok(api
-        .list(&ListParams::default())
+    Ok(ctx
+        .list::<HorizontalPodAutoscaler>(&Default::default())
         .await?
-        .items
         .into_iter()
         .find(|h| {
             h.spec.as_ref().is_some_and(|s| {
