@@ -140,8 +140,13 @@ impl Caches {
         ready(store).then_some(store)
     }
 
+    /// The store of `K` for `ns` has listed once.
+    pub fn listed<K: Cached>(&self, ns: &str) -> bool {
+        self.scope::<K>(ns).is_some()
+    }
+
     /// `ns/name` as the cache holds it; `None` when the cache does not hold it (or has not
-    /// listed yet): the caller reads it from the API server.
+    /// listed yet).
     pub fn get<K: Cached>(&self, ns: &str, name: &str) -> Option<Arc<K>> {
         self.scope::<K>(ns)?.get(&ObjectRef::new(name).within(ns))
     }

@@ -336,6 +336,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
         ns: &ns,
         cr,
         cache: ctx.cache.as_deref(),
+        confirm_absence: false,
     };
     let step = current_step(&cr.spec, &status);
     let workload = rollout::observe(&sctx, step.as_ref()).await?;
@@ -442,6 +443,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
         ns: &ns,
         cr: &acted,
         cache: ctx.cache.as_deref(),
+        confirm_absence: false,
     };
     for action in &d.actions {
         match action {

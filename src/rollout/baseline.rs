@@ -108,7 +108,10 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             }
         }
         None => {
-            let Some(target) = ctx.read::<Deployment>(&ctx.cr.spec.target.name).await? else {
+            let Some(target) = ctx
+                .read_existing::<Deployment>(&ctx.cr.spec.target.name)
+                .await?
+            else {
                 return Ok(());
             };
             let id = (name.as_str(), LABEL_BASELINE);

@@ -30,7 +30,10 @@ fn counts(d: &Deployment) -> (i32, i32, i32, i32, bool) {
 
 /// Observe the target (and canary) against the step the status asks for.
 pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<WorkloadObs>, Error> {
-    let Some(target) = ctx.read::<Deployment>(&ctx.cr.spec.target.name).await? else {
+    let Some(target) = ctx
+        .read_existing::<Deployment>(&ctx.cr.spec.target.name)
+        .await?
+    else {
         return Ok(None);
     };
     let template = template_of(&target.spec.as_ref().map(|s| &s.template))?;
@@ -143,7 +146,10 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
 /// Bring the Deployment pair to `step`. Calls the API only where the cluster differs.
 pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    let Some(target) = ctx.read::<Deployment>(&ctx.cr.spec.target.name).await? else {
+    let Some(target) = ctx
+        .read_existing::<Deployment>(&ctx.cr.spec.target.name)
+        .await?
+    else {
         return Ok(());
     };
     let status = ctx.cr.status.clone().unwrap_or_default();

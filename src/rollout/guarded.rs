@@ -112,7 +112,10 @@ fn rs_counts(rs: &ReplicaSet) -> (i32, i32, i32, bool) {
 
 /// Observe a guarded Deployment against the step the status asks for.
 pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<WorkloadObs>, Error> {
-    let Some(d) = ctx.read::<Deployment>(&ctx.cr.spec.target.name).await? else {
+    let Some(d) = ctx
+        .read_existing::<Deployment>(&ctx.cr.spec.target.name)
+        .await?
+    else {
         return Ok(None);
     };
     let status = ctx.cr.status.clone().unwrap_or_default();
@@ -268,7 +271,10 @@ pub fn max_surge(d: &Deployment, replicas: i32) -> i32 {
 /// Bring the guarded Deployment and its canary to `step`. Calls the API only where they differ.
 pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
-    let Some(d) = ctx.read::<Deployment>(&ctx.cr.spec.target.name).await? else {
+    let Some(d) = ctx
+        .read_existing::<Deployment>(&ctx.cr.spec.target.name)
+        .await?
+    else {
         return Ok(());
     };
     let status = ctx.cr.status.clone().unwrap_or_default();

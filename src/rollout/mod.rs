@@ -61,6 +61,7 @@ impl Error {
 }
 
 /// What a strategy needs to act on one ChangeRequest.
+#[derive(Clone, Copy)]
 pub struct Ctx<'a> {
     /// Kubernetes client.
     pub client: &'a Client,
@@ -72,12 +73,37 @@ pub struct Ctx<'a> {
     pub cr: &'a ChangeRequest,
     /// Watch caches to read workloads from; without them every read goes to the API server.
     pub cache: Option<&'a crate::cache::Caches>,
+    /// An object the cache does not hold is looked up on the API server before it counts as
+    /// absent (set while confirming that a change has ended).
+    pub confirm_absence: bool,
 }
 
 impl Ctx<'_> {
-    /// `name` in the change's namespace: from the watch cache when it holds it, else read from
-    /// the API server. Writes made from it carry its version (`cache::fenced_*`).
+    /// `name` in the change's namespace as the watch cache holds it: `None` when the cache has
+    /// listed and does not hold it (a canary not created yet, or deleted). Read from the API
+    /// server when there is no cache or it has not listed yet. Writes made from the object carry
+    /// its version (`cache::fenced_*`); a step that is reached because something is absent is
+    /// confirmed without the cache (`observe`).
     pub async fn read<K: crate::cache::Cached>(&self, name: &str) -> Result<Option<K>, Error> {
+        if let Some(cache) = self.cache.filter(|c| c.listed::<K>(self.ns)) {
+            if let Some(o) = cache.get::<K>(self.ns, name) {
+                return Ok(Some((*o).clone()));
+            }
+            if !self.confirm_absence {
+                return Ok(None);
+            }
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), self.ns);
+        Ok(api.get_opt(name).await?)
+    }
+
+    /// `name` from the watch cache, or from the API server when the cache does not hold it: for
+    /// objects whose absence would end the change (its target), which a cache that has not seen
+    /// them yet must not decide.
+    pub async fn read_existing<K: crate::cache::Cached>(
+        &self,
+        name: &str,
+    ) -> Result<Option<K>, Error> {
         if let Some(o) = self.cache.and_then(|c| c.get::<K>(self.ns, name)) {
             return Ok(Some((*o).clone()));
         }
@@ -200,6 +226,21 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         && step.is_some()
     {
         o.step_reached = baseline::reached(ctx, step).await?;
+    }
+    // Promotion and rollback are reached when the canary (and baseline) are gone and the
+    // target has settled: the end of the change. A cache may not have seen a canary created a
+    // moment ago, so what is absent from it is looked up on the API server before that end
+    // counts.
+    if ctx.cache.is_some()
+        && !ctx.confirm_absence
+        && matches!(step, Some(Step::Promote | Step::Restore))
+        && obs.as_ref().is_some_and(|o| o.step_reached)
+    {
+        let confirm = Ctx {
+            confirm_absence: true,
+            ..*ctx
+        };
+        return Box::pin(observe(&confirm, step)).await;
     }
     Ok(obs)
 }
