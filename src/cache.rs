@@ -10,8 +10,11 @@
 //!   saw it, the API server refuses the write with 409 and the reconcile runs again once the
 //!   watch has caught up. A decision that needs fresh state gets it from that refusal, not from a
 //!   GET before every step.
-//! - An object the cache does not hold is read with a GET (a canary created a moment ago), and
-//!   until a store has listed once, every read goes to the API server.
+//! - An object the cache does not hold counts as absent only where that absence decides nothing
+//!   final: a canary not yet in the cache is created again (the API server answers 409, which
+//!   is fine). The target, and the canary and baseline at the moment a change would end, are
+//!   looked up with a GET when the cache lacks them. Until a store has listed once, every read
+//!   goes to the API server.
 //! - Writes still pass the Lease fence: only the leader writes.
 
 use futures::{FutureExt, StreamExt};

@@ -83,7 +83,7 @@ impl Ctx<'_> {
     /// listed and does not hold it (a canary not created yet, or deleted). Read from the API
     /// server when there is no cache or it has not listed yet. Writes made from the object carry
     /// its version (`cache::fenced_*`); a step that is reached because something is absent is
-    /// confirmed without the cache (`observe`).
+    /// confirmed by looking up what the cache lacks (`observe`).
     pub async fn read<K: crate::cache::Cached>(&self, name: &str) -> Result<Option<K>, Error> {
         if let Some(cache) = self.cache.filter(|c| c.listed::<K>(self.ns)) {
             if let Some(o) = cache.get::<K>(self.ns, name) {
@@ -104,11 +104,12 @@ impl Ctx<'_> {
         &self,
         name: &str,
     ) -> Result<Option<K>, Error> {
-        if let Some(o) = self.cache.and_then(|c| c.get::<K>(self.ns, name)) {
-            return Ok(Some((*o).clone()));
+        Ctx {
+            confirm_absence: true,
+            ..*self
         }
-        let api: Api<K> = Api::namespaced(self.client.clone(), self.ns);
-        Ok(api.get_opt(name).await?)
+        .read(name)
+        .await
     }
 
     /// The objects of the change's namespace that carry every label of `labels` (see
@@ -231,8 +232,11 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
     // target has settled: the end of the change. A cache may not have seen a canary created a
     // moment ago, so what is absent from it is looked up on the API server before that end
     // counts.
+    // Only the Deployment strategies read from the caches; a StatefulSet's observation was
+    // read from the API server already.
     if ctx.cache.is_some()
         && !ctx.confirm_absence
+        && ctx.cr.spec.target.kind == TargetKind::Deployment
         && matches!(step, Some(Step::Promote | Step::Restore))
         && obs.as_ref().is_some_and(|o| o.step_reached)
     {
