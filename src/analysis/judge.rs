@@ -647,8 +647,13 @@ fn run_detector(
             let within = d.outcome != Verdict::Fail;
             let sentence = mh.sentence(&h.workload, &m.name, this, within);
             if plain.outcome == Verdict::Fail && within {
+                // What decided it comes first: status keeps a bounded explanation, and a long
+                // account of the departure must not push the reason it passed out of it.
                 d.suppressed_by = Some("history");
-                d.explanation = format!("{}; {sentence}", plain.explanation);
+                d.explanation = format!(
+                    "{sentence}; against the {label} alone: {}",
+                    plain.explanation
+                );
             } else {
                 d.explanation = format!("{}; {sentence}", d.explanation);
             }
@@ -1208,6 +1213,36 @@ mod tests {
         let out = judged(1.0, Some(&history));
         assert_eq!(out.verdict, Verdict::Pass, "{}", out.summary);
         assert!(out.findings[0].explanation.contains("— within"));
+
+        // A canary far beyond the generic minimum effect, as every released change was (a young
+        // pod's latency, say): the history explains it, and says so first, so that the bounded
+        // explanation kept in status still carries why it passed.
+        let slow = History {
+            workload: "Deployment/currency".into(),
+            records: [2.42, 2.55, 2.61]
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Record {
+                    change: format!("s{i}"),
+                    slot_secs: 1.0,
+                    ratios: [("cpu".to_string(), (0..10).map(|a| (a, *r)).collect())].into(),
+                })
+                .collect(),
+        };
+        assert_eq!(judged(2.5, None).verdict, Verdict::Fail);
+        let out = judged(2.5, Some(&slow));
+        assert_eq!(out.verdict, Verdict::Pass, "{}", out.summary);
+        let f = &out.findings[0];
+        assert_eq!(f.suppressed_by.as_deref(), Some("history"), "{f:?}");
+        let within = f.explanation.find("— within").unwrap_or(usize::MAX);
+        assert!(
+            f.explanation
+                .starts_with("history: in the last 3 released changes")
+                && within < 300
+                && f.explanation.contains("; against the control alone: "),
+            "{}",
+            f.explanation
+        );
     }
 
     #[test]
