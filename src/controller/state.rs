@@ -770,6 +770,10 @@ impl Machine<'_> {
         {
             b.verdict = None;
             b.ready_at = None;
+            // The checks run again: the judgement before the pause does not count for the new
+            // bake (a bake shorter than warm-up plus an interval would otherwise end on it and
+            // pause again at once, for ever).
+            b.last_judgement = None;
             // The deadline counts again from the resume, not from the batch's first start.
             b.started_at = Some(Time(now));
             b.consecutive_failures = 0;
@@ -783,6 +787,7 @@ impl Machine<'_> {
                 if b.verdict.is_none() {
                     b.ready_at = None;
                     b.last_judged_at = None;
+                    b.last_judgement = None;
                 }
             }
         }

@@ -707,6 +707,15 @@ fn inconclusive_at_bake_end_pauses_with_the_reason() {
     assert_eq!(d.status.phase, Phase::Progressing);
     assert_eq!(d.status.batches[0].verdict, None);
     assert_eq!(d.status.batches[0].ready_at, Some(Time(t(40))));
+    // The new bake ends before its first judgement: the one before the pause does not decide
+    // it (it would pause again at once, for ever); the batch waits for a fresh one.
+    let mut o = obs(71);
+    o.workload = Some(workload(true, 1));
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::Progressing, "{:?}", d.status.message);
+    o.judgement = verdict(Verdict::Pass);
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.batches[0].verdict, Some(Verdict::Pass));
 }
 
 #[test]
