@@ -9,5 +9,6 @@ pub mod faults;
 pub mod kubelet;
 pub mod prom;
 pub mod proxy;
+pub mod soak;
 pub mod tls;
 pub mod world;

@@ -32,6 +32,11 @@ pub struct AuditEntry {
     pub status: u16,
     /// Request body (patches), trimmed.
     pub body: String,
+    /// When the request reached the proxy.
+    pub arrived: std::time::Instant,
+    /// When the proxy sent it on to the API server (after any injected latency; for a failed
+    /// one, when it was failed).
+    pub forwarded: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -129,11 +134,14 @@ async fn forward(State(s): State<S>, req: Request) -> Response {
         user_agent,
         status: 0,
         body: String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned(),
+        arrived: std::time::Instant::now(),
+        forwarded: std::time::Instant::now(),
     };
     let latency = s.faults.latency_ms();
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
+    entry.forwarded = std::time::Instant::now();
     if let Injected::Fail(code) = s.faults.next() {
         entry.status = code;
         record(&s, entry);

@@ -423,10 +423,33 @@ impl World {
     /// Start one more `graygate run` replica as `identity` (3 s Lease in graygate-system), with
     /// the chart's RBAC, logging to `graygate-<identity>.log`; it stops when the value drops.
     pub fn operator(&self, identity: &str, extra: &[String]) -> anyhow::Result<Operator> {
-        let log = std::fs::File::create(self.dir.path().join(format!("graygate-{identity}.log")))?;
+        self.operator_via(identity, &self.kubeconfig, extra)
+    }
+
+    /// A copy of graygate's kubeconfig (same ServiceAccount token) that reaches the API server
+    /// through `server` (another proxy), written to `name` in the scratch folder.
+    pub fn kubeconfig_via(&self, server: &str, name: &str) -> anyhow::Result<PathBuf> {
+        let text = std::fs::read_to_string(&self.kubeconfig)?;
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text.replace(&self._proxy.url, server))?;
+        Ok(path)
+    }
+
+    /// [`World::operator`] with another kubeconfig (appending to its log, so a restarted
+    /// replica's log keeps what the killed one wrote).
+    pub fn operator_via(
+        &self,
+        identity: &str,
+        kubeconfig: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<Operator> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("graygate-{identity}.log")))?;
         let mut cmd = Command::new(graygate_bin()?);
         cmd.arg("run")
-            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!("--lease-namespace={OPERATOR_NAMESPACE}"))
             .arg("--lease-duration=3s")
             .arg(format!("--identity={identity}"))
