@@ -13,7 +13,7 @@ use std::sync::Mutex;
 /// Label set with one `result` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    /// ok or error.
+    /// ok or error (reconciles); recorded or dropped (Events).
     pub result: String,
 }
 
@@ -96,6 +96,8 @@ pub struct Metrics {
     pub notifications: Family<SinkResultLabel, Counter>,
     /// Notification attempts that failed (each retry counts), by sink.
     pub notification_errors: Family<SinkLabel, Counter>,
+    /// Kubernetes Events graygate wrote (`recorded`) or gave up on after a retry (`dropped`).
+    pub events: Family<ResultLabel, Counter>,
     phases: Mutex<HashMap<String, Phase>>,
     outcomes: Mutex<HashMap<String, OutcomeLabel>>,
 }
@@ -229,6 +231,17 @@ impl Default for Metrics {
             "Notification attempts that failed, each retry counted, by sink",
             notification_errors.clone(),
         );
+        let events = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "events",
+            "Kubernetes Events graygate wrote (recorded) or gave up on after one retry (dropped; the log says which)",
+            events.clone(),
+        );
+        for result in ["recorded", "dropped"] {
+            let _ = events.get_or_create(&ResultLabel {
+                result: result.into(),
+            });
+        }
         for p in Phase::ALL {
             let _ = transitions.get_or_create(&PhaseLabel {
                 phase: p.as_str().into(),
@@ -267,9 +280,21 @@ impl Default for Metrics {
             admission_duration,
             notifications,
             notification_errors,
+            events,
             phases: Mutex::new(HashMap::new()),
             outcomes: Mutex::new(HashMap::new()),
         }
+    }
+}
+
+impl Metrics {
+    /// Count one Event written (`true`) or dropped (`false`).
+    pub fn event(&self, recorded: bool) {
+        self.events
+            .get_or_create(&ResultLabel {
+                result: if recorded { "recorded" } else { "dropped" }.into(),
+            })
+            .inc();
     }
 }
 

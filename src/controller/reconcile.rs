@@ -41,6 +41,34 @@ pub struct Context {
 }
 
 impl Context {
+    /// Record a Kubernetes Event about `regarding`, retrying once after a short pause when the
+    /// API server refuses it (a busy or failing API server is when Events matter most); a second
+    /// failure is logged and counted in `graygate_events_total{result="dropped"}`, never retried
+    /// further (an Event is not worth holding up a rollout for).
+    pub async fn record_event(
+        &self,
+        ev: &Event,
+        regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    ) {
+        let mut last = None;
+        for attempt in 0..2 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            match self.recorder.publish(ev, regarding).await {
+                Ok(()) => {
+                    self.metrics.event(true);
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        self.metrics.event(false);
+        if let Some(e) = last {
+            tracing::warn!(error = %e, reason = %ev.reason, "could not record Event (dropped after a retry)");
+        }
+    }
+
     /// A new context.
     pub fn new(
         client: Client,
@@ -183,9 +211,7 @@ async fn publish(ctx: &Context, cr: &ChangeRequest, note: &state::Note) {
         action: format!("{}Batch{}", note.reason, note.batch),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &cr.object_ref(&())).await {
-        tracing::warn!(error = %e, reason = note.reason, "could not record Event");
-    }
+    ctx.record_event(&ev, &cr.object_ref(&())).await;
 }
 
 /// Tell the configured sinks of an event people want to hear of (only the leader, as for Events).

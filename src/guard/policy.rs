@@ -154,9 +154,7 @@ async fn related_event(
             _ => None,
         },
     };
-    if let Err(e) = ctx.recorder.publish(&ev, obj).await {
-        tracing::warn!(error = %e, reason, "could not record Event");
-    }
+    ctx.record_event(&ev, obj).await;
 }
 
 /// What one change's Event is about besides the workload.
