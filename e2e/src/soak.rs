@@ -316,6 +316,15 @@ async fn drive(w: Arc<World>, plan: Plan, prom_up: Arc<AtomicBool>, deadline: In
         problem: None,
     };
     let crs: Api<ChangeRequest> = Api::namespaced(w.client.clone(), NS);
+    if Instant::now() > deadline {
+        // Its target was held up by an earlier change until the end: asking now would only
+        // leave a change behind that nobody follows.
+        out.problem = Some(format!(
+            "change {} was never asked for: its target was busy until the end",
+            plan.index
+        ));
+        return out;
+    }
     // Ask.
     loop {
         let r = if plan.guarded {
@@ -350,8 +359,39 @@ async fn drive(w: Arc<World>, plan: Plan, prom_up: Arc<AtomicBool>, deadline: In
     let mut last_resume: Option<Instant> = None;
     loop {
         if Instant::now() > deadline {
+            // A guarded change without its ChangeRequest: say what the Deployment looks like.
+            let target = if plan.guarded && out.name.is_none() {
+                Api::<Deployment>::namespaced(w.client.clone(), NS)
+                    .get_opt(plan.target)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|d| {
+                        format!(
+                            "; {} has image {:?}, paused {:?}, guarded-by {:?}, annotations {:?}",
+                            plan.target,
+                            d.spec
+                                .as_ref()
+                                .and_then(|s| s.template.spec.as_ref())
+                                .and_then(|s| s.containers.first())
+                                .and_then(|c| c.image.clone()),
+                            d.spec.as_ref().and_then(|s| s.paused),
+                            d.metadata
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get(graygate::api::LABEL_GUARDED_BY)),
+                            d.metadata
+                                .annotations
+                                .as_ref()
+                                .map(|a| a.keys().cloned().collect::<Vec<_>>())
+                        )
+                    })
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
             out.problem = Some(format!(
-                "change {} ({}) did not end in time: {:?}",
+                "change {} ({}) did not end in time: {:?}{target}",
                 plan.index,
                 out.name.as_deref().unwrap_or("no ChangeRequest"),
                 out.status.as_ref().map(|s| (s.phase, s.message.clone()))
