@@ -243,8 +243,9 @@ async fn deployment_ready(w: &World, name: &str) -> bool {
         .flatten()
         .is_some_and(|d| {
             let st = d.status.clone().unwrap_or_default();
+            // Not `updatedReplicas`: a guarded Deployment whose change was rolled back keeps the
+            // refused template in its spec (marked failed) while every pod runs the old one.
             st.available_replicas == Some(REPLICAS)
-                && st.updated_replicas == Some(REPLICAS)
                 && st.replicas == Some(REPLICAS)
                 && st.observed_generation >= d.metadata.generation
         })
