@@ -209,13 +209,11 @@ struct Replica {
     args: Vec<String>,
     proxy: ApiProxy,
     process: Option<Operator>,
-    starts: u32,
 }
 
 impl Replica {
     fn start(&mut self, w: &World) -> anyhow::Result<()> {
         self.process = Some(w.operator_via(self.identity, &self.kubeconfig, &self.args)?);
-        self.starts += 1;
         Ok(())
     }
 
@@ -578,7 +576,6 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
             args,
             proxy,
             process: None,
-            starts: 0,
         });
     }
     let _service = webhook_service(service_port, backends).await?;
@@ -672,7 +669,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
     let mut prom_stops = 0;
     let mut next_kill = chaos_began + o.kill_every;
     let mut next_prom = chaos_began + o.prometheus_every;
-    let mut prom_back: Option<Instant> = None;
+    let mut prom_stopped: Option<Instant> = None;
     while !driver.is_finished() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let now = Instant::now();
@@ -696,7 +693,7 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
                 r.start(&w)?;
             }
         }
-        if now >= next_prom && prom_back.is_none() && now < chaos_began + o.duration {
+        if now >= next_prom && prom_stopped.is_none() && now < chaos_began + o.duration {
             next_prom = now + o.prometheus_every;
             if let Ok(mut p) = w.prometheus.lock()
                 && let Some(p) = p.as_mut()
@@ -705,11 +702,11 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
             }
             prom_up.store(false, std::sync::atomic::Ordering::SeqCst);
             prom_stops += 1;
-            prom_back = Some(now + o.prometheus_down);
+            prom_stopped = Some(now);
             tracing::info!("stopped Prometheus");
         }
-        if let Some(back) = prom_back
-            && now >= back
+        if let Some(stopped) = prom_stopped
+            && now >= stopped + o.prometheus_down
         {
             let w2 = w.clone();
             tokio::task::spawn_blocking(move || {
@@ -720,8 +717,8 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
                 }
             })
             .await?;
-            prom_down_secs += (Instant::now() - back + o.prometheus_down).as_secs_f64();
-            prom_back = None;
+            prom_down_secs += stopped.elapsed().as_secs_f64();
+            prom_stopped = None;
             prom_up.store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::info!("started Prometheus again");
         }

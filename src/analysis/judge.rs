@@ -1180,9 +1180,10 @@ mod tests {
             slot_secs: 1.0,
             ..Params::default()
         };
-        let history = History {
+        // Released changes of the workload, each steady at one ratio to the control.
+        let released = |ratios: &[f64]| History {
             workload: "Deployment/currency".into(),
-            records: [0.995, 0.95, 0.968, 1.023, 0.978, 0.969]
+            records: ratios
                 .iter()
                 .enumerate()
                 .map(|(i, r)| Record {
@@ -1192,6 +1193,7 @@ mod tests {
                 })
                 .collect(),
         };
+        let history = released(&[0.995, 0.95, 0.968, 1.023, 0.978, 0.969]);
         let judged = |canary: f64, h: Option<&History>| {
             judge_with_history(&[(cpu.clone(), case(canary))], &p, h)
         };
@@ -1217,18 +1219,7 @@ mod tests {
         // A canary far beyond the generic minimum effect, as every released change was (a young
         // pod's latency, say): the history explains it, and says so first, so that the bounded
         // explanation kept in status still carries why it passed.
-        let slow = History {
-            workload: "Deployment/currency".into(),
-            records: [2.42, 2.55, 2.61]
-                .iter()
-                .enumerate()
-                .map(|(i, r)| Record {
-                    change: format!("s{i}"),
-                    slot_secs: 1.0,
-                    ratios: [("cpu".to_string(), (0..10).map(|a| (a, *r)).collect())].into(),
-                })
-                .collect(),
-        };
+        let slow = released(&[2.42, 2.55, 2.61]);
         assert_eq!(judged(2.5, None).verdict, Verdict::Fail);
         let out = judged(2.5, Some(&slow));
         assert_eq!(out.verdict, Verdict::Pass, "{}", out.summary);

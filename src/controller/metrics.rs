@@ -296,9 +296,7 @@ impl Metrics {
             })
             .inc();
     }
-}
 
-impl Metrics {
     /// The webhook held a template change of this kind.
     pub fn held(&self, kind: &str) {
         self.webhook_held
