@@ -19,8 +19,12 @@ pub struct ControlPlane {
     pub url: String,
     /// An admin kubeconfig.
     pub kubeconfig: PathBuf,
-    /// Scratch folder: etcd data, certificates, logs.
+    /// Scratch folder: certificates, logs (and etcd's data when there is no `/dev/shm`).
     pub dir: tempfile::TempDir,
+    /// etcd's data, in memory (`/dev/shm`) when the machine has it: etcd syncs every write to
+    /// disk, and a disk busy with a parallel build stalled it past the API server's timeout
+    /// (`etcdserver: request timed out`) in CI. Removed with the value.
+    etcd_dir: Option<tempfile::TempDir>,
     children: Vec<(&'static str, Child)>,
 }
 
@@ -83,11 +87,20 @@ impl ControlPlane {
             url: String::new(),
             kubeconfig: d.join("kubeconfig"),
             dir,
+            etcd_dir: None,
             children: Vec::new(),
         };
         let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
+        cp.etcd_dir = tempfile::Builder::new()
+            .prefix("graygate-etcd-")
+            .tempdir_in("/dev/shm")
+            .ok();
+        let etcd_data = match &cp.etcd_dir {
+            Some(t) => t.path().join("etcd"),
+            None => d.join("etcd"),
+        };
         let etcd = [
-            format!("--data-dir={}", d.join("etcd").display()),
+            format!("--data-dir={}", etcd_data.display()),
             format!("--listen-client-urls=http://127.0.0.1:{client}"),
             format!("--advertise-client-urls=http://127.0.0.1:{client}"),
             format!("--listen-peer-urls=http://127.0.0.1:{peer}"),

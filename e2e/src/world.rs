@@ -72,8 +72,7 @@ pub struct World {
     pub prometheus: Mutex<Option<Prometheus>>,
     /// A scratch folder (logs, Prometheus data, kubeconfig).
     pub dir: tempfile::TempDir,
-    graygate: Mutex<Option<(Operator, u16)>>,
-    runs: Mutex<u32>,
+    graygate: Arc<Mutex<Supervised>>,
     tasks: Vec<JoinHandle<()>>,
     _proxy: ApiProxy,
     /// The control plane (dropped last).
@@ -188,6 +187,11 @@ impl World {
         } else {
             None
         };
+        let graygate = Arc::new(Mutex::new(Supervised::default()));
+        tasks.push(tokio::spawn(supervise(
+            graygate.clone(),
+            dir.path().to_path_buf(),
+        )));
         let w = World {
             client,
             kubeconfig: dir.path().join("kubeconfig"),
@@ -197,8 +201,7 @@ impl World {
             audit: proxy.audit.clone(),
             prometheus: Mutex::new(prometheus),
             dir,
-            graygate: Mutex::new(None),
-            runs: Mutex::new(0),
+            graygate,
             tasks,
             _proxy: proxy,
             cp,
@@ -405,18 +408,25 @@ impl World {
     }
 
     /// Start `graygate run` (stopping a running one first, hard). Returns its metrics port.
+    ///
+    /// Like the Deployment of the chart (restartPolicy Always), the world starts it again when
+    /// it exits after losing its Lease — the one exit graygate makes on purpose while running,
+    /// for a fresh process to rejoin the election. Any other exit is left for the test to see.
     pub fn start_graygate(&self, extra: &[&str]) -> anyhow::Result<u16> {
         self.kill_graygate();
-        let n = {
-            let mut r = self.runs.lock().map_err(|_| anyhow::anyhow!("lock"))?;
-            *r += 1;
-            *r
-        };
         let port = free_port()?;
         let mut args = vec![format!("--listen=127.0.0.1:{port}")];
         args.extend(extra.iter().map(|a| a.to_string()));
-        let op = self.operator(&format!("graygate-e2e-{n}"), &args)?;
-        *self.graygate.lock().map_err(|_| anyhow::anyhow!("lock"))? = Some((op, port));
+        if !args.iter().any(|a| a.starts_with("--prometheus-url"))
+            && let Some(url) = self.prometheus_url()
+        {
+            args.push(format!("--prometheus-url={url}"));
+        }
+        let mut g = self.graygate.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+        g.runs += 1;
+        let op = self.operator(&format!("graygate-e2e-{}", g.runs), &args)?;
+        g.current = Some((op, port));
+        g.args = args;
         Ok(port)
     }
 
@@ -443,29 +453,16 @@ impl World {
         kubeconfig: &Path,
         extra: &[String],
     ) -> anyhow::Result<Operator> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("graygate-{identity}.log")))?;
-        let mut cmd = Command::new(graygate_bin()?);
-        cmd.arg("run")
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--lease-namespace={OPERATOR_NAMESPACE}"))
-            .arg("--lease-duration=3s")
-            .arg(format!("--identity={identity}"))
-            .args(extra)
-            .env("GRAYGATE_LOG", "info,kube=warn")
-            .stdout(Stdio::null())
-            .stderr(log);
-        if !extra.iter().any(|a| a.starts_with("--listen")) {
-            cmd.arg(format!("--listen=127.0.0.1:{}", free_port()?));
+        let mut args = extra.to_vec();
+        if !args.iter().any(|a| a.starts_with("--listen")) {
+            args.push(format!("--listen=127.0.0.1:{}", free_port()?));
         }
-        if !extra.iter().any(|a| a.starts_with("--prometheus-url"))
+        if !args.iter().any(|a| a.starts_with("--prometheus-url"))
             && let Some(url) = self.prometheus_url()
         {
-            cmd.arg(format!("--prometheus-url={url}"));
+            args.push(format!("--prometheus-url={url}"));
         }
-        Ok(Operator(cmd.spawn().context("starting graygate")?))
+        spawn_operator(self.dir.path(), identity, kubeconfig, &args)
     }
 
     /// The last lines of an operator replica's log.
@@ -480,7 +477,7 @@ impl World {
     /// Kill graygate with SIGKILL, as a crash or an evicted pod would.
     pub fn kill_graygate(&self) {
         if let Ok(mut g) = self.graygate.lock() {
-            g.take();
+            g.current.take();
         }
     }
 
@@ -489,20 +486,27 @@ impl World {
         self.graygate
             .lock()
             .ok()
-            .and_then(|g| g.as_ref().map(|(op, _)| op.0.id()))
+            .and_then(|g| g.current.as_ref().map(|(op, _)| op.0.id()))
     }
 
     /// Whether the graygate process still runs.
     pub fn graygate_running(&self) -> bool {
         self.graygate.lock().ok().is_some_and(|mut g| {
-            g.as_mut()
+            g.current
+                .as_mut()
                 .is_some_and(|(c, _)| c.0.try_wait().ok().flatten().is_none())
         })
     }
 
+    /// How many times `graygate run` was started: by `start_graygate`, or again by the world
+    /// after it stepped down.
+    pub fn graygate_runs(&self) -> u32 {
+        self.graygate.lock().map(|g| g.runs).unwrap_or(0)
+    }
+
     /// Everything graygate logged so far (all runs).
     pub fn graygate_logs(&self) -> String {
-        let runs = self.runs.lock().map(|r| *r).unwrap_or(0);
+        let runs = self.graygate.lock().map(|g| g.runs).unwrap_or(0);
         (1..=runs)
             .map(|n| {
                 std::fs::read_to_string(
@@ -676,5 +680,92 @@ impl Drop for World {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+/// The `graygate run` of [`World::start_graygate`], watched over as a kubelet would.
+#[derive(Default)]
+struct Supervised {
+    current: Option<(Operator, u16)>,
+    /// Its arguments (listen address and Prometheus included), to start it again with.
+    args: Vec<String>,
+    /// How many times it was started (run `n` logs to `graygate-graygate-e2e-{n}.log`).
+    runs: u32,
+}
+
+/// Start one `graygate run` as `identity`, appending to `graygate-<identity>.log` in `dir`.
+fn spawn_operator(
+    dir: &Path,
+    identity: &str,
+    kubeconfig: &Path,
+    args: &[String],
+) -> anyhow::Result<Operator> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("graygate-{identity}.log")))?;
+    let mut cmd = Command::new(graygate_bin()?);
+    cmd.arg("run")
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg(format!("--lease-namespace={OPERATOR_NAMESPACE}"))
+        .arg("--lease-duration=3s")
+        .arg(format!("--identity={identity}"))
+        .args(args)
+        .env("GRAYGATE_LOG", "info,kube=warn")
+        .stdout(Stdio::null())
+        .stderr(log);
+    Ok(Operator(cmd.spawn().context("starting graygate")?))
+}
+
+/// Did the log of a run that exited end with graygate stepping down from the Lease?
+fn stepped_down(log: &str) -> bool {
+    log.lines()
+        .rev()
+        .take(5)
+        .any(|l| l.contains("lost leadership; exiting"))
+}
+
+/// Start the world's graygate again when it exits after losing its Lease (a stalled control
+/// plane can keep it from renewing in time); the chart's Deployment would. Polls twice a second.
+async fn supervise(graygate: Arc<Mutex<Supervised>>, dir: PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Ok(mut g) = graygate.lock() else { return };
+        let Some((op, port)) = g.current.as_mut() else {
+            continue;
+        };
+        if !matches!(op.0.try_wait(), Ok(Some(_))) {
+            continue;
+        }
+        let port = *port;
+        let log =
+            std::fs::read_to_string(dir.join(format!("graygate-graygate-e2e-{}.log", g.runs)))
+                .unwrap_or_default();
+        if !stepped_down(&log) {
+            continue;
+        }
+        g.runs += 1;
+        let identity = format!("graygate-e2e-{}", g.runs);
+        eprintln!(
+            "world: graygate stepped down after losing its Lease; starting it again as {identity}, as its Deployment would"
+        );
+        match spawn_operator(&dir, &identity, &dir.join("kubeconfig"), &g.args) {
+            Ok(op) => g.current = Some((op, port)),
+            Err(e) => eprintln!("world: could not start graygate again: {e:#}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod supervise_tests {
+    #[test]
+    fn only_a_step_down_is_restarted() {
+        let down = "{\"message\":\"graygate stopped\"}\n{\"message\":\"graygate run failed\",\"error\":\"lost leadership; exiting so a fresh process can rejoin the election\"}\nerror: lost leadership; exiting so a fresh process can rejoin the election\n";
+        assert!(super::stepped_down(down));
+        assert!(!super::stepped_down(
+            "thread 'main' panicked at src/x.rs:1:1\n"
+        ));
+        assert!(!super::stepped_down(""));
     }
 }

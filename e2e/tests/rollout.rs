@@ -212,7 +212,7 @@ async fn restart_in_the_middle_of_a_bake_resumes_without_repeating_or_skipping()
         "s4",
         4,
         "v2",
-        "[{replicas: 1, bake: 8s}, {percent: 50, bake: 2s}, {percent: 100, bake: 1s}]",
+        "[{replicas: 1, bake: 8s}, {percent: 50, bake: 6s}, {percent: 100, bake: 1s}]",
     )
     .await;
     // Batch 1 is baking.
@@ -227,6 +227,22 @@ async fn restart_in_the_middle_of_a_bake_resumes_without_repeating_or_skipping()
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     w.start_graygate(&[]).unwrap();
+    // Batch 2 is baking when the API server stops answering graygate for longer than its Lease
+    // (3 s here): it must step down, and the process started in its place must carry on.
+    wait_batch(&w, "s4", "v2", 2, "to bake", |b| b.ready_at.is_some()).await;
+    w.faults.set_error_rate(1.0);
+    w.wait_for("graygate to step down", LONG, || async {
+        Ok((w.graygate_runs() == 3).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    w.faults.set_error_rate(0.0);
+    assert!(
+        w.graygate_logs()
+            .contains("could not renew the lease in time; stepping down"),
+        "{}",
+        w.graygate_logs()
+    );
     let cr = w
         .wait_phase("s4", "v2", Phase::Succeeded, LONG)
         .await
