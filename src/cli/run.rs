@@ -352,6 +352,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = policy_stop.wait_for(|s| *s).await;
         },
     ));
+    let events = ctx.clone();
     let controller = tokio::spawn(run_controller(
         ctx,
         args.namespaces.clone(),
@@ -374,6 +375,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::warn!("controller did not stop within 20s");
         }
         policies.abort();
+        // The Events of the last reconciles, written while the Lease is still ours.
+        if !events.flush_events(Duration::from_secs(5)).await {
+            tracing::warn!("some Events were still unwritten after 5s");
+        }
     } else {
         // Another replica may already be acting: nothing in flight may finish its writes.
         fence.revoke();

@@ -1,5 +1,6 @@
 //! The controller: the pure state machine and the reconcile loop around it.
 
+pub mod events;
 pub mod history;
 pub mod lease;
 pub mod metrics;

@@ -26,6 +26,8 @@ pub struct Context {
     pub client: Client,
     /// Event recorder.
     pub recorder: Recorder,
+    /// Events waiting to be written.
+    events: super::events::EventQueue,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The analysis behind "is it right?".
@@ -41,32 +43,17 @@ pub struct Context {
 }
 
 impl Context {
-    /// Record a Kubernetes Event about `regarding`, retrying once after a short pause when the
-    /// API server refuses it (a busy or failing API server is when Events matter most); a second
-    /// failure is logged and counted in `graygate_events_total{result="dropped"}`, never retried
-    /// further (an Event is not worth holding up a rollout for).
-    pub async fn record_event(
-        &self,
-        ev: &Event,
-        regarding: &k8s_openapi::api::core::v1::ObjectReference,
-    ) {
-        let mut last = None;
-        for attempt in 0..2 {
-            if attempt > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-            match self.recorder.publish(ev, regarding).await {
-                Ok(()) => {
-                    self.metrics.event(true);
-                    return;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        self.metrics.event(false);
-        if let Some(e) = last {
-            tracing::warn!(error = %e, reason = %ev.reason, "could not record Event (dropped after a retry)");
-        }
+    /// Record a Kubernetes Event about `regarding`: queued and written beside the reconcile
+    /// (see [`super::events`]), so a busy API server does not hold the change up; counted in
+    /// `graygate_events_total` as recorded or dropped.
+    pub fn record_event(&self, ev: Event, regarding: k8s_openapi::api::core::v1::ObjectReference) {
+        self.events.push(ev, regarding);
+    }
+
+    /// Wait (at most `within`) until the queued Events are written: a replica stopping
+    /// gracefully does so before it hands the Lease over.
+    pub async fn flush_events(&self, within: Duration) -> bool {
+        self.events.flush(within).await
     }
 
     /// A new context.
@@ -80,14 +67,21 @@ impl Context {
             controller: "graygate".into(),
             instance: Some(instance),
         };
+        let recorder = Recorder::new(client.clone(), reporter);
+        let fence = Arc::new(crate::controller::lease::Fence::open());
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: super::events::EventQueue::new(
+                recorder.clone(),
+                metrics.clone(),
+                fence.clone(),
+            ),
+            recorder,
             client,
             notifier: Arc::new(crate::notify::Notifier::disabled(metrics.clone())),
             metrics,
             analyzer,
             failures: Mutex::new(HashMap::new()),
-            fence: Arc::new(crate::controller::lease::Fence::open()),
+            fence,
             cache: None,
         }
     }
@@ -106,6 +100,11 @@ impl Context {
 
     /// Fence every write of this context with the Lease (the operator; tests keep an open fence).
     pub fn with_fence(mut self, fence: Arc<crate::controller::lease::Fence>) -> Self {
+        self.events = super::events::EventQueue::new(
+            self.recorder.clone(),
+            self.metrics.clone(),
+            fence.clone(),
+        );
         self.fence = fence;
         self
     }
@@ -194,7 +193,7 @@ async fn mark_unreadable(
     }
 }
 
-async fn publish(ctx: &Context, cr: &ChangeRequest, note: &state::Note) {
+fn publish(ctx: &Context, cr: &ChangeRequest, note: &state::Note) {
     if !ctx.fence.allows() {
         return;
     }
@@ -211,7 +210,7 @@ async fn publish(ctx: &Context, cr: &ChangeRequest, note: &state::Note) {
         action: format!("{}Batch{}", note.reason, note.batch),
         secondary: None,
     };
-    ctx.record_event(&ev, &cr.object_ref(&())).await;
+    ctx.record_event(ev, cr.object_ref(&()));
 }
 
 /// Tell the configured sinks of an event people want to hear of (only the leader, as for Events).
@@ -457,7 +456,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
         } else {
             tracing::info!(changerequest = %key(cr), reason = note.reason, "{}", note.message);
         }
-        publish(ctx, cr, note).await;
+        publish(ctx, cr, note);
         notify(ctx, cr, &d.status, note);
     }
     // Act on the recorded status, so strategies see the same plan the decision made.

@@ -113,20 +113,20 @@ async fn write_status(ctx: &Context, ns: &str, name: &str, status: Value) -> any
     Ok(())
 }
 
-async fn event(
+fn event(
     ctx: &Context,
     obj: &k8s_openapi::api::core::v1::ObjectReference,
     warning: bool,
     reason: &str,
     note: String,
 ) {
-    related_event(ctx, obj, None, warning, reason, note).await;
+    related_event(ctx, obj, None, warning, reason, note);
 }
 
 /// An Event about `obj` that concerns one change (`related`: the ChangeRequest, or the template
 /// hash when there is none). Events of one reason about one object are folded into a series by
 /// (reason, action, related object); the change keeps each change's Event its own.
-async fn related_event(
+fn related_event(
     ctx: &Context,
     obj: &k8s_openapi::api::core::v1::ObjectReference,
     related: Option<Related<'_>>,
@@ -154,7 +154,7 @@ async fn related_event(
             _ => None,
         },
     };
-    ctx.record_event(&ev, obj).await;
+    ctx.record_event(ev, obj.clone());
 }
 
 /// What one change's Event is about besides the workload.
@@ -356,8 +356,16 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
             if w.labels.get(LABEL_GUARDED_BY) == Some(&name) {
                 release_label(ctx, ns, w.kind, &w.name).await?;
                 if held(w) {
-                    event(ctx, &w.reference, true, "GuardRemoved", format!(
-                        "policy {name} was deleted while {:?}/{} held a template graygate had not released; it stays paused (kubectl rollout resume to roll it)", w.kind, w.name)).await;
+                    event(
+                        ctx,
+                        &w.reference,
+                        true,
+                        "GuardRemoved",
+                        format!(
+                            "policy {name} was deleted while {:?}/{} held a template graygate had not released; it stays paused (kubectl rollout resume to roll it)",
+                            w.kind, w.name
+                        ),
+                    );
                 }
             }
         }
@@ -513,8 +521,17 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
             if w.running.is_none() && !releasing {
                 // Reverted to what its pods run: nothing to roll out.
                 patch_workload(ctx, ns, w.kind, &w.name, release_body(w)).await?;
-                related_event(ctx, &w.reference, Some(Related::Template(&hash)), false, "Released", format!(
-                    "{kind}/{} holds the template its pods already run ({hash}): released without a change", w.name)).await;
+                related_event(
+                    ctx,
+                    &w.reference,
+                    Some(Related::Template(&hash)),
+                    false,
+                    "Released",
+                    format!(
+                        "{kind}/{} holds the template its pods already run ({hash}): released without a change",
+                        w.name
+                    ),
+                );
                 entry.message = Some(
                     "the held template equals the running one: released without a change".into(),
                 );
@@ -536,8 +553,16 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                 None => {
                     let spec = spec_for(policy, w.kind, &w.name, w.template.clone());
                     create_change(ctx, ns, policy, w, &cr_name, spec).await?;
-                    related_event(ctx, &w.reference, Some(Related::Change(change_ref(ns, &cr_name))), false, "ChangeHeld", format!(
-                        "pod template {hash} held; rolling out in gray batches as ChangeRequest {cr_name}")).await;
+                    related_event(
+                        ctx,
+                        &w.reference,
+                        Some(Related::Change(change_ref(ns, &cr_name))),
+                        false,
+                        "ChangeHeld",
+                        format!(
+                            "pod template {hash} held; rolling out in gray batches as ChangeRequest {cr_name}"
+                        ),
+                    );
                     entry.state = "Held".into();
                     entry.message = Some(format!("held; rolling out as ChangeRequest {cr_name}"));
                 }
@@ -567,8 +592,16 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                                 ),
                             )
                             .await?;
-                        related_event(ctx, &w.reference, Some(Related::Change(change_ref(ns, &cr_name))), false, "ChangeHeld", format!(
-                            "pod template {hash} held again; ChangeRequest {cr_name} (superseded before) rolls it out again in gray batches")).await;
+                        related_event(
+                            ctx,
+                            &w.reference,
+                            Some(Related::Change(change_ref(ns, &cr_name))),
+                            false,
+                            "ChangeHeld",
+                            format!(
+                                "pod template {hash} held again; ChangeRequest {cr_name} (superseded before) rolls it out again in gray batches"
+                            ),
+                        );
                     }
                     entry.state = "Held".into();
                     entry.message = Some(format!(
@@ -632,7 +665,7 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                     w.name
                 );
                 tracing::warn!(namespace = %ns, workload = %w.name, "{msg}");
-                event(ctx, &w.reference, true, "UnguardedChange", msg.clone()).await;
+                event(ctx, &w.reference, true, "UnguardedChange", msg.clone());
                 if ctx.fence.allows() {
                     ctx.notifier.notify(crate::notify::Message {
                         event: crate::notify::Event::UnguardedChange,
@@ -653,8 +686,7 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                     true,
                     "UnguardedChange",
                     msg.clone(),
-                )
-                .await;
+                );
                 ctx.metrics
                     .unguarded
                     .get_or_create(&crate::controller::metrics::WorkloadLabel {
