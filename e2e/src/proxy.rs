@@ -37,6 +37,8 @@ pub struct AuditEntry {
     /// When the proxy sent it on to the API server (after any injected latency; for a failed
     /// one, when it was failed).
     pub forwarded: std::time::Instant,
+    /// When the API server's answer (its status line and headers) came back.
+    pub answered: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -136,6 +138,7 @@ async fn forward(State(s): State<S>, req: Request) -> Response {
         body: String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned(),
         arrived: std::time::Instant::now(),
         forwarded: std::time::Instant::now(),
+        answered: std::time::Instant::now(),
     };
     let latency = s.faults.latency_ms();
     if latency > 0 {
@@ -179,11 +182,13 @@ async fn forward(State(s): State<S>, req: Request) -> Response {
         Ok(r) => r,
         Err(e) => {
             entry.status = 502;
+            entry.answered = std::time::Instant::now();
             record(&s, entry);
             return (StatusCode::BAD_GATEWAY, format!("proxy: {e}")).into_response();
         }
     };
     entry.status = upstream.status().as_u16();
+    entry.answered = std::time::Instant::now();
     record(&s, entry);
     let mut resp = Response::builder().status(upstream.status().as_u16());
     for (k, v) in upstream.headers() {

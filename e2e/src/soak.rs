@@ -960,6 +960,7 @@ mod tests {
             body: body.into(),
             arrived: at,
             forwarded: at,
+            answered: at,
         }
     }
 
