@@ -46,9 +46,9 @@ pub const OPERATOR_ACCESS: &[Access] = &[
     Access {
         group: "graygate.io",
         resource: "changepolicies",
-        verbs: &["list", "patch"],
+        verbs: &["list", "watch", "patch"],
         scope: Scope::Watched,
-        why: "read ChangePolicies; add and remove their release finalizer",
+        why: "read and watch ChangePolicies; add and remove their release finalizer",
     },
     Access {
         group: "graygate.io",
@@ -102,9 +102,9 @@ pub const OPERATOR_ACCESS: &[Access] = &[
     Access {
         group: "apps",
         resource: "statefulsets",
-        verbs: &["get", "list", "patch"],
+        verbs: &["get", "list", "watch", "patch"],
         scope: Scope::Watched,
-        why: "read the target; set the template and the partition; find, label and release guarded StatefulSets",
+        why: "read the target; set the template and the partition; find, label and release guarded StatefulSets (watched, so that an edit is acted on at once)",
     },
     Access {
         group: "",

@@ -17,8 +17,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often every policy is looked at.
-pub const PERIOD: Duration = Duration::from_secs(2);
+/// Every policy is looked at again this often even when no watch said anything changed (a
+/// safety net: a watch event lost between a cut and the re-list, say).
+pub const RESYNC: Duration = Duration::from_secs(60);
+/// A namespace whose policies could not all be reconciled is tried again after this long.
+pub const RETRY: Duration = Duration::from_secs(2);
+/// Watch events that arrive together are handled in one pass per namespace.
+const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// One guarded workload, read.
 struct Workload {
@@ -33,45 +38,196 @@ struct Workload {
     reference: k8s_openapi::api::core::v1::ObjectReference,
 }
 
-/// Run until `shutdown`: every [`PERIOD`], reconcile every policy in the watched namespaces.
+/// Run until `shutdown`: reconcile the policies of a namespace whenever a watch says one of
+/// its ChangePolicies, Deployments, StatefulSets or ChangeRequests changed (events that come
+/// together are handled in one pass), a namespace that failed again after [`RETRY`], and every
+/// policy every [`RESYNC`].
 pub async fn run(
     ctx: Arc<Context>,
     namespaces: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     tokio::pin!(shutdown);
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().cloned().map(Some).collect()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Changed>();
+    let watches: Vec<tokio::task::JoinHandle<()>> = scopes
+        .iter()
+        .flat_map(|scope| {
+            let ar = ApiResource::erase::<ChangePolicy>(&());
+            let client = ctx.client.clone();
+            let (policies, deployments, sets, changes) = match scope.as_deref() {
+                Some(ns) => (
+                    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar),
+                    Api::<Deployment>::namespaced(client.clone(), ns),
+                    Api::<StatefulSet>::namespaced(client.clone(), ns),
+                    Api::<ChangeRequest>::namespaced(client, ns),
+                ),
+                None => (
+                    Api::<DynamicObject>::all_with(client.clone(), &ar),
+                    Api::<Deployment>::all(client.clone()),
+                    Api::<StatefulSet>::all(client.clone()),
+                    Api::<ChangeRequest>::all(client),
+                ),
+            };
+            [
+                spawn_watch(policies, true, tx.clone()),
+                spawn_watch(deployments, false, tx.clone()),
+                spawn_watch(sets, false, tx.clone()),
+                spawn_watch(changes, false, tx.clone()),
+            ]
+        })
+        .collect();
+    let _stop_watches = AbortOnDrop(watches);
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dirty: std::collections::BTreeSet<String> = Default::default();
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut failed: std::collections::BTreeSet<String> = Default::default();
+    // Namespaces that held a policy when last looked at.
+    let mut with_policies: std::collections::BTreeSet<String> = Default::default();
     loop {
-        let scopes: Vec<Option<String>> = if namespaces.is_empty() {
-            vec![None]
-        } else {
-            namespaces.iter().cloned().map(Some).collect()
-        };
-        for scope in scopes {
-            if let Err(e) = pass(&ctx, scope.as_deref()).await {
-                tracing::debug!(error = %e, "policy pass");
-            }
-        }
+        let mut everything = false;
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = tokio::time::sleep(PERIOD) => {}
+            _ = resync.tick() => everything = true,
+            Some(c) = rx.recv() => {
+                let mut note = |c: Changed| {
+                    if c.policy {
+                        with_policies.insert(c.ns.clone());
+                    }
+                    // Only namespaces with a policy have anything to reconcile.
+                    if with_policies.contains(&c.ns) {
+                        dirty.insert(c.ns);
+                    }
+                };
+                note(c);
+                tokio::time::sleep(DEBOUNCE).await;
+                while let Ok(c) = rx.try_recv() {
+                    note(c);
+                }
+            }
+            _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => {
+                dirty.append(&mut failed);
+                retry_at = None;
+            }
+        }
+        let passes: Vec<Option<String>> = if everything {
+            dirty.clear();
+            scopes.clone()
+        } else {
+            std::mem::take(&mut dirty).into_iter().map(Some).collect()
+        };
+        for scope in passes {
+            match pass(&ctx, scope.as_deref()).await {
+                Ok(seen) => {
+                    // What the pass found replaces what the watches said of its scope.
+                    match &scope {
+                        Some(ns) => {
+                            with_policies.remove(ns);
+                        }
+                        None => with_policies.clear(),
+                    }
+                    for (ns, ok) in seen {
+                        if !ok {
+                            failed.insert(ns.clone());
+                        }
+                        with_policies.insert(ns);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "policy pass");
+                    match scope {
+                        Some(ns) => {
+                            failed.insert(ns);
+                        }
+                        // A failed list of every namespace: the next resync tries again, sooner.
+                        None => resync.reset_after(RETRY),
+                    }
+                }
+            }
+        }
+        if !failed.is_empty() && retry_at.is_none() {
+            retry_at = Some(tokio::time::Instant::now() + RETRY);
         }
     }
 }
 
-async fn pass(ctx: &Context, ns: Option<&str>) -> anyhow::Result<()> {
+/// A watch saw an object of namespace `ns` change; `policy` when it was a ChangePolicy.
+struct Changed {
+    ns: String,
+    policy: bool,
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Watch one kind in one scope and send the namespace of every object that changes.
+fn spawn_watch<K>(
+    api: Api<K>,
+    policy: bool,
+    tx: tokio::sync::mpsc::UnboundedSender<Changed>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(
+            watcher(api, watcher::Config::default().any_semantic()).default_backoff()
+        );
+        while let Some(ev) = events.next().await {
+            let obj = match ev {
+                Ok(
+                    watcher::Event::Apply(o)
+                    | watcher::Event::Delete(o)
+                    | watcher::Event::InitApply(o),
+                ) => o,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "policy watch");
+                    continue;
+                }
+            };
+            if let Some(ns) = obj.meta().namespace.clone()
+                && tx.send(Changed { ns, policy }).is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
+/// Reconcile every policy of `ns` (or of every namespace); returns each namespace that held a
+/// policy, with whether all of its policies were reconciled.
+async fn pass(ctx: &Context, ns: Option<&str>) -> anyhow::Result<BTreeMap<String, bool>> {
     let ar = ApiResource::erase::<ChangePolicy>(&());
     let api: Api<DynamicObject> = match ns {
         Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &ar),
         None => Api::all_with(ctx.client.clone(), &ar),
     };
+    let mut seen = BTreeMap::new();
     for obj in api.list(&ListParams::default()).await?.items {
         let name = obj.name_any();
         let Some(ns) = obj.namespace() else { continue };
+        seen.entry(ns.clone()).or_insert(true);
         let raw = serde_json::to_value(&obj)?;
         match serde_json::from_value::<ChangePolicy>(raw) {
             Ok(p) => {
                 if let Err(e) = reconcile(ctx, &ns, &p).await {
                     tracing::warn!(policy = %name, namespace = %ns, error = %e, "policy reconcile failed");
+                    seen.insert(ns, false);
                 }
             }
             Err(e) => {
@@ -87,7 +243,7 @@ async fn pass(ctx: &Context, ns: Option<&str>) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(seen)
 }
 
 fn condition(ok: bool, reason: &str, message: &str) -> Condition {
