@@ -1,8 +1,23 @@
 //! The write fence: whether this replica may write now. Below both the decision (`controller`,
 //! which renews it with the Lease) and the strategies (`rollout`, which check it before each
 //! write), so neither imports the other for it.
+//!
+//! Asking the fence before a write is not enough on its own: between the question and the
+//! moment the request leaves the process lie the client's own retries (kube's client re-sends a
+//! write answered 429 or 503 after the server's `Retry-After`, which can be seconds), a connection
+//! to open and a busy CPU. So every write of the leader goes through [`fenced_client`], whose
+//! stack asks the fence again for *each attempt*, just before it is sent, and abandons an attempt
+//! still unanswered when the Lease may have passed to another replica (one still held inside
+//! the process then is never sent). A request already on the wire at that moment may still
+//! reach the API server afterwards; no client can prevent that, and the fence's margin (writes
+//! start only until a fifth of the Lease before its end) is there for it.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tower::BoxError;
 
 /// A write refused because this replica may no longer hold the Lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -15,7 +30,9 @@ pub struct NotLeader;
 /// wakes, before anything it computed earlier reaches the API server).
 #[derive(Debug)]
 pub struct Fence {
-    valid_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Writes may start until the first instant; one started may be answered until the second
+    /// (the end of the Lease as this replica knows it, measured from before its renewal).
+    valid_until: std::sync::Mutex<Option<(tokio::time::Instant, tokio::time::Instant)>>,
     always: bool,
 }
 
@@ -41,7 +58,7 @@ impl Fence {
     pub fn renewed(&self, sent: tokio::time::Instant, duration: Duration) {
         let margin = (duration / 5).max(Duration::from_millis(200)).min(duration);
         if let Ok(mut v) = self.valid_until.lock() {
-            *v = Some(sent + (duration - margin));
+            *v = Some((sent + (duration - margin), sent + duration));
         }
     }
 
@@ -60,7 +77,7 @@ impl Fence {
                 .lock()
                 .ok()
                 .and_then(|v| *v)
-                .is_some_and(|until| tokio::time::Instant::now() < until)
+                .is_some_and(|(until, _)| tokio::time::Instant::now() < until)
     }
 
     /// Err(NotLeader) unless writes are allowed.
@@ -71,10 +88,282 @@ impl Fence {
             Err(NotLeader)
         }
     }
+
+    /// The moment by which a write allowed now must have been answered — the end of the Lease
+    /// as this replica knows it, after which another replica may hold it: `Ok(None)` for an
+    /// open fence (no limit), `Err` when no write may start now.
+    pub fn deadline(&self) -> Result<Option<tokio::time::Instant>, NotLeader> {
+        if self.always {
+            return Ok(None);
+        }
+        let v = self.valid_until.lock().ok().and_then(|v| *v);
+        match v {
+            Some((until, end)) if tokio::time::Instant::now() < until => Ok(Some(end)),
+            _ => Err(NotLeader),
+        }
+    }
+}
+
+/// A Kubernetes client whose every write (any method but GET, HEAD and OPTIONS) is fenced
+/// attempt by attempt: the fence is asked as each attempt is sent, including the client's
+/// retries of 429, 503 and 504 answers, and an attempt still unanswered at the end of the Lease
+/// is abandoned with [`NotLeader`]. Reads and watches pass untouched.
+pub fn fenced_client(cfg: kube::Config, fence: Arc<Fence>) -> Result<kube::Client, kube::Error> {
+    let mut cfg = cfg;
+    // The retries move outside the fence, below.
+    cfg.default_retry = false;
+    Ok(kube::client::ClientBuilder::try_from(cfg)?
+        .with_layer(&FenceLayer(fence))
+        // The retry layer clones the service for each attempt: a buffer makes it cloneable.
+        .with_layer(&tower::buffer::BufferLayer::new(1024))
+        .with_layer(&tower::retry::RetryLayer::new(
+            kube::client::retry::RetryPolicy::server_retry(),
+        ))
+        .build())
+}
+
+/// The tower layer of [`fenced_client`].
+#[derive(Clone)]
+pub struct FenceLayer(pub Arc<Fence>);
+
+impl<S> tower::Layer<S> for FenceLayer {
+    type Service = Fenced<S>;
+    fn layer(&self, inner: S) -> Fenced<S> {
+        Fenced {
+            inner,
+            fence: self.0.clone(),
+        }
+    }
+}
+
+/// A service that sends a write only while the fence allows and abandons it at the Lease's end.
+pub struct Fenced<S> {
+    inner: S,
+    fence: Arc<Fence>,
+}
+
+type Boxed<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for Fenced<S>
+where
+    S: tower::Service<http::Request<B>, Response = R, Error = BoxError>,
+    S::Future: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = R;
+    type Error = BoxError;
+    type Future = Boxed<R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Boxed<R> {
+        if is_read(req.method()) {
+            return Box::pin(self.inner.call(req));
+        }
+        match self.fence.deadline() {
+            Err(e) => {
+                tracing::debug!(method = %req.method(), uri = %req.uri(), "write not sent: the Lease is not surely held");
+                Box::pin(std::future::ready(Err(e.into())))
+            }
+            Ok(None) => Box::pin(self.inner.call(req)),
+            Ok(Some(until)) => {
+                let answer = self.inner.call(req);
+                Box::pin(async move {
+                    tokio::time::timeout_at(until, answer)
+                        .await
+                        .unwrap_or_else(|_| Err(NotLeader.into()))
+                })
+            }
+        }
+    }
+}
+
+fn is_read(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    )
+}
+
+/// Whether a client error is the fence refusing (so the caller treats it as "not the leader",
+/// not as a failure of the object).
+pub fn is_not_leader(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Service(inner) => {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());
+            while let Some(err) = cur {
+                if err.is::<NotLeader>() {
+                    return true;
+                }
+                cur = err.source();
+            }
+            false
+        }
+        _ => false,
+    }
 }
 
 impl Default for Fence {
     fn default() -> Self {
         Fence::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback HTTP server that records the method of every request; the first write is
+    /// answered 429 with `Retry-After: 1`, later writes 201, reads 200; with `hang`, writes are
+    /// never answered.
+    async fn server(hang: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        let Some(head_end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let len = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() < head_end + 4 + len {
+                            continue;
+                        }
+                        let method = text.split(' ').next().unwrap_or("").to_string();
+                        let writes_before = {
+                            let mut seen = log.lock().unwrap();
+                            let n = seen.iter().filter(|m| *m != "GET").count();
+                            seen.push(method.clone());
+                            n
+                        };
+                        buf.drain(..head_end + 4 + len);
+                        let answer = if method == "GET" {
+                            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_string()
+                        } else if hang {
+                            std::future::pending::<()>().await;
+                            unreachable!()
+                        } else if writes_before == 0 {
+                            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-length: 2\r\n\r\n{}".to_string()
+                        } else {
+                            "HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}".to_string()
+                        };
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn client(url: &str, fence: &Arc<Fence>) -> kube::Client {
+        fenced_client(kube::Config::new(url.parse().unwrap()), fence.clone()).unwrap()
+    }
+
+    fn post() -> http::Request<Vec<u8>> {
+        http::Request::post("/api/v1/namespaces/x/configmaps")
+            .body(b"{}".to_vec())
+            .unwrap()
+    }
+
+    fn get() -> http::Request<Vec<u8>> {
+        http::Request::get("/api/v1/namespaces/x/configmaps/a")
+            .body(Vec::new())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_write_retried_after_429_goes_out_while_the_fence_holds() {
+        let (url, seen) = server(false).await;
+        let fence = Arc::new(Fence::new());
+        fence.renewed(tokio::time::Instant::now(), Duration::from_secs(30));
+        let r = client(&url, &fence)
+            .request::<serde_json::Value>(post())
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(*seen.lock().unwrap(), vec!["POST", "POST"]);
+    }
+
+    #[tokio::test]
+    async fn a_retry_is_not_sent_once_the_fence_has_closed() {
+        let (url, seen) = server(false).await;
+        let fence = Arc::new(Fence::new());
+        // Writes allowed for 0.8 s; the server asks to come back after 1 s.
+        fence.renewed(tokio::time::Instant::now(), Duration::from_secs(1));
+        let c = client(&url, &fence);
+        let err = c.request::<serde_json::Value>(post()).await.unwrap_err();
+        assert!(is_not_leader(&err), "{err:?}");
+        assert!(matches!(
+            crate::rollout::Error::from(err),
+            crate::rollout::Error::NotLeader
+        ));
+        assert_eq!(*seen.lock().unwrap(), vec!["POST"], "the retry was sent");
+        // Reads pass whatever the fence says.
+        c.request::<serde_json::Value>(get()).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec!["POST", "GET"]);
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_write_is_abandoned_when_the_fence_closes() {
+        let (url, seen) = server(true).await;
+        let fence = Arc::new(Fence::new());
+        let t0 = tokio::time::Instant::now();
+        fence.renewed(t0, Duration::from_secs(1));
+        let err = client(&url, &fence)
+            .request::<serde_json::Value>(post())
+            .await
+            .unwrap_err();
+        assert!(is_not_leader(&err), "{err:?}");
+        // Abandoned at the Lease's end (1 s after the renewal), not at the read timeout.
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_secs(1) && waited < Duration::from_secs(30),
+            "{waited:?}"
+        );
+        assert_eq!(*seen.lock().unwrap(), vec!["POST"]);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_without_the_lease() {
+        let (url, seen) = server(false).await;
+        let fence = Arc::new(Fence::new());
+        let c = client(&url, &fence);
+        let err = c.request::<serde_json::Value>(post()).await.unwrap_err();
+        assert!(is_not_leader(&err), "{err:?}");
+        fence.renewed(tokio::time::Instant::now(), Duration::from_secs(30));
+        fence.revoke();
+        let err = c.request::<serde_json::Value>(post()).await.unwrap_err();
+        assert!(is_not_leader(&err), "{err:?}");
+        assert!(seen.lock().unwrap().is_empty());
+        // An open fence (tools and tests) always writes, retries included.
+        let open = client(&url, &Arc::new(Fence::open()));
+        open.request::<serde_json::Value>(post()).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec!["POST", "POST"]);
     }
 }

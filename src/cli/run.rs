@@ -241,7 +241,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         axum::http::header::USER_AGENT,
         axum::http::HeaderValue::from_static(USER_AGENT),
     ));
-    let client = kube::Client::try_from(cfg)
+    let client = kube::Client::try_from(cfg.clone())
+        .map_err(|e| anyhow::anyhow!("cannot build the API client: {e}"))?;
+    // The leader's writes go through a client that asks the fence at every attempt.
+    let fence = Arc::new(lease::Fence::new());
+    let fenced = crate::fence::fenced_client(cfg, fence.clone())
         .map_err(|e| anyhow::anyhow!("cannot build the API client: {e}"))?;
     if args.lease_namespace.is_none() && std::env::var("POD_NAMESPACE").is_err() {
         tracing::warn!(
@@ -297,7 +301,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }))
     };
     start_webhook(&args, &client, &metrics, &lease_cfg.namespace).await?;
-    let fence = Arc::new(lease::Fence::new());
     let lease_task = tokio::spawn(lease::run(
         client.clone(),
         lease_cfg.clone(),
@@ -330,7 +333,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let ctx = Arc::new(
         Context::new(
-            client.clone(),
+            fenced.clone(),
             metrics.clone(),
             analyzer(&args, &client),
             me,
@@ -338,7 +341,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_fence(fence.clone())
         .with_notifier(notifier)
         .with_cache(Arc::new(crate::cache::Caches::start(
-            &client,
+            &fenced,
             &args.namespaces,
         ))),
     );

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 pub enum Error {
     /// The API server refused or failed a call.
     #[error("kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
+    Kube(kube::Error),
     /// An object did not have the expected shape.
     #[error("unexpected object shape: {0}")]
     Shape(#[from] serde_json::Error),
@@ -34,6 +34,17 @@ pub enum Error {
     /// This replica may no longer hold the Lease: it must not write.
     #[error("not the leader (the Lease may have expired): write refused")]
     NotLeader,
+}
+
+impl From<kube::Error> for Error {
+    /// A write the fenced client refused is "not the leader", whatever call it was.
+    fn from(e: kube::Error) -> Error {
+        if crate::fence::is_not_leader(&e) {
+            Error::NotLeader
+        } else {
+            Error::Kube(e)
+        }
+    }
 }
 
 impl From<crate::fence::NotLeader> for Error {
