@@ -335,6 +335,16 @@ async fn main() -> anyhow::Result<()> {
         requests as f64 / done.as_secs_f64(),
         requests as f64 / args.changes as f64
     );
+    // What graygate itself counted: Events dropped, reconciles that ended in an error (by
+    // category; `NotLeader` is a write the fence refused while a renewal was late).
+    for line in metrics.lines() {
+        if (line.starts_with("graygate_events_total{")
+            || line.starts_with("graygate_reconcile_errors_total{"))
+            && !line.ends_with(" 0")
+        {
+            println!("  {line}");
+        }
+    }
     if args.guarded {
         let admission = histogram(&metrics, "graygate_webhook_admission_duration_seconds");
         let n = admission.last().map_or(0.0, |b| b.1);
