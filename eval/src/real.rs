@@ -64,7 +64,7 @@ pub fn datasets(data: &Path, examples: &Path) -> Result<Vec<Dataset>, String> {
                     kayenta_style,
                 ),
             ],
-            target: (0.57, 0.01),
+            target: (0.60, 0.01),
         },
         Dataset {
             name: "kontrast",

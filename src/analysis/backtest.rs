@@ -126,7 +126,18 @@ pub fn replay(
         let c = &cases[i];
         let fail = |e: String| format!("line {} ({}): {}", c.line, c.id, e);
         let workload = c.workload.as_deref().filter(|_| with_history);
-        let history = workload.and_then(|w| histories.get(w));
+        // The workload's own released changes, and its neighbours' (the other workloads of the
+        // file, as the other workloads of a namespace) for the prior of their variance.
+        let history = workload.and_then(|w| {
+            let mut h = histories.get(w)?.clone();
+            h.neighbours = histories
+                .iter()
+                .filter(|(other, _)| **other != w)
+                .map(|(_, o)| o.records.clone())
+                .collect();
+            Some(h)
+        });
+        let history = history.as_ref();
         // A good case is a release the team kept: it becomes history for the next ones.
         let record_as = (workload.is_some() && !c.bad).then_some(c.id.as_str());
         let (out, record) =
@@ -136,7 +147,7 @@ pub fn replay(
                 .entry(w)
                 .or_insert_with(|| History {
                     workload: w.to_string(),
-                    records: Vec::new(),
+                    ..History::default()
                 })
                 .push(record, DEFAULT_KEEP);
         }

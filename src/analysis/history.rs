@@ -39,6 +39,130 @@ pub struct History {
     pub workload: String,
     /// Its released changes, oldest first.
     pub records: Vec<Record>,
+    /// The released changes of the other workloads beside it (the same namespace), each
+    /// workload's records apart: how much healthy changes vary from one to the next there
+    /// moderates this workload's own few records ([`Prior`]).
+    pub neighbours: Vec<Vec<Record>>,
+}
+
+/// How much a healthy change's (log) median ratio varies from one change to the next, learned
+/// from every workload that has records: the prior of an empirical-Bayes moderated variance
+/// (Smyth 2004, the moderated t of limma). A workload with three records has a variance with two
+/// degrees of freedom — its prediction interval is then so wide it catches almost nothing; the
+/// prior lends it `d0` degrees of freedom at the variance `s0sq` its neighbours show, as far as
+/// the neighbours agree with one another (when they disagree, `d0` is small and little is lent).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Prior {
+    /// Prior degrees of freedom (infinite when the workloads' variances differ no more than
+    /// sampling alone would make them).
+    pub d0: f64,
+    /// Prior variance of the log median ratio.
+    pub s0sq: f64,
+    /// Workloads it was estimated from.
+    pub workloads: usize,
+    /// Their degrees of freedom together: the most a moderated variance can carry (limma's cap;
+    /// a prior learned from a few records is itself uncertain).
+    pub df_total: f64,
+}
+
+impl Prior {
+    /// Estimate the prior from each workload's sample variance and its degrees of freedom, by
+    /// the method of moments on the log variances (limma's `fitFDist`). None with fewer than
+    /// [`MIN_RECORDS`] workloads holding a positive variance.
+    pub fn estimate(variances: &[(f64, f64)]) -> Option<Prior> {
+        use statrs::function::gamma::digamma;
+        let v: Vec<(f64, f64)> = variances
+            .iter()
+            .copied()
+            .filter(|(s2, d)| *s2 > 1e-12 && s2.is_finite() && *d >= 1.0)
+            .collect();
+        if v.len() < MIN_RECORDS {
+            return None;
+        }
+        let g = v.len() as f64;
+        let df_total = v.iter().map(|(_, d)| d).sum::<f64>();
+        let e: Vec<f64> = v
+            .iter()
+            .map(|(s2, d)| s2.ln() - digamma(d / 2.0) + (d / 2.0).ln())
+            .collect();
+        let mean = e.iter().sum::<f64>() / g;
+        let spread = e.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (g - 1.0)
+            - v.iter().map(|(_, d)| trigamma(d / 2.0)).sum::<f64>() / g;
+        if spread > 0.0 {
+            let d0 = 2.0 * trigamma_inverse(spread);
+            let s0sq = (mean + digamma(d0 / 2.0) - (d0 / 2.0).ln()).exp();
+            Some(Prior {
+                d0,
+                s0sq,
+                workloads: v.len(),
+                df_total,
+            })
+        } else {
+            Some(Prior {
+                d0: f64::INFINITY,
+                s0sq: mean.exp(),
+                workloads: v.len(),
+                df_total,
+            })
+        }
+    }
+
+    /// The moderated variance of a workload's own `s2` on `d` degrees of freedom, and its
+    /// degrees of freedom (d0 + d, at most all the workloads' together).
+    pub fn moderate(&self, s2: f64, d: f64) -> (f64, f64) {
+        let df = (self.d0 + d).min(self.df_total.max(d));
+        if self.d0.is_infinite() {
+            (self.s0sq, df)
+        } else {
+            ((self.d0 * self.s0sq + d * s2) / (self.d0 + d), df)
+        }
+    }
+}
+
+/// The trigamma function ψ′(x) for x > 0 (recurrence up to 6, then the asymptotic series).
+pub fn trigamma(x: f64) -> f64 {
+    let mut x = x;
+    let mut acc = 0.0;
+    while x < 6.0 {
+        acc += 1.0 / (x * x);
+        x += 1.0;
+    }
+    let x2 = 1.0 / (x * x);
+    acc + 1.0 / x
+        + x2 / 2.0
+        + x2 / x * (1.0 / 6.0 - x2 * (1.0 / 30.0 - x2 * (1.0 / 42.0 - x2 / 30.0)))
+}
+
+/// The tetragamma function ψ″(x) for x > 0.
+fn tetragamma(x: f64) -> f64 {
+    let mut x = x;
+    let mut acc = 0.0;
+    while x < 6.0 {
+        acc -= 2.0 / (x * x * x);
+        x += 1.0;
+    }
+    let x2 = 1.0 / (x * x);
+    acc - x2 - x2 / x - x2 * x2 / 2.0 + x2 * x2 * x2 * (1.0 / 6.0 - x2 * (1.0 / 6.0 - x2 * 0.3))
+}
+
+/// The y > 0 with ψ′(y) = x (Newton's method on 1/y, as limma's `trigammaInverse`).
+pub fn trigamma_inverse(x: f64) -> f64 {
+    if x > 1e7 {
+        return 1.0 / x.sqrt();
+    }
+    if x < 1e-6 {
+        return 1.0 / x;
+    }
+    let mut y = 0.5 + 1.0 / x;
+    for _ in 0..50 {
+        let tri = trigamma(y);
+        let dif = tri * (1.0 - tri / x) / tetragamma(y);
+        y += dif;
+        if -dif / y < 1e-8 {
+            break;
+        }
+    }
+    y
 }
 
 /// What history says about one metric.
@@ -62,6 +186,25 @@ impl History {
         self.records.push(record);
         let excess = self.records.len().saturating_sub(keep.max(1));
         self.records.drain(..excess);
+    }
+
+    /// The prior for `name`'s median ratio at `slot_secs`, from this workload's records and
+    /// its neighbours' (each workload with two or more records holding the metric counts once).
+    pub fn prior(&self, name: &str, slot_secs: f64) -> Option<Prior> {
+        let variances: Vec<(f64, f64)> = std::iter::once(&self.records)
+            .chain(self.neighbours.iter())
+            .filter_map(|records| {
+                let medians = records
+                    .iter()
+                    .filter(|r| (r.slot_secs - slot_secs).abs() < 1e-9)
+                    .filter_map(|r| r.ratios.get(name))
+                    .filter(|s| !s.is_empty())
+                    .map(|s| median(&s.values().copied().collect::<Vec<_>>()));
+                let (_, sd, n) = log_mean_sd(medians)?;
+                Some((sd * sd, n as f64 - 1.0))
+            })
+            .collect();
+        Prior::estimate(&variances)
     }
 
     /// The envelope of one metric for slots of `slot_secs`, when at least [`MIN_RECORDS`]
@@ -124,17 +267,23 @@ impl MetricHistory {
     /// error of the new change's own (log) median, which the records' spread does not show when
     /// they happen to agree closely (a quantised p99, say). None with fewer than [`MIN_RECORDS`]
     /// positive medians.
-    pub fn prediction(&self, alpha: f64, se: f64) -> Option<(f64, f64)> {
-        use statrs::distribution::{ContinuousCDF, StudentsT};
+    pub fn prediction(&self, alpha: f64, se: f64, prior: Option<&Prior>) -> Option<(f64, f64)> {
+        use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
         let (mean, sd, n) = log_mean_sd(self.medians.iter().copied())?;
         if n < MIN_RECORDS || !(alpha > 0.0 && alpha < 0.5) {
             return None;
         }
         let nf = n as f64;
-        let t = StudentsT::new(0.0, 1.0, nf - 1.0)
-            .ok()?
-            .inverse_cdf(1.0 - alpha);
-        let half = t * (sd * sd * (1.0 + 1.0 / nf) + se * se).sqrt();
+        let (var, df) = match prior {
+            Some(p) => p.moderate(sd * sd, nf - 1.0),
+            None => (sd * sd, nf - 1.0),
+        };
+        let t = if df.is_finite() {
+            StudentsT::new(0.0, 1.0, df).ok()?.inverse_cdf(1.0 - alpha)
+        } else {
+            Normal::standard().inverse_cdf(1.0 - alpha)
+        };
+        let half = t * (var * (1.0 + 1.0 / nf) + se * se).sqrt();
         Some(((mean - half).exp(), (mean + half).exp()))
     }
 
@@ -261,6 +410,71 @@ pub fn median_ratio(ratios: &BTreeMap<i64, f64>) -> Option<f64> {
 mod tests {
     use super::*;
 
+    fn close(a: f64, b: f64, what: &str) {
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs().max(1e-12),
+            "{what}: {a} vs scipy {b}"
+        );
+    }
+
+    /// tests/fixtures/moderated.json, from scripts/reference/moderated.py (scipy).
+    #[test]
+    fn the_moderated_interval_matches_scipy() {
+        let f: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/moderated.json")).unwrap();
+        let num = |v: &serde_json::Value| match v.as_str() {
+            Some("inf") => f64::INFINITY,
+            _ => v.as_f64().unwrap(),
+        };
+        for c in f["trigamma"].as_array().unwrap() {
+            close(trigamma(num(&c["x"])), num(&c["trigamma"]), "trigamma");
+        }
+        for c in f["trigamma_inverse"].as_array().unwrap() {
+            close(
+                trigamma_inverse(num(&c["x"])),
+                num(&c["inverse"]),
+                "inverse",
+            );
+        }
+        let mut finite = 0;
+        for c in f["priors"].as_array().unwrap() {
+            let variances: Vec<(f64, f64)> = c["variances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| (num(&v[0]), num(&v[1])))
+                .collect();
+            let p = Prior::estimate(&variances).unwrap();
+            let d0 = num(&c["d0"]);
+            if d0.is_finite() {
+                finite += 1;
+                close(p.d0, d0, "d0");
+            } else {
+                assert!(p.d0.is_infinite(), "d0 {} vs scipy inf", p.d0);
+            }
+            close(p.s0sq, num(&c["s0sq"]), "s0²");
+            close(p.df_total, num(&c["df_total"]), "total degrees of freedom");
+            let medians: Vec<f64> = c["medians"].as_array().unwrap().iter().map(num).collect();
+            let h = MetricHistory {
+                envelope: Envelope::new(),
+                records: medians.len(),
+                range: (0.0, 0.0),
+                medians,
+                minutes: 1.0,
+            };
+            let (alpha, se) = (num(&c["alpha"]), num(&c["se"]));
+            let (lo, hi) = h.prediction(alpha, se, Some(&p)).unwrap();
+            close(lo, num(&c["moderated"][0]), "moderated lo");
+            close(hi, num(&c["moderated"][1]), "moderated hi");
+            let (lo, hi) = h.prediction(alpha, se, None).unwrap();
+            close(lo, num(&c["plain"][0]), "plain lo");
+            close(hi, num(&c["plain"][1]), "plain hi");
+        }
+        assert!(finite >= 2, "the fixture must hold finite priors too");
+        // Fewer than three workloads with a variance: no prior.
+        assert!(Prior::estimate(&[(0.01, 2.0), (0.02, 3.0), (0.0, 4.0)]).is_none());
+    }
+
     fn record(change: &str, ratios: &[f64]) -> Record {
         Record {
             change: change.into(),
@@ -289,18 +503,18 @@ mod tests {
             minutes: 10.0,
         };
         let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
-        let (lo, hi) = h.prediction(0.0025, 0.0).unwrap();
+        let (lo, hi) = h.prediction(0.0025, 0.0, None).unwrap();
         assert!(
             close(lo, 0.8582019769289672) && close(hi, 1.119602670469598),
             "{lo} {hi}"
         );
-        let (lo, hi) = h.prediction(0.01, 0.0).unwrap();
+        let (lo, hi) = h.prediction(0.01, 0.0, None).unwrap();
         assert!(
             close(lo, 0.892535121492709) && close(hi, 1.0765349195054719),
             "{lo} {hi}"
         );
         // The new change's own uncertainty widens it: scipy, with se = 0.05 in quadrature.
-        let (lo, hi) = h.prediction(0.01, 0.05).unwrap();
+        let (lo, hi) = h.prediction(0.01, 0.05, None).unwrap();
         assert!(
             close(lo, 0.8085128600556989) && close(hi, 1.1884105654247317),
             "{lo} {hi}"
@@ -309,7 +523,7 @@ mod tests {
             medians: vec![1.0, 1.1],
             ..h
         };
-        assert!(few.prediction(0.01, 0.0).is_none());
+        assert!(few.prediction(0.01, 0.0, None).is_none());
     }
 
     #[test]
@@ -317,6 +531,7 @@ mod tests {
         let mut h = History {
             workload: "Deployment/ad".into(),
             records: vec![record("a", &[1.3, 2.5]), record("b", &[1.8, 1.1])],
+            ..History::default()
         };
         assert!(h.metric("Latency", Direction::Increase, 60.0).is_none());
         h.push(record("c", &[2.0, 0.9, 1.4]), DEFAULT_KEEP);

@@ -611,8 +611,9 @@ fn run_detector(
             // interval carries the standard error of this change's own log median ratio.
             let se = super::history::log_mean_sd(ratios.values().copied())
                 .map_or(f64::INFINITY, |(_, sd, n)| sd / (n as f64).sqrt());
+            let prior = h.prior(&m.name, slot);
             let predicted = mh
-                .prediction(p.history_alpha, se)
+                .prediction(p.history_alpha, se, prior.as_ref())
                 .filter(|_| se.is_finite());
             let beyond = match (this, predicted) {
                 (Some(r), Some((lo, hi))) if d.outcome != Verdict::Fail => {
@@ -637,8 +638,16 @@ fn run_detector(
                     hi
                 };
                 let sentence = mh.sentence(&h.workload, &m.name, this, false);
+                let moderated = prior
+                    .map(|pr| {
+                        format!(
+                            ", its spread moderated by {} workloads' records",
+                            pr.workloads
+                        )
+                    })
+                    .unwrap_or_default();
                 d.explanation = format!(
-                    "{sentence}: outside {lo:.2}–{hi:.2}×, where they put a healthy canary (prediction interval, {}% each side); against the {label} alone: {}",
+                    "{sentence}: outside {lo:.2}–{hi:.2}×, where they put a healthy canary (prediction interval, {}% each side{moderated}); against the {label} alone: {}",
                     fmt_num(p.history_alpha * 100.0),
                     d.explanation,
                 );
@@ -1192,6 +1201,7 @@ mod tests {
                     ratios: [("cpu".to_string(), (0..10).map(|a| (a, *r)).collect())].into(),
                 })
                 .collect(),
+            ..History::default()
         };
         let history = released(&[0.995, 0.95, 0.968, 1.023, 0.978, 0.969]);
         let judged = |canary: f64, h: Option<&History>| {
@@ -1234,6 +1244,39 @@ mod tests {
             "{}",
             f.explanation
         );
+
+        // Three records only: their variance has two degrees of freedom and the interval is so
+        // wide that 1.15× passes. Neighbours whose healthy changes vary alike (a few percent)
+        // lend their strength: the same change now fails, and the sentence says whose records
+        // moderated it. Neighbours that vary widely lend little, and it passes.
+        let few = released(&[1.0, 0.94, 0.97]);
+        assert_eq!(judged(1.15, Some(&few)).verdict, Verdict::Pass);
+        let neighbours = |spreads: &[&[f64]]| -> Vec<Vec<Record>> {
+            spreads.iter().map(|r| released(r).records).collect()
+        };
+        let calm = History {
+            neighbours: neighbours(&[
+                &[1.0, 1.04, 0.97, 1.01],
+                &[0.98, 1.02, 1.05],
+                &[1.03, 0.99, 0.96, 1.0, 1.02],
+                &[0.97, 1.01, 1.0],
+            ]),
+            ..few.clone()
+        };
+        let out = judged(1.15, Some(&calm));
+        assert_eq!(out.verdict, Verdict::Fail, "{}", out.summary);
+        assert!(
+            out.findings[0]
+                .explanation
+                .contains("its spread moderated by 5 workloads' records"),
+            "{}",
+            out.findings[0].explanation
+        );
+        let wild = History {
+            neighbours: neighbours(&[&[1.0, 1.6, 0.7], &[0.5, 1.0, 1.9], &[1.4, 0.8, 1.1]]),
+            ..few.clone()
+        };
+        assert_eq!(judged(1.15, Some(&wild)).verdict, Verdict::Pass);
     }
 
     #[test]

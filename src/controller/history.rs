@@ -20,18 +20,18 @@ pub fn keep(cr: &ChangeRequest) -> usize {
 /// The records of `cr`'s workload that count, oldest first, at most [`keep`]: changes of the same
 /// target that were released (unless a person marked them `real-fault` or `drill`), and stopped
 /// changes a person marked `false-alarm` — including this change's own run before a `retry`.
-/// A change that failed and was not marked never counts: its canary is no reference.
+/// A change that failed and was not marked never counts: its canary is no reference. The other
+/// workloads of `all` (the namespace) come along as the history's neighbours, by the same rules.
 pub fn collect(cr: &ChangeRequest, all: &[ChangeRequest]) -> Option<History> {
     let keep = keep(cr);
     if keep == 0 {
         return None;
     }
-    let mut dated: Vec<(jiff::Timestamp, Record)> = Vec::new();
+    let mut by_target: std::collections::BTreeMap<String, Vec<(jiff::Timestamp, Record)>> =
+        Default::default();
     for other in all {
         let Some(st) = &other.status else { continue };
-        if other.spec.target != cr.spec.target {
-            continue;
-        }
+        let dated = by_target.entry(other.spec.target.to_string()).or_default();
         let feedback = st.feedback.as_ref().map(|f| f.verdict);
         let same = other.metadata.uid.is_some() && other.metadata.uid == cr.metadata.uid;
         let false_alarm = feedback == Some(FeedbackVerdict::FalseAlarm);
@@ -62,15 +62,25 @@ pub fn collect(cr: &ChangeRequest, all: &[ChangeRequest]) -> Option<History> {
             take(&st.record, finished);
         }
     }
-    dated.sort_by_key(|(at, _)| *at);
-    let mut history = History {
-        workload: cr.spec.target.to_string(),
-        records: Vec::new(),
+    let kept = |mut dated: Vec<(jiff::Timestamp, Record)>| {
+        dated.sort_by_key(|(at, _)| *at);
+        let mut h = History::default();
+        for (_, r) in dated {
+            h.push(r, keep);
+        }
+        h.records
     };
-    for (_, r) in dated {
-        history.push(r, keep);
-    }
-    Some(history)
+    let target = cr.spec.target.to_string();
+    let own = by_target.remove(&target).unwrap_or_default();
+    Some(History {
+        workload: target,
+        records: kept(own),
+        neighbours: by_target
+            .into_values()
+            .map(kept)
+            .filter(|r| !r.is_empty())
+            .collect(),
+    })
 }
 
 #[cfg(test)]
@@ -142,6 +152,17 @@ mod tests {
             ["released-early", "false-alarm", "released-late"]
         );
         assert_eq!(h.records[1].ratios["latency"][&0], 2.2);
+        // The other workload of the namespace comes along as a neighbour, by the same rules
+        // (a failed change of it would not).
+        let mut all = all;
+        all.push(change("api-failed", "api", RolledBack, None, 650, 7.0));
+        let h = collect(&me, &all).unwrap();
+        let neighbours: Vec<Vec<&str>> = h
+            .neighbours
+            .iter()
+            .map(|r| r.iter().map(|r| r.change.as_str()).collect())
+            .collect();
+        assert_eq!(neighbours, [["other-workload"]]);
     }
 
     #[test]
