@@ -6,11 +6,10 @@
 //! moment the request leaves the process lie the client's own retries (kube's client re-sends a
 //! write answered 429 or 503 after the server's `Retry-After`, which can be seconds), a connection
 //! to open and a busy CPU. So every write of the leader goes through [`fenced_client`], whose
-//! stack asks the fence again for *each attempt*, just before it is sent, and abandons an attempt
-//! still unanswered when the Lease may have passed to another replica (one still held inside
-//! the process then is never sent). A request already on the wire at that moment may still
-//! reach the API server afterwards; no client can prevent that, and the fence's margin (writes
-//! start only until a fifth of the Lease before its end) is there for it.
+//! stack asks the fence again for *each attempt*, as it is handed to the connection. A request
+//! sent just before the fence closes may still reach the API server after; no client can
+//! prevent that (abandoning it would not call it back), and the fence's margin (writes start
+//! only until a fifth of the Lease before its end) is there for it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,9 +29,7 @@ pub struct NotLeader;
 /// wakes, before anything it computed earlier reaches the API server).
 #[derive(Debug)]
 pub struct Fence {
-    /// Writes may start until the first instant; one started may be answered until the second
-    /// (the end of the Lease as this replica knows it, measured from before its renewal).
-    valid_until: std::sync::Mutex<Option<(tokio::time::Instant, tokio::time::Instant)>>,
+    valid_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     always: bool,
 }
 
@@ -58,7 +55,7 @@ impl Fence {
     pub fn renewed(&self, sent: tokio::time::Instant, duration: Duration) {
         let margin = (duration / 5).max(Duration::from_millis(200)).min(duration);
         if let Ok(mut v) = self.valid_until.lock() {
-            *v = Some((sent + (duration - margin), sent + duration));
+            *v = Some(sent + (duration - margin));
         }
     }
 
@@ -77,7 +74,7 @@ impl Fence {
                 .lock()
                 .ok()
                 .and_then(|v| *v)
-                .is_some_and(|(until, _)| tokio::time::Instant::now() < until)
+                .is_some_and(|until| tokio::time::Instant::now() < until)
     }
 
     /// Err(NotLeader) unless writes are allowed.
@@ -88,38 +85,34 @@ impl Fence {
             Err(NotLeader)
         }
     }
-
-    /// The moment by which a write allowed now must have been answered — the end of the Lease
-    /// as this replica knows it, after which another replica may hold it: `Ok(None)` for an
-    /// open fence (no limit), `Err` when no write may start now.
-    pub fn deadline(&self) -> Result<Option<tokio::time::Instant>, NotLeader> {
-        if self.always {
-            return Ok(None);
-        }
-        let v = self.valid_until.lock().ok().and_then(|v| *v);
-        match v {
-            Some((until, end)) if tokio::time::Instant::now() < until => Ok(Some(end)),
-            _ => Err(NotLeader),
-        }
-    }
 }
 
 /// A Kubernetes client whose every write (any method but GET, HEAD and OPTIONS) is fenced
 /// attempt by attempt: the fence is asked as each attempt is sent, including the client's
-/// retries of 429, 503 and 504 answers, and an attempt still unanswered at the end of the Lease
-/// is abandoned with [`NotLeader`]. Reads and watches pass untouched.
+/// retries of 429, 503 and 504 answers, and a refused attempt ends the call with [`NotLeader`].
+/// Reads and watches pass untouched.
+///
+/// kube's own stack retries below the point any layer added to it could reach, so this one is
+/// built from kube's parts with the retry above the fence: base URI, authentication, the
+/// configured headers, retries (kube's policy, honouring `Retry-After`), the fence, HTTPS.
 pub fn fenced_client(cfg: kube::Config, fence: Arc<Fence>) -> Result<kube::Client, kube::Error> {
-    let mut cfg = cfg;
-    // The retries move outside the fence, below.
-    cfg.default_retry = false;
-    Ok(kube::client::ClientBuilder::try_from(cfg)?
-        .with_layer(&FenceLayer(fence))
-        // The retry layer clones the service for each attempt: a buffer makes it cloneable.
-        .with_layer(&tower::buffer::BufferLayer::new(1024))
-        .with_layer(&tower::retry::RetryLayer::new(
+    use kube::client::ConfigExt;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(cfg.connect_timeout);
+    let https = cfg.rustls_https_connector_with_connector(http)?;
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(https);
+    let service = tower::ServiceBuilder::new()
+        .layer(cfg.base_uri_layer())
+        .option_layer(cfg.auth_layer()?)
+        .layer(cfg.extra_headers_layer()?)
+        .layer(tower::retry::RetryLayer::new(
             kube::client::retry::RetryPolicy::server_retry(),
         ))
-        .build())
+        .layer(FenceLayer(fence))
+        .service(hyper);
+    Ok(kube::Client::new(service, cfg.default_namespace))
 }
 
 /// The tower layer of [`fenced_client`].
@@ -136,7 +129,8 @@ impl<S> tower::Layer<S> for FenceLayer {
     }
 }
 
-/// A service that sends a write only while the fence allows and abandons it at the Lease's end.
+/// A service that sends a write only while the fence allows.
+#[derive(Clone)]
 pub struct Fenced<S> {
     inner: S,
     fence: Arc<Fence>,
@@ -146,7 +140,8 @@ type Boxed<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
 
 impl<S, B, R> tower::Service<http::Request<B>> for Fenced<S>
 where
-    S: tower::Service<http::Request<B>, Response = R, Error = BoxError>,
+    S: tower::Service<http::Request<B>, Response = R>,
+    S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     R: Send + 'static,
 {
@@ -155,28 +150,16 @@ where
     type Future = Boxed<R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: http::Request<B>) -> Boxed<R> {
-        if is_read(req.method()) {
-            return Box::pin(self.inner.call(req));
+        if !is_read(req.method()) && !self.fence.allows() {
+            tracing::debug!(method = %req.method(), uri = %req.uri(), "write not sent: the Lease is not surely held");
+            return Box::pin(std::future::ready(Err(NotLeader.into())));
         }
-        match self.fence.deadline() {
-            Err(e) => {
-                tracing::debug!(method = %req.method(), uri = %req.uri(), "write not sent: the Lease is not surely held");
-                Box::pin(std::future::ready(Err(e.into())))
-            }
-            Ok(None) => Box::pin(self.inner.call(req)),
-            Ok(Some(until)) => {
-                let answer = self.inner.call(req);
-                Box::pin(async move {
-                    tokio::time::timeout_at(until, answer)
-                        .await
-                        .unwrap_or_else(|_| Err(NotLeader.into()))
-                })
-            }
-        }
+        let answer = self.inner.call(req);
+        Box::pin(async move { answer.await.map_err(Into::into) })
     }
 }
 
@@ -218,9 +201,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A loopback HTTP server that records the method of every request; the first write is
-    /// answered 429 with `Retry-After: 1`, later writes 201, reads 200; with `hang`, writes are
-    /// never answered.
-    async fn server(hang: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+    /// answered 429 with `Retry-After: 1`, later writes 201, reads 200.
+    async fn server() -> (String, Arc<Mutex<Vec<String>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -264,9 +246,6 @@ mod tests {
                         buf.drain(..head_end + 4 + len);
                         let answer = if method == "GET" {
                             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_string()
-                        } else if hang {
-                            std::future::pending::<()>().await;
-                            unreachable!()
                         } else if writes_before == 0 {
                             "HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-length: 2\r\n\r\n{}".to_string()
                         } else {
@@ -300,7 +279,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_retried_after_429_goes_out_while_the_fence_holds() {
-        let (url, seen) = server(false).await;
+        let (url, seen) = server().await;
         let fence = Arc::new(Fence::new());
         fence.renewed(tokio::time::Instant::now(), Duration::from_secs(30));
         let r = client(&url, &fence)
@@ -312,17 +291,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_is_not_sent_once_the_fence_has_closed() {
-        let (url, seen) = server(false).await;
+        let (url, seen) = server().await;
         let fence = Arc::new(Fence::new());
         // Writes allowed for 0.8 s; the server asks to come back after 1 s.
         fence.renewed(tokio::time::Instant::now(), Duration::from_secs(1));
         let c = client(&url, &fence);
         let err = c.request::<serde_json::Value>(post()).await.unwrap_err();
         assert!(is_not_leader(&err), "{err:?}");
-        assert!(matches!(
-            crate::rollout::Error::from(err),
-            crate::rollout::Error::NotLeader
-        ));
         assert_eq!(*seen.lock().unwrap(), vec!["POST"], "the retry was sent");
         // Reads pass whatever the fence says.
         c.request::<serde_json::Value>(get()).await.unwrap();
@@ -330,28 +305,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unanswered_write_is_abandoned_when_the_fence_closes() {
-        let (url, seen) = server(true).await;
-        let fence = Arc::new(Fence::new());
-        let t0 = tokio::time::Instant::now();
-        fence.renewed(t0, Duration::from_secs(1));
-        let err = client(&url, &fence)
-            .request::<serde_json::Value>(post())
-            .await
-            .unwrap_err();
-        assert!(is_not_leader(&err), "{err:?}");
-        // Abandoned at the Lease's end (1 s after the renewal), not at the read timeout.
-        let waited = t0.elapsed();
-        assert!(
-            waited >= Duration::from_secs(1) && waited < Duration::from_secs(30),
-            "{waited:?}"
-        );
-        assert_eq!(*seen.lock().unwrap(), vec!["POST"]);
-    }
-
-    #[tokio::test]
     async fn nothing_is_written_without_the_lease() {
-        let (url, seen) = server(false).await;
+        let (url, seen) = server().await;
         let fence = Arc::new(Fence::new());
         let c = client(&url, &fence);
         let err = c.request::<serde_json::Value>(post()).await.unwrap_err();

@@ -429,6 +429,18 @@ pub async fn groups(ctx: &Ctx<'_>, promoted: bool) -> Result<Groups, Error> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_write_the_fenced_client_refused_is_not_the_leader() {
+        let refused = kube::Error::Service(Box::new(crate::fence::NotLeader));
+        assert!(matches!(
+            super::Error::from(refused),
+            super::Error::NotLeader
+        ));
+        let other = kube::Error::Service("connection reset".into());
+        assert!(matches!(super::Error::from(other), super::Error::Kube(_)));
+    }
+
     use super::*;
     use serde_json::json;
 
