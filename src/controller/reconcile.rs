@@ -34,6 +34,9 @@ pub struct Context {
     pub analyzer: Arc<dyn Analyzer>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Per object, the resourceVersion this replica's last write to it replaced: a copy from the
+    /// store still at that version is known to be stale (see [`Context::known_stale`]).
+    superseded: Mutex<HashMap<String, String>>,
     /// Writes only while this replica surely holds the Lease.
     pub fence: Arc<crate::controller::lease::Fence>,
     /// Tells people what changes did.
@@ -45,6 +48,33 @@ pub struct Context {
 }
 
 impl Context {
+    /// This replica wrote `cr` successfully, replacing the version it had read.
+    fn wrote(&self, cr: &ChangeRequest) {
+        if let (Some(rv), Ok(mut m)) = (cr.resource_version(), self.superseded.lock()) {
+            m.insert(key(cr), rv);
+        }
+    }
+
+    /// Is this copy of `cr` (from the store) one that this replica's own last write already
+    /// replaced? Then the watch has not yet brought that write, and the newer version is on its
+    /// way (it triggers a reconcile of its own): deciding from this copy could only repeat an
+    /// earlier decision and have its status write refused with 409. Equality only:
+    /// resourceVersions are opaque, so any other version is taken as current.
+    fn known_stale(&self, cr: &ChangeRequest) -> bool {
+        let Ok(mut m) = self.superseded.lock() else {
+            return false;
+        };
+        let k = key(cr);
+        match (m.get(&k), cr.resource_version()) {
+            (Some(old), Some(rv)) if *old == rv => true,
+            (Some(_), _) => {
+                m.remove(&k);
+                false
+            }
+            _ => false,
+        }
+    }
+
     /// Record a Kubernetes Event about `regarding`: queued and written beside the reconcile
     /// (see [`super::events`]), so a busy API server does not hold the change up; counted in
     /// `graygate_events_total` as recorded or dropped.
@@ -83,6 +113,7 @@ impl Context {
             metrics,
             analyzer,
             failures: Mutex::new(HashMap::new()),
+            superseded: Mutex::new(HashMap::new()),
             fence,
             cache: None,
             changes: std::sync::OnceLock::new(),
@@ -380,10 +411,15 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
     let ns = cr.namespace().ok_or(Error::NoNamespace)?;
     let name = cr.name_any();
     let api: Api<ChangeRequest> = Api::namespaced(ctx.client.clone(), &ns);
+    if ctx.known_stale(cr) {
+        tracing::debug!(changerequest = %key(cr), "the store has not yet seen this replica's last write; waiting for the watch");
+        return Ok(Requeue::await_change());
+    }
     let deleting = cr.metadata.deletion_timestamp.is_some();
     if !deleting && !cr.finalizers().iter().any(|f| f == FINALIZER) {
         ctx.fence.check()?;
         set_finalizer(&api, cr, true).await?;
+        ctx.wrote(cr);
         // The update comes back through the watch.
         return Ok(Requeue::await_change());
     }
@@ -465,6 +501,7 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
             }
             r => r?,
         }
+        ctx.wrote(cr);
         if d.status.phase != status.phase {
             ctx.metrics.transition(d.status.phase);
         }
