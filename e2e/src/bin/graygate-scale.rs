@@ -371,6 +371,16 @@ async fn main() -> anyhow::Result<()> {
         "reconciles per change: {:.1}",
         reconciles / args.changes as f64
     );
+    // graygate's own log outlives the run's scratch folder, for what the counters do not say.
+    let keep = std::env::temp_dir().join("graygate-scale-logs");
+    let _ = std::fs::create_dir_all(&keep);
+    for entry in std::fs::read_dir(w.dir.path())?.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("graygate-") {
+            let _ = std::fs::copy(entry.path(), keep.join(&name));
+        }
+    }
+    println!("graygate's log: {}", keep.display());
     Ok(())
 }
 
