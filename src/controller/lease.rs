@@ -74,18 +74,8 @@ pub async fn try_acquire(
         spec.renew_time = Some(MicroTime(Timestamp::now()));
         spec.lease_duration_seconds = Some(secs);
         lease.spec = Some(spec);
-        match api
-            .replace(
-                &cfg.name,
-                &crate::api::post_params(crate::api::MANAGER_LEASE),
-                &lease,
-            )
-            .await
-        {
-            Ok(written) => {
-                *held = Some(written);
-                return Ok(Standing::Leader);
-            }
+        match write(&api, cfg, &lease, held).await {
+            Ok(standing) => return Ok(standing),
             // Written by someone else since (or by an answer this replica never saw): read it.
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => *held = None,
             Err(e) => return Err(e),
@@ -136,23 +126,32 @@ pub async fn try_acquire(
                 next.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
             }
             lease.spec = Some(next);
-            match api
-                .replace(
-                    &cfg.name,
-                    &crate::api::post_params(crate::api::MANAGER_LEASE),
-                    &lease,
-                )
-                .await
-            {
-                Ok(written) => {
-                    *held = Some(written);
-                    Ok(Standing::Leader)
-                }
+            match write(&api, cfg, &lease, held).await {
+                Ok(standing) => Ok(standing),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(Standing::Follower),
                 Err(e) => Err(e),
             }
         }
     }
+}
+
+/// Replace the Lease with `lease` (its resourceVersion the precondition); the written Lease is
+/// kept in `held` for the next renewal.
+async fn write(
+    api: &Api<Lease>,
+    cfg: &LeaseConfig,
+    lease: &Lease,
+    held: &mut Option<Lease>,
+) -> Result<Standing, kube::Error> {
+    let written = api
+        .replace(
+            &cfg.name,
+            &crate::api::post_params(crate::api::MANAGER_LEASE),
+            lease,
+        )
+        .await?;
+    *held = Some(written);
+    Ok(Standing::Leader)
 }
 
 /// Give the lease up on shutdown so a successor does not wait for it to expire.
