@@ -194,12 +194,7 @@ impl History {
         let variances: Vec<(f64, f64)> = std::iter::once(&self.records)
             .chain(self.neighbours.iter())
             .filter_map(|records| {
-                let medians = records
-                    .iter()
-                    .filter(|r| (r.slot_secs - slot_secs).abs() < 1e-9)
-                    .filter_map(|r| r.ratios.get(name))
-                    .filter(|s| !s.is_empty())
-                    .map(|s| median(&s.values().copied().collect::<Vec<_>>()));
+                let medians = series(records, name, slot_secs).map(series_median);
                 let (_, sd, n) = log_mean_sd(medians)?;
                 Some((sd * sd, n as f64 - 1.0))
             })
@@ -215,13 +210,7 @@ impl History {
         direction: Direction,
         slot_secs: f64,
     ) -> Option<MetricHistory> {
-        let series: Vec<&BTreeMap<i64, f64>> = self
-            .records
-            .iter()
-            .filter(|r| (r.slot_secs - slot_secs).abs() < 1e-9)
-            .filter_map(|r| r.ratios.get(name))
-            .filter(|s| !s.is_empty())
-            .collect();
+        let series: Vec<&BTreeMap<i64, f64>> = series(&self.records, name, slot_secs).collect();
         if series.len() < MIN_RECORDS {
             return None;
         }
@@ -243,10 +232,7 @@ impl History {
         if envelope.is_empty() {
             return None;
         }
-        let medians: Vec<f64> = series
-            .iter()
-            .map(|s| median(&s.values().copied().collect::<Vec<_>>()))
-            .collect();
+        let medians: Vec<f64> = series.iter().copied().map(series_median).collect();
         let lo = medians.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = medians.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let slots = series.iter().map(|s| s.len()).max().unwrap_or(0);
@@ -380,6 +366,25 @@ impl Record {
     pub fn is_empty(&self) -> bool {
         self.ratios.values().all(BTreeMap::is_empty)
     }
+}
+
+/// The non-empty series of `name` in `records` kept at slots of `slot_secs` (records of
+/// another width are not compared).
+fn series<'a>(
+    records: &'a [Record],
+    name: &'a str,
+    slot_secs: f64,
+) -> impl Iterator<Item = &'a BTreeMap<i64, f64>> {
+    records
+        .iter()
+        .filter(move |r| (r.slot_secs - slot_secs).abs() < 1e-9)
+        .filter_map(move |r| r.ratios.get(name))
+        .filter(|s| !s.is_empty())
+}
+
+/// A record's typical ratio: the median over its slots.
+fn series_median(s: &BTreeMap<i64, f64>) -> f64 {
+    median(&s.values().copied().collect::<Vec<_>>())
 }
 
 /// Mean, sample standard deviation and count of the logarithms of the finite positive `ratios`;

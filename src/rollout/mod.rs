@@ -429,20 +429,16 @@ pub async fn groups(ctx: &Ctx<'_>, promoted: bool) -> Result<Groups, Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_write_the_fenced_client_refused_is_not_the_leader() {
         let refused = kube::Error::Service(Box::new(crate::fence::NotLeader));
-        assert!(matches!(
-            super::Error::from(refused),
-            super::Error::NotLeader
-        ));
+        assert!(matches!(Error::from(refused), Error::NotLeader));
         let other = kube::Error::Service("connection reset".into());
-        assert!(matches!(super::Error::from(other), super::Error::Kube(_)));
+        assert!(matches!(Error::from(other), Error::Kube(_)));
     }
-
-    use super::*;
-    use serde_json::json;
 
     #[test]
     fn same_template_ignores_graygate_label_and_empty_maps() {
