@@ -75,7 +75,15 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub trusted_users: Vec<String>,
+    /// How many ChangeRequests are reconciled at once (0: no limit). A reconcile mostly waits
+    /// for the API server; a bound keeps a burst of changes from queueing inside the API server,
+    /// where every write of every change waits behind all the others (docs/performance.md).
+    #[arg(long, env = "GRAYGATE_WORKERS", default_value_t = DEFAULT_WORKERS)]
+    pub workers: u16,
 }
+
+/// Default of `--workers`.
+pub const DEFAULT_WORKERS: u16 = 16;
 
 fn trusted_users(args: &RunArgs) -> Vec<String> {
     let mut users = args.trusted_users.clone();
@@ -359,6 +367,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let controller = tokio::spawn(run_controller(
         ctx,
         args.namespaces.clone(),
+        args.workers,
         ready_tx,
         async move {
             let _ = ctl_stop.wait_for(|s| *s).await;

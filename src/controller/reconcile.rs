@@ -647,6 +647,7 @@ fn error_policy_dynamic(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>)
 pub async fn run_controller(
     ctx: Arc<Context>,
     namespaces: Vec<String>,
+    workers: u16,
     synced: tokio::sync::watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
@@ -679,6 +680,7 @@ pub async fn run_controller(
                 deployments,
                 watcher::Config::default().labels("app.kubernetes.io/managed-by=graygate"),
             )
+            .with_config(kube::runtime::controller::Config::default().concurrency(workers))
             .graceful_shutdown_on(async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
