@@ -5,13 +5,15 @@ use graygate::detect::mann_whitney::{Alternative, Method, hodges_lehmann, mann_w
 use graygate::detect::{dtw, kde, proportion, three_sigma, variance};
 use serde_json::Value;
 
-fn fixtures() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/detectors.json"
-    ))
-    .unwrap();
+/// A fixture file of tests/fixtures.
+fn load(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap()
+}
+
+fn fixtures() -> Value {
+    load("detectors.json")
 }
 
 fn arr(v: &Value) -> Vec<f64> {
@@ -178,12 +180,7 @@ fn dtw_matches_the_reference_implementation() {
 fn peers_matches_the_numpy_reference() {
     use graygate::api::Direction;
     use graygate::detect::peers::{Params, Unit, departure};
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/peers.json"
-    ))
-    .unwrap();
-    let f: Value = serde_json::from_str(&text).unwrap();
+    let f = load("peers.json");
     let units = |v: &Value| -> Vec<Unit> {
         v.as_array()
             .unwrap()
@@ -244,5 +241,48 @@ fn peers_matches_the_numpy_reference() {
         );
         assert_eq!(d.far as u64, c["far"].as_u64().unwrap(), "{name}: far");
         assert_eq!(d.pooled, c["pooled"].as_bool().unwrap(), "{name}: pooled");
+    }
+}
+
+fn log_surge_fixtures() -> Value {
+    load("log_surge.json")
+}
+
+#[test]
+fn log_surge_binomial_tail_matches_scipy_whole_and_quasi() {
+    use graygate::logs::detect::binomial_sf;
+    let f = log_surge_fixtures();
+    let cases = f["cases"]["binomial_sf"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for (i, c) in cases.iter().enumerate() {
+        let got = binomial_sf(
+            c["k"].as_f64().unwrap(),
+            c["n"].as_f64().unwrap(),
+            c["p"].as_f64().unwrap(),
+        );
+        close(
+            got,
+            c["sf"].as_f64().unwrap(),
+            &format!("binomial_sf case {i}"),
+        );
+    }
+}
+
+#[test]
+fn log_surge_dispersion_matches_numpy() {
+    use graygate::logs::detect::dispersion;
+    let f = log_surge_fixtures();
+    let cases = f["cases"]["dispersion"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    for (i, c) in cases.iter().enumerate() {
+        let all = arr(&c["counts"]);
+        // The detector keeps only the windows where the template showed, and how many there were.
+        let shown: Vec<f64> = all.iter().copied().filter(|x| *x > 0.0).collect();
+        let got = dispersion(&shown, all.len()).unwrap();
+        close(
+            got,
+            c["index"].as_f64().unwrap(),
+            &format!("dispersion case {i}"),
+        );
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Each component's log is cut into consecutive windows of equal length. A window is judged as
 //! the change group against the window before it (the control group of the same length) and
-//! everything before that (the "before" reference), with the pod time each covered: that is the
-//! comparison the operator makes between canary and control pods. Healthy windows must give no
+//! everything before that (the "before" reference, with the time of each line to the window),
+//! with the pod time each covered: that is the comparison the operator makes between canary and
+//! control pods. Healthy windows must give no
 //! log finding; the same window with an error burst in the component's own format must give one.
 
 mod common;
@@ -152,7 +153,16 @@ async fn healthy_windows_of_real_components_give_no_log_finding_and_an_error_bur
         for i in 2..WINDOWS {
             let change = group(slice(i, i + 1), secs(i, i + 1));
             let control = group(slice(i - 1, i), secs(i - 1, i));
-            let before = group(slice(0, i - 1), secs(0, i - 1));
+            let mut before = group(slice(0, i - 1), secs(0, i - 1));
+            // The time of each line before the change, as the operator reads it from the
+            // kubelet's timestamps: here, known to the window, so spread evenly within it.
+            let at: Vec<f64> = (0..i - 1)
+                .flat_map(|j| {
+                    let (from, len, n) = (secs(0, j), secs(j, j + 1), slice(j, j + 1).len());
+                    (0..n).map(move |x| from + (x as f64 + 0.5) * len / n as f64)
+                })
+                .collect();
+            before.at.insert("pod".into(), at);
             pairs += 1;
             lines_judged += change.pods["pod"].len();
             if !change.pods["pod"].is_empty() && !control.pods["pod"].is_empty() {

@@ -5,7 +5,7 @@ use super::miner::{Config, Miner};
 use crate::api::{Finding, LogAnalysisSpec, Verdict};
 use crate::util::trim_to;
 use regex::Regex;
-use statrs::distribution::{Binomial, DiscreteCDF};
+use statrs::function::beta::checked_beta_reg;
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
@@ -42,6 +42,11 @@ pub struct LogGroup {
     /// Pod → seconds of the pod's life the lines cover. A pod without an entry counts as one
     /// unit, as long as every other such pod (the groups of a log file compared with another).
     pub seconds: BTreeMap<String, f64>,
+    /// Pod → when each of its lines was written, in seconds since the start of the time in
+    /// `seconds` (one entry per line, in order), when the log carried timestamps. Known for the
+    /// reference before the change, it shows how much a template's count varies from one window
+    /// to the next in healthy pods (see [`dispersion`]).
+    pub at: BTreeMap<String, Vec<f64>>,
 }
 
 impl LogGroup {
@@ -119,15 +124,36 @@ pub fn safe_example(line: &str) -> String {
     trim_to(s.trim(), 300)
 }
 
-/// P(X >= k) for X ~ Binomial(n, p).
-fn binomial_sf(k: u64, n: u64, p: f64) -> f64 {
-    if k == 0 {
+/// P(X >= k) for X ~ Binomial(n, p), through the regularized incomplete beta function
+/// I_p(k, n − k + 1), which also takes the fractional counts of the quasi-binomial test (counts
+/// divided by their dispersion).
+pub fn binomial_sf(k: f64, n: f64, p: f64) -> f64 {
+    if k <= 0.0 {
         return 1.0;
     }
-    match Binomial::new(p.clamp(0.0, 1.0), n) {
-        Ok(b) => (1.0 - b.cdf(k - 1)).clamp(0.0, 1.0),
-        Err(_) => 1.0,
+    if k > n {
+        return 0.0;
     }
+    checked_beta_reg(k, n - k + 1.0, p.clamp(0.0, 1.0)).map_or(1.0, |v| v.clamp(0.0, 1.0))
+}
+
+/// Pearson's index of dispersion of window counts: sum((x − mean)²) / mean over k − 1 degrees
+/// of freedom, the quasi-Poisson estimate of how much more (or less) the counts vary than the
+/// counts of independent events would (1 for a Poisson process). `counts` holds the non-zero
+/// windows; `windows` is how many windows there were in all (the others counted zero). None with
+/// fewer than two windows or no events.
+pub fn dispersion(counts: &[f64], windows: usize) -> Option<f64> {
+    if windows < 2 || counts.len() > windows {
+        return None;
+    }
+    let k = windows as f64;
+    let mean = counts.iter().sum::<f64>() / k;
+    if mean <= 0.0 {
+        return None;
+    }
+    let zeros = (windows - counts.len()) as f64;
+    let squares = counts.iter().map(|x| (x - mean).powi(2)).sum::<f64>() + zeros * mean * mean;
+    Some(squares / mean / (k - 1.0))
 }
 
 /// A template's lines before the change, in control and in the change group.
@@ -173,8 +199,20 @@ pub fn detect(
         c.error_level |= is_error_level(line);
         Some(id)
     };
-    for l in before.lines() {
-        add(&mut miner, l, 0);
+    // The reference's lines with their times (where known) and template ids, per pod: how much
+    // each template's count varies from window to window before the change.
+    let mut before_at: Vec<(f64, Vec<(f64, u32)>)> = Vec::new();
+    for (pod, lines) in &before.pods {
+        let times = before.at.get(pod).filter(|t| t.len() == lines.len());
+        let mut timed = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            if let (Some(id), Some(t)) = (add(&mut miner, l, 0), times) {
+                timed.push((t[i], id));
+            }
+        }
+        if times.is_some() {
+            before_at.push((before.seconds.get(pod).copied().unwrap_or(0.0), timed));
+        }
     }
     for l in control.lines() {
         add(&mut miner, l, 1);
@@ -214,6 +252,27 @@ pub fn detect(
     };
     let n_change = change.pod_count().max(1) as f64;
     let n_control = control.pod_count() as f64;
+    // The reference cut into windows as long as a change pod was watched: template → window →
+    // count (windows without the template are left out), and how many windows there were.
+    let width = time.change / n_change;
+    let mut windows: BTreeMap<u32, BTreeMap<usize, u64>> = BTreeMap::new();
+    let mut window_count = 0usize;
+    if width > 0.0 {
+        for (seconds, timed) in &before_at {
+            let whole = (seconds / width).floor().max(0.0) as usize;
+            for (t, id) in timed {
+                let w = (t / width).floor();
+                if w >= 0.0 && (w as usize) < whole {
+                    *windows
+                        .entry(miner.resolve(*id))
+                        .or_default()
+                        .entry(window_count + w as usize)
+                        .or_default() += 1;
+                }
+            }
+            window_count += whole;
+        }
+    }
     let minutes = |s: f64| s / 60.0;
     let mut findings = Vec::new();
     for (id, c) in &merged {
@@ -290,8 +349,21 @@ pub fn detect(
         } else {
             f64::INFINITY
         };
+        // Lines of a template come in bursts as often as one by one (a retry loop, a cache
+        // refill): where the control pods' own windows before the change show their counts
+        // varying more than independent events would, each count is worth that many times
+        // fewer independent events (the quasi-binomial test).
+        let phi = windows
+            .get(id)
+            .and_then(|w| {
+                let counts: Vec<f64> = w.values().map(|&c| c as f64).collect();
+                dispersion(&counts, window_count)
+            })
+            .unwrap_or(1.0)
+            .max(1.0);
+        let (k, n) = (c_change as f64 / phi, (c_change + c_ref) as f64 / phi);
         let share = time.change / (time.change + t_ref);
-        let p_time = binomial_sf(c_change, c_change + c_ref, share);
+        let p_time = binomial_sf(k, n, share);
         // Per log line: the template's lines against the group's other lines, so that more
         // requests on one side (more lines of every kind) are no surge.
         let other_change = totals[2].saturating_sub(c_change) as f64;
@@ -301,7 +373,7 @@ pub fn detect(
         } else {
             share
         };
-        let p_line = binomial_sf(c_change, c_change + c_ref, line_share);
+        let p_line = binomial_sf(k, n, line_share);
         let line_ratio = if other_change > 0.0 && other_ref > 0.0 {
             (c_change as f64 / other_change) / (c_ref as f64 / other_ref)
         } else {
@@ -317,11 +389,19 @@ pub fn detect(
                 score: Some(p_value),
                 threshold: Some(p.alpha),
                 explanation: format!(
-                    "{:.1}/pod-minute in the change group vs {:.1}/pod-minute in control ({}×; per log line {}×), binomial p={}; e.g. {example:?}",
+                    "{:.1}/pod-minute in the change group vs {:.1}/pod-minute in control ({}×; per log line {}×), {}binomial p={}; e.g. {example:?}",
                     rate_change * 60.0,
                     rate_control * 60.0,
                     fmt_ratio(ratio),
                     fmt_ratio(line_ratio),
+                    if phi > 1.0 {
+                        format!(
+                            "its count varied {phi:.1}× as much as chance between {:.0}-second windows of the control pods before the change, quasi-",
+                            width
+                        )
+                    } else {
+                        String::new()
+                    },
                     crate::detect::fmt_num(p_value)
                 ),
                 suppressed_by: None,
@@ -603,6 +683,59 @@ mod tests {
             "{}",
             f[0].explanation
         );
+    }
+
+    /// One control pod's reference before the change: windows of `width` seconds, the i-th
+    /// with `counts[i]` warnings among ten requests, every line with its time.
+    fn reference(counts: &[usize], width: f64) -> LogGroup {
+        let (mut lines, mut at) = (Vec::new(), Vec::new());
+        for (i, &n) in counts.iter().enumerate() {
+            let window = [requests(10, "k1"), warns(n)].concat();
+            let step = width / window.len() as f64;
+            for (j, l) in window.into_iter().enumerate() {
+                at.push(i as f64 * width + (j as f64 + 0.5) * step);
+                lines.push(l);
+            }
+        }
+        let mut g = timed(&[("k1", lines)], width * counts.len() as f64);
+        g.at.insert("k1".into(), at);
+        g
+    }
+
+    #[test]
+    fn a_template_that_bursts_in_healthy_windows_is_no_surge_when_it_bursts_again() {
+        // 18 warnings in the canary's 12 seconds against 4 in control's: a 4.5× surge with
+        // binomial p = 0.002 were the warnings independent events.
+        let change = timed(&[("c1", spread(requests(10, "c1"), warns(18)))], 12.0);
+        let control = timed(&[("k1", spread(requests(10, "k1"), warns(4)))], 12.0);
+        let plain = detect(&change, &control, &LogGroup::default(), &params());
+        assert_eq!(plain.len(), 1, "{plain:?}");
+        assert_eq!(plain[0].detector, "surge");
+        // The control pod's own 12-second windows before the change went 20, 0, 13, 1, 12, 0,
+        // 14 (a retry loop that comes and goes): counts vary ~11× as much as chance.
+        let bursty = reference(&[20, 0, 13, 1, 12, 0, 14], 12.0);
+        let f = detect(&change, &control, &bursty, &params());
+        assert!(f.is_empty(), "{f:?}");
+        // Steady windows (3 to 5) leave the test as it was: still a surge, and the same p.
+        let steady = reference(&[4, 5, 3, 4, 4, 5, 3], 12.0);
+        let f = detect(&change, &control, &steady, &params());
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].score, plain[0].score);
+        // Times that do not match the lines one to one are not used.
+        let mut odd = bursty.clone();
+        odd.at.get_mut("k1").unwrap().pop();
+        assert_eq!(detect(&change, &control, &odd, &params()).len(), 1);
+    }
+
+    #[test]
+    fn dispersion_counts_the_empty_windows() {
+        // Windows 4, 0, 0, 4: mean 2, squares 4·4 = 16, 16 / 2 / 3.
+        assert!((dispersion(&[4.0, 4.0], 4).unwrap() - 16.0 / 6.0).abs() < 1e-12);
+        assert_eq!(dispersion(&[4.0], 1), None);
+        assert_eq!(dispersion(&[], 5), None);
+        assert_eq!(dispersion(&[1.0, 1.0, 1.0], 2), None);
+        // Equal counts do not vary at all.
+        assert_eq!(dispersion(&[3.0, 3.0, 3.0], 3), Some(0.0));
     }
 
     #[test]

@@ -86,16 +86,20 @@ pub async fn fetch(
         out.before
             .seconds
             .insert(p.name.clone(), watched(p, before_start, change_started));
-        // With timestamps, so lines after the change started can be told apart and dropped.
+        // With timestamps, so lines after the change started can be told apart and dropped,
+        // and each line's time kept (seconds since the pod's watched time began).
+        let origin = p.ready_since.map_or(before_start, |r| r.max(before_start));
         let text = read(&api, &p.name, spec, before_start, true).await?;
-        let before: Vec<String> = text
+        let (at, before): (Vec<f64>, Vec<String>) = text
             .lines()
             .filter_map(|l| {
                 let (ts, rest) = l.split_once(' ')?;
                 let t: Timestamp = ts.parse().ok()?;
-                (t < change_started).then(|| rest.to_string())
+                let since = (t.as_millisecond() - origin.as_millisecond()) as f64 / 1000.0;
+                (t < change_started).then(|| (since, rest.to_string()))
             })
-            .collect();
+            .unzip();
+        out.before.at.insert(p.name.clone(), at);
         out.before.pods.insert(p.name.clone(), before);
     }
     Ok(out)
