@@ -284,6 +284,22 @@ impl ControlPlane {
         Ok(None)
     }
 
+    /// Send a signal (`STOP`, `CONT`, …) to one component (`kube-controller-manager`, …).
+    pub fn signal(&self, name: &str, sig: &str) -> anyhow::Result<()> {
+        let (_, child) = self
+            .children
+            .iter()
+            .find(|(n, _)| *n == name)
+            .with_context(|| format!("no component {name}"))?;
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.id().to_string())
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill -{sig} {name} failed");
+        Ok(())
+    }
+
     /// The last lines of one component's log.
     pub fn log_tail(&self, name: &str) -> String {
         let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))

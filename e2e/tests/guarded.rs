@@ -657,12 +657,39 @@ spec:
     revert().await;
 
     // 3b. The failed template applied again: held, nothing rolls, the failure marker is back
-    // and the warning says it failed before (not that it rolls out).
+    // and the warning says it failed before (not that it rolls out). The StatefulSet controller
+    // is frozen meanwhile, as a busy one lags: its status still names the old revision as the
+    // update revision, which must not pass for a revert to what runs (that released the failed
+    // template to every pod).
+    w.cp.signal("kube-controller-manager", "STOP").unwrap();
     let (ok, out) = set_image_of(&w, ns, "statefulset/db", "shop/db:crashloop");
     assert!(ok, "{out}");
     assert!(
         out.contains("failed before") && out.contains("rolls nothing"),
         "{out}"
+    );
+    // The policy's passes in the meantime (a watch event each, 200 ms apart at most).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let frozen = sts_api.get("db").await.unwrap();
+    w.cp.signal("kube-controller-manager", "CONT").unwrap();
+    assert!(
+        frozen
+            .metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .contains_key(ANN_HELD),
+        "released while the controller had not reported the revision: {:?} {:?}",
+        frozen.metadata.annotations,
+        frozen
+            .status
+            .as_ref()
+            .map(|s| (&s.current_revision, &s.update_revision))
+    );
+    assert_ne!(
+        sts_partition(&frozen),
+        Some(0),
+        "the failed template was let out"
     );
     w.wait_for("the failure marker back", LONG, || async {
         Ok(sts_api.get_opt("db").await?.filter(|s| {

@@ -35,6 +35,9 @@ struct Workload {
     object: Value,
     /// The template its pods run, when it differs from `template` (held workloads).
     running: Option<Value>,
+    /// Whether what its pods run is known: a StatefulSet the controller has not reported a
+    /// revision for yet is not.
+    running_known: bool,
     reference: k8s_openapi::api::core::v1::ObjectReference,
 }
 
@@ -384,6 +387,7 @@ async fn read_workloads(
             template,
             object: serde_json::to_value(&d)?,
             running,
+            running_known: true,
             reference: d.object_ref(&()),
         });
     }
@@ -404,17 +408,28 @@ async fn read_workloads(
         let template = template_of(&s.spec.as_ref().map(|x| &x.template))?;
         let st = s.status.clone().unwrap_or_default();
         let current = st.current_revision.clone().unwrap_or_default();
-        let update = st.update_revision.clone().unwrap_or_default();
-        let running =
-            if s.annotations().contains_key(ANN_HELD) && !current.is_empty() && current != update {
-                revisions
-                    .get_opt(&current)
-                    .await?
-                    .and_then(|r| r.data)
-                    .and_then(|d| d.0.pointer("/spec/template").cloned())
-            } else {
-                None
-            };
+        // What the pods run is the current revision, compared with the held template itself.
+        // Not with `updateRevision`: the StatefulSet controller sets that only once it has seen
+        // the new template, and until then a held template looked like a revert to what runs
+        // (and was released, failed template and all).
+        let held_now = s.annotations().contains_key(ANN_HELD);
+        let mut running_known = !held_now;
+        let mut running = None;
+        if held_now && !current.is_empty() {
+            let revision = revisions
+                .get_opt(&current)
+                .await?
+                .and_then(|r| r.data)
+                .and_then(|d| d.0.pointer("/spec/template").cloned());
+            if let Some(r) = revision {
+                let (a, b) = (
+                    crate::guard::webhook::normalized_hash(&r),
+                    crate::guard::webhook::normalized_hash(&template),
+                );
+                running_known = a.is_some() && b.is_some();
+                running = (a != b).then_some(r);
+            }
+        }
         out.push(Workload {
             kind: TargetKind::StatefulSet,
             name: s.name_any(),
@@ -423,6 +438,7 @@ async fn read_workloads(
             template,
             object: serde_json::to_value(&s)?,
             running,
+            running_known,
             reference: s.object_ref(&()),
         });
     }
@@ -653,6 +669,16 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                     && (phase.is_active() || matches!(phase, Phase::Pending | Phase::Blocked))
             })
         };
+        if held(w) && !w.running_known {
+            // Nothing is decided on a guess: the next watch event (the controller's status)
+            // brings the pass back.
+            entry.state = before.map_or_else(|| "Held".into(), |b| b.state.clone());
+            entry.message = Some(format!(
+                "waiting for the {kind} controller to report the revision its pods run"
+            ));
+            entries.push(entry);
+            continue;
+        }
         if held(w) {
             // What the pods run, for the webhook to recognise a revert to it.
             let running = w
