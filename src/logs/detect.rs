@@ -105,6 +105,23 @@ static SECRETS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
     .collect()
 });
 
+/// Where a log statement sits in its program's source, as loggers write it beside the message:
+/// klog's `replica_set.go:640]`, zap's `"caller":"etcdserver/server.go:1200"`, slog's and
+/// logfmt's `source=scrape.go:1400`, a Java frame's `(OrderService.java:88)`.
+static CALL_SITE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r#"(?:^|[\s\[("'=])([A-Za-z0-9_][A-Za-z0-9_./-]*\.(?:go|py|java|kt|scala|rs|js|mjs|ts|c|cc|cpp|h|hpp|rb|cs|php|ex|exs|erl|swift)):(\d+)\b"#,
+    )
+    .unwrap_or_else(|_| unreachable_regex())
+});
+
+/// The source file and line a log line names as its own (the first one), if any.
+pub fn call_site(line: &str) -> Option<&str> {
+    let c = CALL_SITE.captures(line)?;
+    let (file, number) = (c.get(1)?, c.get(2)?);
+    line.get(file.start()..number.end())
+}
+
 fn unreachable_regex() -> Regex {
     // A pattern that never matches; the literal patterns above are valid, this is only a fallback.
     Regex::new(r"[^\s\S]").unwrap_or_else(|_| std::process::abort())
@@ -165,6 +182,10 @@ struct Counts {
     episodes: u64,
     error_level: bool,
     example: Option<String>,
+    /// The call sites the change group's lines of this template name, and whether some line
+    /// named none.
+    sites: std::collections::BTreeSet<String>,
+    unsited: bool,
 }
 
 /// Compare the change group's log templates with the reference: the control group (same window)
@@ -185,6 +206,8 @@ pub fn detect(
     // The change group's template ids per pod in log order, to count episodes once the
     // templates have settled.
     let mut sequence: Vec<Vec<u32>> = Vec::new();
+    // Lines per call site: [before, control, change].
+    let mut site_counts: BTreeMap<String, [u64; 3]> = BTreeMap::new();
     let mut add = |miner: &mut Miner, line: &str, which: usize| {
         if !keep(line) {
             return None;
@@ -197,6 +220,15 @@ pub fn detect(
             c.example = Some(line.to_string());
         }
         c.error_level |= is_error_level(line);
+        match call_site(line) {
+            Some(site) => {
+                site_counts.entry(site.to_string()).or_default()[which] += 1;
+                if which == 2 {
+                    c.sites.insert(site.to_string());
+                }
+            }
+            None => c.unsited |= which == 2,
+        }
         Some(id)
     };
     // The reference's lines with their times (where known) and template ids, per pod: how much
@@ -231,6 +263,8 @@ pub fn detect(
         if m.example.is_none() {
             m.example = c.example;
         }
+        m.sites.extend(c.sites);
+        m.unsited |= c.unsited;
     }
     for ids in &sequence {
         let mut last = None;
@@ -276,9 +310,29 @@ pub fn detect(
     let minutes = |s: f64| s / 60.0;
     let mut findings = Vec::new();
     for (id, c) in &merged {
-        let [c_before, c_control, c_change] = c.n;
+        let [mut c_before, mut c_control, mut c_change] = c.n;
         if c_change == 0 {
             continue;
+        }
+        // A template the reference never wrote, whose every line names a call site the
+        // reference's lines also name, is no new message: it is the same log statement with a
+        // value the template miner took for a word (`… for group resource pods` where the
+        // reference had `replicasets`). It is judged as that statement, against the reference's
+        // lines from the same sites, all its wordings counted. A rebuilt binary moves its line
+        // numbers, so this holds only where the code at that line is the same.
+        let mut statement = None;
+        if c_control == 0 && c_before == 0 && !c.unsited && !c.sites.is_empty() {
+            let known: Option<Vec<[u64; 3]>> = c
+                .sites
+                .iter()
+                .map(|s| site_counts.get(s).copied().filter(|k| k[0] + k[1] > 0))
+                .collect();
+            if let Some(known) = known {
+                c_before = known.iter().map(|k| k[0]).sum();
+                c_control = known.iter().map(|k| k[1]).sum();
+                c_change = known.iter().map(|k| k[2]).sum();
+                statement = Some(c.sites.iter().cloned().collect::<Vec<_>>().join(", "));
+            }
         }
         let template = trim_to(&miner.template(*id), 200);
         let example = c.example.as_deref().map(safe_example).unwrap_or_default();
@@ -355,6 +409,7 @@ pub fn detect(
         // fewer independent events (the quasi-binomial test).
         let phi = windows
             .get(id)
+            .filter(|_| statement.is_none())
             .and_then(|w| {
                 let counts: Vec<f64> = w.values().map(|&c| c as f64).collect();
                 dispersion(&counts, window_count)
@@ -389,7 +444,10 @@ pub fn detect(
                 score: Some(p_value),
                 threshold: Some(p.alpha),
                 explanation: format!(
-                    "{:.1}/pod-minute in the change group vs {:.1}/pod-minute in control ({}×; per log line {}×), {}binomial p={}; e.g. {example:?}",
+                    "{}{:.1}/pod-minute in the change group vs {:.1}/pod-minute in control ({}×; per log line {}×), {}binomial p={}; e.g. {example:?}",
+                    statement.as_deref().map_or(String::new(), |s| format!(
+                        "a new wording of the log statement at {s} (counted with its lines there): "
+                    )),
                     rate_change * 60.0,
                     rate_control * 60.0,
                     fmt_ratio(ratio),
@@ -725,6 +783,76 @@ mod tests {
         let mut odd = bursty.clone();
         odd.at.get_mut("k1").unwrap().pop();
         assert_eq!(detect(&change, &control, &odd, &params()).len(), 1);
+    }
+
+    /// kube-controller-manager's optimistic-concurrency error, as it writes it, for `resource`.
+    fn stale_read(i: usize, resource: &str, line: u32) -> String {
+        format!(
+            r#"E1202 15:02:{:02}.190590   16673 replica_set.go:{line}] "Unhandled Error" err="sync \"load{i}/web-c58cb77b9\" failed with read version: {} is not as new as written version: {} for group resource {resource}" logger="UnhandledError""#,
+            i % 60,
+            235 + i,
+            241 + i
+        )
+    }
+
+    #[test]
+    fn a_new_wording_of_a_known_log_statement_is_not_a_new_template() {
+        // Real lines: the controller's stale-read error names the group resource; the reference
+        // had it for replicasets only, the change window for pods, twice.
+        let reference: Vec<String> = (0..12)
+            .map(|i| stale_read(i, "replicasets.apps", 640))
+            .collect();
+        let control = timed(&[("k1", requests(20, "k1"))], 12.0);
+        let before = timed(&[("k1", [requests(100, "k1"), reference].concat())], 84.0);
+        let pods = |n: usize, line: u32| -> Vec<String> {
+            (0..n).map(|i| stale_read(100 + i, "pods", line)).collect()
+        };
+        let change = timed(&[("c1", [requests(20, "c1"), pods(2, 640)].concat())], 12.0);
+        let f = detect(&change, &control, &before, &params());
+        assert!(f.is_empty(), "{f:?}");
+        // From another line of the source it is a new message, and an error: found.
+        let moved = timed(&[("c1", [requests(20, "c1"), pods(2, 655)].concat())], 12.0);
+        let f = detect(&moved, &control, &before, &params());
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].detector, "new-template");
+        // The statement writing 40 times in 12 s what it wrote 12 times in 84 s is a surge,
+        // judged as that statement.
+        let flood = timed(&[("c1", spread(requests(20, "c1"), pods(40, 640)))], 12.0);
+        let f = detect(&flood, &control, &before, &params());
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].detector, "surge");
+        assert!(
+            f[0].explanation
+                .contains("new wording of the log statement at replica_set.go:640"),
+            "{}",
+            f[0].explanation
+        );
+    }
+
+    #[test]
+    fn call_sites_as_loggers_write_them() {
+        for (line, site) in [
+            (
+                r#"E1202 15:02:03.190590   16673 replica_set.go:640] "Unhandled Error""#,
+                Some("replica_set.go:640"),
+            ),
+            (
+                r#"{"level":"warn","caller":"etcdserver/server.go:1200","msg":"slow"}"#,
+                Some("etcdserver/server.go:1200"),
+            ),
+            (
+                "ts=2026-12-01T10:00:00Z level=error source=scrape.go:1400 msg=x",
+                Some("scrape.go:1400"),
+            ),
+            (
+                "\tat com.shop.OrderService.reserve(OrderService.java:88)",
+                Some("OrderService.java:88"),
+            ),
+            ("GET https://shop.example.com:443/api 10:00:01", None),
+            ("connected to 10.0.0.7:5432", None),
+        ] {
+            assert_eq!(call_site(line), site, "{line}");
+        }
     }
 
     #[test]
