@@ -291,11 +291,7 @@ impl ControlPlane {
             .iter()
             .find(|(n, _)| *n == name)
             .with_context(|| format!("no component {name}"))?;
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(child.id().to_string())
-            .status()?
-            .success();
+        let ok = kill(child.id(), sig)?.success();
         anyhow::ensure!(ok, "kill -{sig} {name} failed");
         Ok(())
     }
@@ -342,11 +338,16 @@ pub struct Operator(pub Child);
 impl Operator {
     /// Send a signal (`STOP`, `CONT`, …) to the process.
     pub fn signal(&self, sig: &str) -> std::io::Result<std::process::ExitStatus> {
-        Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.0.id().to_string())
-            .status()
+        kill(self.0.id(), sig)
     }
+}
+
+/// `kill -<sig> <pid>`.
+fn kill(pid: u32, sig: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
 }
 
 impl Drop for Operator {

@@ -669,17 +669,17 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                     && (phase.is_active() || matches!(phase, Phase::Pending | Phase::Blocked))
             })
         };
-        if held(w) && !w.running_known {
-            // Nothing is decided on a guess: the next watch event (the controller's status)
-            // brings the pass back.
-            entry.state = before.map_or_else(|| "Held".into(), |b| b.state.clone());
-            entry.message = Some(format!(
-                "waiting for the {kind} controller to report the revision its pods run"
-            ));
-            entries.push(entry);
-            continue;
-        }
         if held(w) {
+            if !w.running_known {
+                // Nothing is decided on a guess: the next watch event (the controller's status)
+                // brings the pass back.
+                entry.state = before.map_or_else(|| "Held".into(), |b| b.state.clone());
+                entry.message = Some(format!(
+                    "waiting for the {kind} controller to report the revision its pods run"
+                ));
+                entries.push(entry);
+                continue;
+            }
             // What the pods run, for the webhook to recognise a revert to it.
             let running = w
                 .running

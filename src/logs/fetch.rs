@@ -61,8 +61,11 @@ pub async fn fetch(
     let now = Timestamp::now();
     // Seconds of a pod's life between `start` and `end` (from when it became ready, if later):
     // the opportunity its log had to show a template.
+    let from_ready = |p: &crate::rollout::GroupPod, start: Timestamp| {
+        p.ready_since.map_or(start, |r| r.max(start))
+    };
     let watched = |p: &crate::rollout::GroupPod, start: Timestamp, end: Timestamp| {
-        let start = p.ready_since.map_or(start, |r| r.max(start));
+        let start = from_ready(p, start);
         (end.as_millisecond() - start.as_millisecond()).max(0) as f64 / 1000.0
     };
     for p in groups.change.iter().take(max_pods) {
@@ -88,7 +91,7 @@ pub async fn fetch(
             .insert(p.name.clone(), watched(p, before_start, change_started));
         // With timestamps, so lines after the change started can be told apart and dropped,
         // and each line's time kept (seconds since the pod's watched time began).
-        let origin = p.ready_since.map_or(before_start, |r| r.max(before_start));
+        let origin = from_ready(p, before_start);
         let text = read(&api, &p.name, spec, before_start, true).await?;
         let (at, before): (Vec<f64>, Vec<String>) = text
             .lines()
