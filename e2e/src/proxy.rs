@@ -145,7 +145,10 @@ async fn forward(State(s): State<S>, req: Request) -> Response {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     entry.forwarded = std::time::Instant::now();
-    if let Injected::Fail(code) = s.faults.next() {
+    let watching = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    if let Injected::Fail(code) = s.faults.next_for(parts.method.as_str(), &path, watching) {
         entry.status = code;
         record(&s, entry);
         let reason = match code {
@@ -199,9 +202,6 @@ async fn forward(State(s): State<S>, req: Request) -> Response {
             );
         }
     }
-    let watching = query
-        .split('&')
-        .any(|kv| kv == "watch=true" || kv == "watch=1");
     let cut = s.faults.watch_drop_ms();
     let stream = upstream.bytes_stream();
     let body = if watching && cut > 0 {
@@ -212,4 +212,24 @@ async fn forward(State(s): State<S>, req: Request) -> Response {
     };
     resp.body(body)
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// A TCP forwarder standing in for a Service in front of several replicas (the webhook's):
+/// each connection goes to the first backend port, in order, that accepts it — as a Service
+/// sends traffic only to ready endpoints, a replica that does not listen yet gets none.
+pub async fn service(port: u16, backends: Vec<u16>) -> anyhow::Result<JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    Ok(tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for b in backends {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", b)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        return;
+                    }
+                }
+            });
+        }
+    }))
 }
