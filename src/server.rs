@@ -12,18 +12,20 @@ use tokio::sync::watch;
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
-    ready: watch::Receiver<bool>,
+    ready: watch::Receiver<Readiness>,
 }
+
+/// Whether the replica is ready: `Ok` or why not, in words (`/readyz` answers 503 with them).
+pub type Readiness = Result<(), String>;
 
 async fn healthz() -> &'static str {
     "ok"
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    if *s.ready.borrow() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "watches not synced yet")
+    match &*s.ready.borrow() {
+        Ok(()) => (StatusCode::OK, "ready".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
     }
 }
 
@@ -41,7 +43,7 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    ready: watch::Receiver<bool>,
+    ready: watch::Receiver<Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()

@@ -113,20 +113,151 @@ async fn whoami(client: &kube::Client) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("the SelfSubjectReview names no user"))
 }
 
-/// Start the admission webhook when asked: its certificate keeper and its TLS server. Every
-/// replica serves it, so admission never waits for an election.
+/// What this replica still waits for before it is ready, by start-up step (empty: nothing).
+#[derive(Clone)]
+struct Startup {
+    pending: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>>,
+    changed: watch::Sender<()>,
+}
+
+impl Startup {
+    fn new() -> (Startup, watch::Receiver<()>) {
+        let (changed, rx) = watch::channel(());
+        (
+            Startup {
+                pending: Default::default(),
+                changed,
+            },
+            rx,
+        )
+    }
+
+    /// `step` is not done: `why`, in words (shown by `/readyz`).
+    fn waiting(&self, step: &'static str, why: String) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(step, why);
+        }
+        self.changed.send_replace(());
+    }
+
+    fn done(&self, step: &'static str) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(step);
+        }
+        self.changed.send_replace(());
+    }
+
+    /// `Err` naming every step still waited for.
+    fn readiness(&self) -> crate::server::Readiness {
+        let p = self.pending.lock().map(|p| p.clone()).unwrap_or_default();
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p
+                .iter()
+                .map(|(step, why)| format!("{step}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; "))
+        }
+    }
+}
+
+/// The longest wait between two tries of a start-up step.
+const STARTUP_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A refusal that asking again will not change (the API is not served, or RBAC forbids it),
+/// unlike a failure of the API server or the network.
+fn is_permanent(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<kube::Error>(),
+        Some(kube::Error::Api(s)) if matches!(s.code, 401 | 403 | 404 | 405)
+    )
+}
+
+/// An API error in one line: `500 InternalError: the message`.
+fn brief(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(s)) => format!("{} {}: {}", s.code, s.reason, s.message),
+        _ => format!("{e:#}"),
+    }
+}
+
+/// The user names the webhook lets through untouched: graygate's own, as the API server knows
+/// it, plus `--trusted-user` and the ServiceAccount the chart names. Asked until the API server
+/// answers, however long that takes (1 s, 2 s, 4 s … 30 s apart): a webhook that served without
+/// knowing graygate's name would hold graygate's own releases, and the leader's releases reach
+/// every replica's webhook. Only a refusal that asking again cannot change (no such API, no
+/// right to it) falls back to the configured names, when there are any.
+async fn learn_trusted(
+    args: &RunArgs,
+    client: &kube::Client,
+    metrics: &Metrics,
+    startup: &Startup,
+) -> Vec<String> {
+    let mut trusted = trusted_users(args);
+    let mut wait = Duration::from_secs(1);
+    let me = loop {
+        match whoami(client).await {
+            Ok(me) => break me,
+            Err(e) if is_permanent(&e) && !trusted.is_empty() => {
+                tracing::warn!(
+                    error = %e,
+                    trusted = ?trusted,
+                    "graygate cannot learn its own user name (SelfSubjectReview) and will not by asking again; trusting the configured names only (--trusted-user, POD_NAMESPACE/SERVICE_ACCOUNT): if graygate runs as another user, the webhook holds its own writes"
+                );
+                metrics.identity_known.set(1);
+                return trusted;
+            }
+            Err(e) => {
+                metrics.startup_retry("identity");
+                let why = format!(
+                    "unknown, the SelfSubjectReview failed ({}); the webhook must know graygate's own user name to let its writes through",
+                    brief(&e)
+                );
+                if is_permanent(&e) {
+                    tracing::error!(error = %e, retry_in = ?wait, "graygate cannot learn its own user name (SelfSubjectReview) and no --trusted-user is given: not ready, serving no admission and taking no Lease until it can; allow `create` on selfsubjectreviews.authentication.k8s.io or name graygate's user with --trusted-user");
+                } else {
+                    tracing::warn!(error = %e, retry_in = ?wait, "graygate cannot learn its own user name yet (SelfSubjectReview): not ready, serving no admission and taking no Lease until it knows");
+                }
+                startup.waiting("identity", why);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(STARTUP_BACKOFF_MAX);
+            }
+        }
+    };
+    // graygate's own writes must pass its own webhook: trust the identity the API server knows
+    // it by, whatever --trusted-user says (run as a person, that person's edits pass too: say so).
+    if !trusted.contains(&me) {
+        if me.starts_with("system:serviceaccount:") {
+            tracing::info!(user = %me, "the webhook lets graygate's own writes through");
+        } else {
+            tracing::warn!(
+                user = %me,
+                "graygate runs as {me}, not as a ServiceAccount: the webhook must let its own writes through, so {me}'s own edits of guarded workloads pass ungated too; run graygate with its own identity (docs/operations.md, Run it outside the cluster)"
+            );
+        }
+        trusted.push(me);
+    }
+    metrics.identity_known.set(1);
+    startup.done("identity");
+    trusted
+}
+
+/// Start the admission webhook when asked, once graygate knows whom to trust and has a
+/// certificate: its certificate keeper, then its TLS server. Every replica serves it, so
+/// admission never waits for an election. Until it serves, the replica is not ready, and its
+/// port does not listen (a Service sends it nothing).
 async fn start_webhook(
     args: &RunArgs,
     client: &kube::Client,
     metrics: &Arc<Metrics>,
     namespace: &str,
+    startup: &Startup,
+    trusted: Vec<String>,
 ) -> anyhow::Result<()> {
     let Some(addr) = &args.webhook_listen else {
         return Ok(());
     };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("--webhook-listen {addr}: {e}"))?;
     let store = Arc::new(crate::guard::certs::CertStore::default());
     let source = match &args.webhook_cert_dir {
         Some(dir) => crate::guard::certs::Source::Files(dir.clone()),
@@ -144,36 +275,43 @@ async fn start_webhook(
             }
         }
     };
-    tokio::spawn(crate::guard::certs::keep_current(
-        client.clone(),
-        source,
-        store.clone(),
-        Duration::from_secs(3600),
-    ));
-    let mut trusted = trusted_users(args);
-    // graygate's own writes must pass its own webhook: trust the identity the API server knows
-    // it by, whatever --trusted-user says (run as a person, that person's edits pass too: say so).
-    match whoami(client).await {
-        Ok(me) if trusted.contains(&me) => {}
-        Ok(me) => {
-            if me.starts_with("system:serviceaccount:") {
-                tracing::info!(user = %me, "the webhook lets graygate's own writes through");
-            } else {
-                tracing::warn!(
-                    user = %me,
-                    "graygate runs as {me}, not as a ServiceAccount: the webhook must let its own writes through, so {me}'s own edits of guarded workloads pass ungated too; run graygate with its own identity (docs/operations.md, Run it outside the cluster)"
-                );
-            }
-            trusted.push(me);
+    let (cert_tx, mut cert_rx) = watch::channel(None::<Result<(), String>>);
+    startup.waiting(
+        "certificate",
+        "the webhook certificate is not made yet".into(),
+    );
+    {
+        let metrics = metrics.clone();
+        tokio::spawn(crate::guard::certs::keep_current(
+            client.clone(),
+            source,
+            store.clone(),
+            Duration::from_secs(3600),
+            move |outcome| {
+                if outcome.is_err() {
+                    metrics.startup_retry("certificate");
+                }
+                cert_tx.send_replace(Some(outcome));
+            },
+        ));
+    }
+    loop {
+        let outcome = cert_rx.borrow_and_update().clone();
+        match outcome {
+            Some(Ok(())) => break,
+            Some(Err(e)) => startup.waiting(
+                "certificate",
+                format!("the webhook certificate is not ready ({e}); retrying every 2s"),
+            ),
+            None => {}
         }
-        Err(e) if trusted.is_empty() => tracing::warn!(
-            error = %e,
-            "graygate cannot learn its own user name (SelfSubjectReview) and no --trusted-user is given: its own template writes to guarded workloads would be held too"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "graygate cannot learn its own user name (SelfSubjectReview); trusting --trusted-user only")
+        if cert_rx.changed().await.is_err() {
+            anyhow::bail!("the webhook certificate keeper stopped");
         }
     }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("--webhook-listen {addr}: {e}"))?;
     tracing::info!(listen = %listener.local_addr()?, "admission webhook serving");
     tokio::spawn(crate::guard::serve(
         listener,
@@ -181,6 +319,7 @@ async fn start_webhook(
         trusted,
         metrics.clone(),
     ));
+    startup.done("certificate");
     Ok(())
 }
 
@@ -281,26 +420,61 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, identity = %me, "graygate starting");
+    // The webhook's settings are checked now; it serves once graygate knows whom to trust.
+    if let Some(addr) = &args.webhook_listen {
+        if args.webhook_cert_dir.is_none() && args.webhook_names.is_empty() {
+            anyhow::bail!(
+                "--webhook-names is empty: name the host names the API server calls the webhook by"
+            );
+        }
+        drop(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--webhook-listen {addr}: {e}"))?,
+        );
+    }
+    let (startup, startup_rx) = Startup::new();
+    if args.webhook_listen.is_some() {
+        startup.waiting(
+            "identity",
+            "asking the API server who graygate is (SelfSubjectReview)".into(),
+        );
+    }
     let server = {
         let metrics = metrics.clone();
         let mut stop = stop_rx.clone();
-        // A standby replica is ready once it can talk to the API server; the leader once its watches synced.
-        let (combined_tx, combined_rx) = watch::channel(false);
+        // Ready once every start-up step is done and then: a standby once it can talk to the
+        // API server, the leader once its watches synced.
+        let (combined_tx, combined_rx) = watch::channel(Err("starting".to_string()));
         let mut lease_ok = lease_ok_rx.clone();
         let mut ready = ready_rx.clone();
         let mut leading = leader_rx.clone();
+        let mut started = startup_rx.clone();
+        let startup = startup.clone();
         tokio::spawn(async move {
             loop {
-                let value = if *leading.borrow() {
-                    *ready.borrow()
-                } else {
-                    *lease_ok.borrow()
-                };
+                let value = startup.readiness().and_then(|()| {
+                    if *leading.borrow() {
+                        if *ready.borrow() {
+                            Ok(())
+                        } else {
+                            Err("leading; the watches have not listed yet".to_string())
+                        }
+                    } else if *lease_ok.borrow() {
+                        Ok(())
+                    } else {
+                        Err(
+                            "standing by; the leader Lease could not be read or written yet"
+                                .to_string(),
+                        )
+                    }
+                });
                 let _ = combined_tx.send(value);
                 tokio::select! {
                     r = lease_ok.changed() => if r.is_err() { break },
                     r = ready.changed() => if r.is_err() { break },
                     r = leading.changed() => if r.is_err() { break },
+                    r = started.changed() => if r.is_err() { break },
                 }
             }
         });
@@ -308,7 +482,37 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = stop.wait_for(|s| *s).await;
         }))
     };
-    start_webhook(&args, &client, &metrics, &lease_cfg.namespace).await?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    // Who graygate is, before it serves admission or takes part in the election.
+    if args.webhook_listen.is_some() {
+        let trusted = tokio::select! {
+            t = learn_trusted(&args, &client, &metrics, &startup) => t,
+            _ = &mut shutdown => {
+                let _ = stop_tx.send(true);
+                let _ = server.await;
+                return Ok(());
+            }
+        };
+        let (args, client, metrics, namespace, startup) = (
+            args.clone(),
+            client.clone(),
+            metrics.clone(),
+            lease_cfg.namespace.clone(),
+            startup.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) =
+                start_webhook(&args, &client, &metrics, &namespace, &startup, trusted).await
+            {
+                tracing::error!(error = %e, "the admission webhook cannot serve");
+                startup.waiting(
+                    "webhook",
+                    format!("the admission webhook cannot serve: {e}"),
+                );
+            }
+        });
+    }
     let lease_task = tokio::spawn(lease::run(
         client.clone(),
         lease_cfg.clone(),
@@ -318,8 +522,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ));
 
     // Wait to lead (or to be told to stop).
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     loop {
         if *leader_rx.borrow() {
             break;
@@ -409,7 +611,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn serve_until(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    ready: watch::Receiver<bool>,
+    ready: watch::Receiver<crate::server::Readiness>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     if let Err(e) = crate::server::serve(listener, metrics, ready, stop).await {

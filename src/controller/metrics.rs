@@ -98,6 +98,11 @@ pub struct Metrics {
     pub notification_errors: Family<SinkLabel, Counter>,
     /// Kubernetes Events graygate wrote (`recorded`) or gave up on after a retry (`dropped`).
     pub events: Family<ResultLabel, Counter>,
+    /// 1 once this replica knows the user name the API server knows it by (its webhook trusts
+    /// that name); 0 while it is still asking.
+    pub identity_known: Gauge,
+    /// Start-up steps that failed and were tried again, by step.
+    pub startup_retries: Family<StepLabel, Counter>,
     phases: Mutex<HashMap<String, Phase>>,
     outcomes: Mutex<HashMap<String, OutcomeLabel>>,
 }
@@ -110,6 +115,16 @@ pub struct SinkResultLabel {
     /// sent, failed or dropped.
     pub result: String,
 }
+
+/// Label set naming a start-up step (`identity`, `certificate`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    /// The step.
+    pub step: String,
+}
+
+/// The start-up steps a replica retries until they work.
+pub const STARTUP_STEPS: [&str; 2] = ["identity", "certificate"];
 
 /// Label set naming a notification sink.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -237,6 +252,21 @@ impl Default for Metrics {
             "Kubernetes Events graygate wrote (recorded) or gave up on after one retry (dropped; the log says which)",
             events.clone(),
         );
+        let identity_known = Gauge::default();
+        registry.register(
+            "identity_known",
+            "1 once this replica knows the user name the API server knows it by (its webhook lets that name's writes through); until then it is not ready, takes no Lease and serves no admission",
+            identity_known.clone(),
+        );
+        let startup_retries = Family::<StepLabel, Counter>::default();
+        registry.register(
+            "startup_retries",
+            "Start-up steps that failed and were tried again, by step (identity: the SelfSubjectReview; certificate: the webhook certificate and the configuration's caBundle)",
+            startup_retries.clone(),
+        );
+        for step in STARTUP_STEPS {
+            let _ = startup_retries.get_or_create(&StepLabel { step: step.into() });
+        }
         for result in ["recorded", "dropped"] {
             let _ = events.get_or_create(&ResultLabel {
                 result: result.into(),
@@ -281,6 +311,8 @@ impl Default for Metrics {
             notifications,
             notification_errors,
             events,
+            identity_known,
+            startup_retries,
             phases: Mutex::new(HashMap::new()),
             outcomes: Mutex::new(HashMap::new()),
         }
@@ -294,6 +326,13 @@ impl Metrics {
             .get_or_create(&ResultLabel {
                 result: if recorded { "recorded" } else { "dropped" }.into(),
             })
+            .inc();
+    }
+
+    /// A start-up step failed and is tried again.
+    pub fn startup_retry(&self, step: &str) {
+        self.startup_retries
+            .get_or_create(&StepLabel { step: step.into() })
             .inc();
     }
 

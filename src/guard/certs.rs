@@ -130,16 +130,34 @@ fn secret_data(s: &Secret, key: &str) -> Option<String> {
 }
 
 /// Keep the certificate current until the process ends: check at start, then every `every`.
-pub async fn keep_current(client: Client, source: Source, store: Arc<CertStore>, every: Duration) {
+/// `settled` is told the outcome of every check until the first one works (`Ok`), then never
+/// again: a replica waits for that before it serves admission, and a failed rotation later
+/// leaves the certificate it has serving. A failed check is tried again after 2 s.
+pub async fn keep_current(
+    client: Client,
+    source: Source,
+    store: Arc<CertStore>,
+    every: Duration,
+    settled: impl Fn(Result<(), String>) + Send + 'static,
+) {
+    let mut first = true;
     loop {
         let outcome = match &source {
             Source::Files(dir) => load_files(dir, &store),
             Source::Managed { .. } => ensure_managed(&client, &source, &store).await,
         };
         match outcome {
-            Ok(()) => tokio::time::sleep(every).await,
+            Ok(()) => {
+                if std::mem::take(&mut first) {
+                    settled(Ok(()));
+                }
+                tokio::time::sleep(every).await
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "webhook certificate not ready; retrying");
+                tracing::warn!(error = %e, "webhook certificate not ready; retrying in 2s");
+                if first {
+                    settled(Err(format!("{e:#}")));
+                }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
