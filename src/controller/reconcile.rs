@@ -320,7 +320,7 @@ async fn write_status(
     api: &Api<ChangeRequest>,
     observed: &ChangeRequest,
     status: &ChangeRequestStatus,
-) -> Result<(), Error> {
+) -> Result<ChangeRequest, Error> {
     let body = json!({
         "apiVersion": "graygate.io/v1alpha1",
         "kind": "ChangeRequest",
@@ -328,13 +328,13 @@ async fn write_status(
         "status": status,
     });
     let name = observed.name_any();
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(())
+    Ok(api
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?)
 }
 
 async fn set_finalizer(
@@ -486,10 +486,12 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
         workload,
         judgement,
         judged,
+        refused: None,
     };
     let d = decide(&name, &cr.spec, &status, &obs);
 
     // Record first: a crash after this point resumes from the recorded step, and every action is idempotent.
+    let mut recorded = None;
     if d.status != status {
         ctx.fence.check()?;
         match write_status(&api, cr, &d.status).await {
@@ -499,39 +501,13 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
                 tracing::debug!(changerequest = %key(cr), "status observation was stale; waiting for the watch");
                 return Ok(Requeue::await_change());
             }
-            r => r?,
+            r => recorded = Some(r?),
         }
         ctx.wrote(cr);
-        if d.status.phase != status.phase {
-            ctx.metrics.transition(d.status.phase);
-        }
-        for (before, after) in status
-            .batches
-            .iter()
-            .map(Some)
-            .chain(std::iter::repeat(None))
-            .zip(d.status.batches.iter())
-        {
-            if let Some(v) = after.verdict
-                && before.and_then(|b| b.verdict) != Some(v)
-            {
-                ctx.metrics
-                    .batches
-                    .get_or_create(&VerdictLabel {
-                        verdict: v.as_str().into(),
-                    })
-                    .inc();
-            }
-        }
+        record_transition(ctx, &status, &d.status);
     }
     for note in &d.notes {
-        if note.warning {
-            tracing::warn!(changerequest = %key(cr), reason = note.reason, "{}", note.message);
-        } else {
-            tracing::info!(changerequest = %key(cr), reason = note.reason, "{}", note.message);
-        }
-        publish(ctx, cr, note);
-        notify(ctx, cr, &d.status, note);
+        tell(ctx, cr, &d.status, note);
     }
     // Act on the recorded status, so strategies see the same plan the decision made.
     let mut acted = cr.clone();
@@ -546,7 +522,41 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
     };
     for action in &d.actions {
         match action {
-            Action::Ensure(step) => rollout::ensure(&actx, step).await?,
+            Action::Ensure(step) => match rollout::ensure(&actx, step).await {
+                Err(Error::NotTaken(why)) => {
+                    // The write was undone as it was made: decide again, from what was just
+                    // recorded, knowing that (the change pauses for a person).
+                    let written = recorded.clone().unwrap_or_else(|| cr.clone());
+                    let again = decide(
+                        &name,
+                        &cr.spec,
+                        &d.status,
+                        &Observation {
+                            refused: Some(why.clone()),
+                            ..obs.clone()
+                        },
+                    );
+                    tracing::warn!(changerequest = %key(cr), category = "WriteNotTaken", "{why}");
+                    ctx.metrics
+                        .errors
+                        .get_or_create(&CategoryLabel {
+                            category: "WriteNotTaken".into(),
+                        })
+                        .inc();
+                    if again.status != d.status {
+                        ctx.fence.check()?;
+                        write_status(&api, &written, &again.status).await?;
+                        ctx.wrote(&written);
+                        record_transition(ctx, &d.status, &again.status);
+                    }
+                    for note in &again.notes {
+                        tell(ctx, cr, &again.status, note);
+                    }
+                    record_phase(ctx, &ns, &name, &again.status, now);
+                    return Ok(Requeue::await_change());
+                }
+                r => r?,
+            },
             Action::Orphan => rollout::orphan(&actx).await?,
             Action::RemoveFinalizer => {
                 let fresh = api.get(&name).await?;
@@ -558,25 +568,68 @@ async fn reconcile_inner(cr: &ChangeRequest, ctx: &Context) -> Result<Requeue, E
             }
         }
     }
-    let since = d
-        .status
-        .phase_since
-        .as_ref()
-        .or(d.status.started_at.as_ref())
-        .map_or_else(|| now.as_second(), |t| t.0.as_second());
-    ctx.metrics
-        .set_phase(&ns, &name, Some((d.status.phase, since)));
-    ctx.metrics.set_outcome(
-        &ns,
-        &name,
-        d.status
-            .interception()
-            .map(|o| (o, d.status.feedback_label())),
-    );
+    record_phase(ctx, &ns, &name, &d.status, now);
     Ok(match d.requeue {
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
     })
+}
+
+/// Count a recorded status change in the metrics: the phase entered, each batch verdict reached.
+fn record_transition(ctx: &Context, status: &ChangeRequestStatus, new: &ChangeRequestStatus) {
+    if new.phase != status.phase {
+        ctx.metrics.transition(new.phase);
+    }
+    for (before, after) in status
+        .batches
+        .iter()
+        .map(Some)
+        .chain(std::iter::repeat(None))
+        .zip(new.batches.iter())
+    {
+        if let Some(v) = after.verdict
+            && before.and_then(|b| b.verdict) != Some(v)
+        {
+            ctx.metrics
+                .batches
+                .get_or_create(&VerdictLabel {
+                    verdict: v.as_str().into(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// The phase and outcome gauges of one ChangeRequest, from the status it now has.
+fn record_phase(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    st: &ChangeRequestStatus,
+    now: jiff::Timestamp,
+) {
+    let since = st
+        .phase_since
+        .as_ref()
+        .or(st.started_at.as_ref())
+        .map_or_else(|| now.as_second(), |t| t.0.as_second());
+    ctx.metrics.set_phase(ns, name, Some((st.phase, since)));
+    ctx.metrics.set_outcome(
+        ns,
+        name,
+        st.interception().map(|o| (o, st.feedback_label())),
+    );
+}
+
+/// Log a decision's note, record it as an Event and send it to the notification sinks.
+fn tell(ctx: &Context, cr: &ChangeRequest, status: &ChangeRequestStatus, note: &state::Note) {
+    if note.warning {
+        tracing::warn!(changerequest = %key(cr), reason = note.reason, "{}", note.message);
+    } else {
+        tracing::info!(changerequest = %key(cr), reason = note.reason, "{}", note.message);
+    }
+    publish(ctx, cr, note);
+    notify(ctx, cr, status, note);
 }
 
 /// Requeue with a per-object exponential backoff (1s, 2s, 4s … 5m).

@@ -108,6 +108,9 @@ pub struct Observation {
     pub judgement: Option<Judgement>,
     /// The window and pods that judgement looked at.
     pub judged: Option<crate::api::JudgedWindow>,
+    /// A write made to bring the workload to the recorded step came back without the effect it
+    /// asked for (a release held by an admission webhook): what happened, in words.
+    pub refused: Option<String>,
 }
 
 /// The result of a decision.
@@ -315,6 +318,16 @@ impl Machine<'_> {
     fn run(&mut self) {
         if self.obs.deleting {
             self.on_delete();
+            return;
+        }
+        if let Some(why) = &self.obs.refused {
+            // Sending the same write again cannot help (the thing that undid it will undo it
+            // again), and waiting it out ends in a rollback of a change nothing was found wrong
+            // with: a person has to look.
+            if self.st.phase.is_active() {
+                let why = why.clone();
+                self.pause("WriteNotTaken", &why);
+            }
             return;
         }
         self.handle_feedback();
@@ -790,6 +803,13 @@ impl Machine<'_> {
                     b.last_judgement = None;
                 }
             }
+        }
+        // A batch still waiting for its pods has its deadline counted again from the resume:
+        // the pause was a person's time, not the pods'.
+        if let Some(b) = self.current_mut()
+            && b.ready_at.is_none()
+        {
+            b.started_at = Some(Time(now));
         }
         self.note(false, "Resumed", format!("resumed (was paused: {was})"));
         self.set_phase(Phase::Progressing, None, "resumed");

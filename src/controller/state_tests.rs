@@ -42,6 +42,7 @@ fn obs(now: i64) -> Observation {
         workload: Some(workload(false, 0)),
         judgement: None,
         judged: None,
+        refused: None,
     }
 }
 
@@ -1102,4 +1103,52 @@ fn a_superseded_change_ends_superseded_not_rolled_back_and_can_roll_again() {
     let d = decide("chg", &s, &d.status, &o);
     assert_eq!(d.status.phase, Phase::Superseded);
     assert!(d.actions.is_empty());
+}
+
+#[test]
+fn a_release_that_did_not_take_pauses_at_once_and_a_resume_sends_it_again() {
+    let s = spec(BASIC);
+    // Run to the last batch: the workload reaches every step but the promotion.
+    let mut st = ChangeRequestStatus::default();
+    for i in 0..100 {
+        let mut o = obs(i * 10);
+        o.workload = Some(workload(i > 0, 4));
+        st = decide("chg", &s, &st, &o).status;
+        if st.current_batch == 3 {
+            break;
+        }
+    }
+    assert_eq!((st.phase, st.current_batch), (Phase::Progressing, 3));
+    let why = "graygate's own release of Deployment/web was held by the admission webhook: its identity is not trusted";
+    let mut o = obs(1000);
+    o.refused = Some(why.into());
+    let d = decide("chg", &s, &st, &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Paused, Some("WriteNotTaken"))
+    );
+    assert!(d.status.message.as_deref().unwrap().contains(why));
+    assert!(
+        d.actions.is_empty(),
+        "nothing is sent again: {:?}",
+        d.actions
+    );
+    assert_eq!(reasons(&d), vec!["Paused"]);
+    assert!(d.notes[0].warning, "a warning Event");
+    // Long past the progress deadline, a paused change is not rolled back.
+    let mut o = obs(5000);
+    o.workload = Some(workload(false, 1));
+    let paused = decide("chg", &s, &d.status, &o);
+    assert_eq!(paused.status.phase, Phase::Paused);
+    assert!(!paused.actions.contains(&Action::Ensure(Step::Restore)));
+    // A person resumes: the release is sent again.
+    o.signals.resume = Some("1".into());
+    let d = decide("chg", &s, &paused.status, &o);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert!(d.actions.contains(&Action::Ensure(Step::Promote)));
+    // A change that already ended is not touched by a late refusal.
+    let (done, _, _) = run_to_end(&s);
+    let mut o = obs(3000);
+    o.refused = Some(why.into());
+    assert_eq!(decide("chg", &s, &done, &o).status.phase, Phase::Succeeded);
 }

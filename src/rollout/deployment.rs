@@ -226,12 +226,14 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                     json!([{"op": "replace", "path": "/spec/template", "value": new_template}]),
                 );
                 ctx.fence.check()?;
-                api.patch(
-                    &target.name_any(),
-                    &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
-                    &Patch::Json::<()>(serde_json::from_value(patch)?),
-                )
-                .await?;
+                let got = api
+                    .patch(
+                        &target.name_any(),
+                        &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
+                        &Patch::Json::<()>(serde_json::from_value(patch)?),
+                    )
+                    .await?;
+                super::check_not_held("promotion", &target, &got, false)?;
             } else if replicas != n_total {
                 if rolled {
                     ctx.fence.check()?;
@@ -260,12 +262,14 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                     json!([{"op": "replace", "path": "/spec/template", "value": stable}]),
                 );
                 ctx.fence.check()?;
-                api.patch(
-                    &target.name_any(),
-                    &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
-                    &Patch::Json::<()>(serde_json::from_value(patch)?),
-                )
-                .await?;
+                let got = api
+                    .patch(
+                        &target.name_any(),
+                        &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
+                        &Patch::Json::<()>(serde_json::from_value(patch)?),
+                    )
+                    .await?;
+                super::check_not_held("rollback", &target, &got, false)?;
             } else if replicas != n_total && caught_up && updated == total {
                 ctx.fence.check()?;
                 scale(&api, &target, n_total).await?;
@@ -276,12 +280,21 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
 }
 
 async fn scale(api: &Api<Deployment>, d: &Deployment, replicas: i32) -> Result<(), Error> {
-    api.patch_scale(
-        &d.name_any(),
-        &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
-        &Patch::Merge(fenced_merge(d, json!({"spec": {"replicas": replicas}}))),
-    )
-    .await?;
+    let got = api
+        .patch_scale(
+            &d.name_any(),
+            &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
+            &Patch::Merge(fenced_merge(d, json!({"spec": {"replicas": replicas}}))),
+        )
+        .await?;
+    let now = got.spec.and_then(|s| s.replicas);
+    if now != Some(replicas) {
+        return Err(Error::NotTaken(format!(
+            "graygate scaled Deployment/{} to {replicas} and it came back at {}: something undoes graygate's writes (an admission webhook?)",
+            d.name_any(),
+            now.unwrap_or(0)
+        )));
+    }
     Ok(())
 }
 

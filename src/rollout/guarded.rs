@@ -28,6 +28,19 @@ pub fn released(d: &Deployment) -> bool {
         && !d.annotations().contains_key(ANN_HELD)
 }
 
+/// The answer to graygate's release of `before`: still paused or held is an error at once.
+pub fn check_released(before: &Deployment, got: &Deployment) -> Result<(), Error> {
+    super::check_not_held("release", before, got, true)?;
+    if !released(got) {
+        // Paused again without the annotation: someone else's webhook.
+        return Err(Error::NotTaken(format!(
+            "graygate's own release of Deployment/{} came back paused: an admission webhook paused it again; resume the change once it lets graygate's writes through",
+            got.name_any()
+        )));
+    }
+    Ok(())
+}
+
 fn rs_template(rs: &ReplicaSet) -> Result<Value, Error> {
     let mut t = template_of(&rs.spec.as_ref().and_then(|s| s.template.as_ref()))?;
     if let Some(Value::Object(l)) = t.pointer_mut("/metadata/labels") {
@@ -331,7 +344,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 _ => {
                     if !released(&d) {
                         ctx.fence.check()?;
-                        api.patch(
+                        let got = api.patch(
                             &d.name_any(),
                             &patch_params(MANAGER_ROLLOUT),
                             &Patch::Merge(fenced_merge(&d, json!({
@@ -340,6 +353,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                             }))),
                         )
                         .await?;
+                        check_released(&d, &got)?;
                     }
                 }
             }
@@ -378,12 +392,21 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
 }
 
 async fn scale_set(api: &Api<ReplicaSet>, rs: &ReplicaSet, replicas: i32) -> Result<(), Error> {
-    api.patch(
-        &rs.name_any(),
-        &patch_params(MANAGER_ROLLOUT),
-        &Patch::Merge(fenced_merge(rs, json!({"spec": {"replicas": replicas}}))),
-    )
-    .await?;
+    let got = api
+        .patch(
+            &rs.name_any(),
+            &patch_params(MANAGER_ROLLOUT),
+            &Patch::Merge(fenced_merge(rs, json!({"spec": {"replicas": replicas}}))),
+        )
+        .await?;
+    let now = got.spec.as_ref().and_then(|s| s.replicas);
+    if now != Some(replicas) {
+        return Err(Error::NotTaken(format!(
+            "graygate scaled ReplicaSet/{} to {replicas} and it came back at {}: something undoes graygate's writes (an admission webhook?)",
+            rs.name_any(),
+            now.unwrap_or(0)
+        )));
+    }
     Ok(())
 }
 
@@ -429,5 +452,67 @@ async fn create_canary(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guarded Deployment as the API server stores it: held by the webhook or released.
+    fn deployment(paused: bool, held: Option<&str>) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop", "annotations": match held {
+                Some(h) => json!({ANN_HELD: h}),
+                None => json!({}),
+            }},
+            "spec": {"paused": paused, "selector": {}, "template": {}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_release_answered_still_held_fails_at_once_naming_the_webhook() {
+        let before = deployment(true, Some("8c3d162265"));
+        // The webhook did not trust graygate: paused again, the hold put back, and 200.
+        let err = check_released(&before, &deployment(true, Some("8c3d162265"))).unwrap_err();
+        assert_eq!(err.category(), "WriteNotTaken");
+        assert!(
+            err.to_string().starts_with(
+                "graygate's own release of Deployment/web was held by the admission webhook: its identity is not trusted"
+            ),
+            "{err}"
+        );
+        // Paused again without graygate's annotation: another webhook undid it.
+        let err = check_released(&before, &deployment(true, None)).unwrap_err();
+        assert!(err.to_string().contains("came back paused"), "{err}");
+        // Released as asked.
+        assert!(check_released(&before, &deployment(false, None)).is_ok());
+    }
+
+    #[test]
+    fn a_write_held_by_the_webhook_is_told_from_one_that_keeps_a_hold() {
+        // A rollback write to a released Deployment that comes back held: not taken.
+        let err = crate::rollout::check_not_held(
+            "rollback",
+            &deployment(false, None),
+            &deployment(true, Some("aaaa")),
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("rollback of Deployment/web"),
+            "{err}"
+        );
+        // A write that leaves graygate's existing hold as it was (marking a failed template).
+        assert!(
+            crate::rollout::check_not_held(
+                "write",
+                &deployment(true, Some("aaaa")),
+                &deployment(true, Some("aaaa")),
+                false
+            )
+            .is_ok()
+        );
     }
 }

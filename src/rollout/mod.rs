@@ -34,6 +34,10 @@ pub enum Error {
     /// This replica may no longer hold the Lease: it must not write.
     #[error("not the leader (the Lease may have expired): write refused")]
     NotLeader,
+    /// A write was accepted but the object came back without its effect (an admission webhook
+    /// undid it): sending it again cannot help.
+    #[error("{0}")]
+    NotTaken(String),
 }
 
 impl From<kube::Error> for Error {
@@ -67,8 +71,34 @@ impl Error {
             Error::NoNamespace => "NoNamespace",
             Error::Spec(_) => "InvalidSpec",
             Error::NotLeader => "NotLeader",
+            Error::NotTaken(_) => "WriteNotTaken",
         }
     }
+}
+
+/// Check the object a write to a workload came back as: an admission webhook that does not
+/// trust graygate's identity holds graygate's own writes as it holds anyone's (a guarded
+/// Deployment paused again, a StatefulSet's partition raised again, the `held` annotation put
+/// back), and the API server still answers 200. `releasing`: the write was to lift graygate's
+/// hold, so the hold must be gone. Sent again, the write would be undone again, so this is an
+/// error that pauses the change (see `Error::NotTaken`), never a wait.
+pub fn check_not_held<K: kube::Resource<DynamicType = ()>>(
+    what: &str,
+    before: &K,
+    after: &K,
+    releasing: bool,
+) -> Result<(), Error> {
+    use kube::ResourceExt;
+    let held_after = after.annotations().get(crate::api::ANN_HELD);
+    let held_before = before.annotations().get(crate::api::ANN_HELD);
+    if held_after.is_some() && (releasing || held_after != held_before) {
+        return Err(Error::NotTaken(format!(
+            "graygate's own {what} of {}/{} was held by the admission webhook: its identity is not trusted (a replica serving the webhook does not know graygate's user name, or --trusted-user lacks it; each replica's log and graygate_identity_known say so); fix it, then resume the change",
+            K::kind(&()),
+            after.meta().name.as_deref().unwrap_or_default(),
+        )));
+    }
+    Ok(())
 }
 
 /// What a strategy needs to act on one ChangeRequest.

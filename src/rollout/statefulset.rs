@@ -189,15 +189,16 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     if guarded_hold && matches!(step, Step::Promote) && ops.is_empty() {
         // Released: the StatefulSet runs the template it holds; graygate lets go of it.
         ctx.fence.check()?;
-        api.patch(
-            &sts.name_any(),
-            &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
-            &Patch::Merge(json!({"metadata": {"annotations": {
-                ANN_HELD: null, ANN_RUNNING: null, ANN_PARTITION: null, ANN_CHANGE: null, ANN_FAILED: null
-            }}})),
-        )
-        .await?;
-        return Ok(());
+        let got = api
+            .patch(
+                &sts.name_any(),
+                &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
+                &Patch::Merge(json!({"metadata": {"annotations": {
+                    ANN_HELD: null, ANN_RUNNING: null, ANN_PARTITION: null, ANN_CHANGE: null, ANN_FAILED: null
+                }}})),
+            )
+            .await?;
+        return crate::rollout::check_not_held("release", &sts, &got, true);
     }
     if ops.is_empty() {
         if matches!(step, Step::Restore) {
@@ -209,13 +210,22 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     // The partition goes first in the same request, so no pod beyond the batch ever updates.
     ops.reverse();
     ctx.fence.check()?;
-    api.patch(
-        &sts.name_any(),
-        &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
-        &Patch::Json::<()>(serde_json::from_value(json!(ops))?),
-    )
-    .await?;
-    Ok(())
+    let got = api
+        .patch(
+            &sts.name_any(),
+            &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
+            &Patch::Json::<()>(serde_json::from_value(json!(ops))?),
+        )
+        .await?;
+    if partition_of(&got) != wanted_partition {
+        // The webhook raised it again: graygate's batch was held as a stranger's would be.
+        return Err(Error::NotTaken(format!(
+            "graygate's own batch of StatefulSet/{} (partition {wanted_partition}) came back with partition {}: held by the admission webhook, which does not trust graygate's identity; fix that, then resume the change",
+            sts.name_any(),
+            partition_of(&got)
+        )));
+    }
+    crate::rollout::check_not_held("write", &sts, &got, false)
 }
 
 /// Held by graygate's webhook (the annotation it sets when it holds a template).
