@@ -57,6 +57,23 @@ pub struct Options {
     pub watch_drop_ms: u64,
     /// After the last change starts, how long the rest may take.
     pub settle: Duration,
+    /// Decides which calls the error rate fails and which start-up faults each replica start
+    /// meets; printed, so that a failing run can be replayed.
+    pub seed: u64,
+}
+
+/// A seed for this run: `GRAYGATE_SOAK_SEED` when set (to replay a run), else a new one.
+pub fn seed_from_env() -> u64 {
+    std::env::var("GRAYGATE_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            crate::faults::mix(nanos ^ u64::from(std::process::id())) % 1_000_000_000
+        })
 }
 
 impl Options {
@@ -72,6 +89,7 @@ impl Options {
             latency_ms: 30,
             watch_drop_ms: 20_000,
             settle: Duration::from_secs(600),
+            seed: seed_from_env(),
         }
     }
 
@@ -96,6 +114,19 @@ pub struct Report {
     /// Everything that broke a rule; empty when the soak passed.
     pub problems: Vec<String>,
 }
+
+/// The reads a replica makes once as it starts (method, path part, lists only).
+const START_READS: [(&str, &str, bool); 9] = [
+    ("POST", "/selfsubjectreviews", false),
+    ("GET", "/leases/graygate-leader", false),
+    ("GET", "/secrets/graygate-webhook-tls", false),
+    ("GET", "/mutatingwebhookconfigurations/", false),
+    ("GET", "/changerequests", true),
+    ("GET", "/changepolicies", true),
+    ("GET", "/deployments", true),
+    ("GET", "/replicasets", true),
+    ("GET", "/horizontalpodautoscalers", true),
+];
 
 const EXPLICIT: [&str; 4] = ["e0", "e1", "e2", "e3"];
 const GUARDED: [&str; 3] = ["g0", "g1", "g2"];
@@ -179,32 +210,16 @@ fn change_yaml(p: &Plan) -> String {
     )
 }
 
-/// A TCP forwarder standing in for the webhook's Service: each connection goes to the first
-/// replica that accepts it.
-async fn webhook_service(
-    port: u16,
-    backends: Vec<u16>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    Ok(tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let backends = backends.clone();
-            tokio::spawn(async move {
-                for b in backends {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", b)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                        return;
-                    }
-                }
-            });
-        }
-    }))
-}
-
 /// One replica: its identity, its own proxy (so that its requests can be told apart), the
 /// arguments it runs with, and the process.
 struct Replica {
     identity: &'static str,
+    /// The run's seed mixed with the replica's name: its own fault sequence.
+    seed: u64,
+    /// How often it was started.
+    starts: u32,
+    /// One-shot start-up faults armed over all its starts.
+    start_faults: usize,
     kubeconfig: std::path::PathBuf,
     args: Vec<String>,
     proxy: ApiProxy,
@@ -213,8 +228,36 @@ struct Replica {
 
 impl Replica {
     fn start(&mut self, w: &World) -> anyhow::Result<()> {
+        self.starts += 1;
+        self.arm_start_faults();
         self.process = Some(w.operator_via(self.identity, &self.kubeconfig, &self.args)?);
         Ok(())
+    }
+
+    /// The start-up reads a replica makes once (its identity, the first Lease read, the first
+    /// list of each watch cache, the webhook certificate and configuration): at every start,
+    /// each is failed 1–3 times or not at all, as the run's seed and the start's number say.
+    fn arm_start_faults(&mut self) {
+        let faults = &self.proxy.faults;
+        faults.disarm();
+        let mut rng = crate::faults::mix(self.seed ^ (u64::from(self.starts) << 32));
+        let mut armed = Vec::new();
+        for (method, path, listing) in START_READS {
+            rng = crate::faults::mix(rng);
+            if rng.is_multiple_of(2) {
+                continue;
+            }
+            let times = 1 + (rng >> 8) as u32 % 3;
+            let code = [500, 503, 429][((rng >> 16) % 3) as usize];
+            let mut m = crate::faults::Matcher::new(method, path);
+            if listing {
+                m = m.not_watching();
+            }
+            faults.fail_next(m, times, code);
+            armed.push(format!("{method} {path} ×{times} ({code})"));
+        }
+        tracing::info!(replica = self.identity, start = self.starts, faults = ?armed, "start-up faults armed");
+        self.start_faults += armed.len();
     }
 
     fn running(&mut self) -> bool {
@@ -539,6 +582,10 @@ fn unfenced_writes(identity: &str, audit: &[AuditEntry]) -> Vec<String> {
 /// Run the soak.
 pub async fn run(o: Options) -> anyhow::Result<Report> {
     let began = Instant::now();
+    eprintln!(
+        "soak seed {} (replay with GRAYGATE_SOAK_SEED={})",
+        o.seed, o.seed
+    );
     let w = Arc::new(
         World::start(WorldOptions {
             prometheus: true,
@@ -570,15 +617,21 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         backends.push(port);
         let mut args = vec![format!("--webhook-listen=127.0.0.1:{port}")];
         args.extend(hook_rest.iter().cloned());
+        proxy.faults.set_seed(crate::faults::mix(
+            o.seed ^ u64::from(identity.as_bytes()[0]),
+        ));
         replicas.push(Replica {
             identity,
+            seed: crate::faults::mix(o.seed ^ u64::from(identity.as_bytes()[0])),
+            starts: 0,
+            start_faults: 0,
             kubeconfig,
             args,
             proxy,
             process: None,
         });
     }
-    let _service = webhook_service(service_port, backends).await?;
+    let _service = crate::proxy::service(service_port, backends).await?;
     for r in &mut replicas {
         r.start(&w)?;
     }
@@ -881,6 +934,12 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         o.error_rate * 100.0,
         o.latency_ms,
         o.watch_drop_ms / 1000
+    ));
+    let starts: u32 = replicas.iter().map(|r| r.starts).sum();
+    let start_faults: usize = replicas.iter().map(|r| r.start_faults).sum();
+    text.push_str(&format!(
+        "| seed | {} (`GRAYGATE_SOAK_SEED={}` replays the faults); {starts} replica starts met {start_faults} one-shot start-up faults (identity, first Lease read, first cache lists, webhook certificate) |\n",
+        o.seed, o.seed
     ));
     text.push_str(&format!(
         "| leader kills (SIGKILL) | {kills}; replicas restarted after exiting on a lost Lease: {restarts_after_exit} |\n| Prometheus stopped | {prom_stops} times, {prom_down_secs:.0} s in all (until ready again) |\n"

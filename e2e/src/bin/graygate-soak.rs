@@ -26,6 +26,9 @@ struct Args {
     /// Share of API calls failed.
     #[arg(long, default_value_t = 0.10)]
     error_rate: f64,
+    /// The faults' seed (default: GRAYGATE_SOAK_SEED, else a new one each run; printed).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[tokio::main]
@@ -43,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
         changes: a.changes,
         kill_every: Duration::from_secs(a.kill_every),
         error_rate: a.error_rate,
+        seed: a.seed.unwrap_or_else(graygate_e2e::soak::seed_from_env),
         ..Options::long()
     };
     let report = run(o).await?;
