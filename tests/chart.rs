@@ -246,3 +246,32 @@ fn the_notification_file_the_chart_renders_is_one_graygate_reads_with_every_url_
         assert_eq!(s(&volume["secret"]["items"][0], &["path"]), "url");
     }
 }
+
+/// `graygate install --webhook-url` prints the chart's webhook configuration (its docs say so):
+/// every field of the webhook but how it is reached.
+#[test]
+fn graygate_install_writes_the_webhook_the_chart_renders() {
+    let docs = render("-");
+    let chart = docs
+        .iter()
+        .find(|d| s(d, &["kind"]) == "MutatingWebhookConfiguration")
+        .expect("the chart renders a webhook configuration");
+    let mut chart: serde_json::Value =
+        serde_json::to_value(&chart["webhooks"][0]).expect("YAML is JSON");
+    let args = graygate::cli::install::InstallArgs {
+        namespace: RELEASE_NS.into(),
+        name: "graygate".into(),
+        webhook_url: Some("https://127.0.0.1:9443/mutate".into()),
+        failure_policy: "Ignore".into(),
+    };
+    let installed = graygate::cli::install::objects(&args).unwrap();
+    let mut installed = installed
+        .iter()
+        .find(|o| o["kind"] == "MutatingWebhookConfiguration")
+        .expect("install prints a webhook configuration")["webhooks"][0]
+        .clone();
+    for w in [&mut chart, &mut installed] {
+        w.as_object_mut().unwrap().remove("clientConfig");
+    }
+    assert_eq!(installed, chart);
+}

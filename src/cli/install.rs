@@ -110,7 +110,7 @@ pub fn objects(args: &InstallArgs) -> Result<Vec<Value>, String> {
                 "admissionReviewVersions": ["v1"],
                 "sideEffects": "None",
                 "failurePolicy": args.failure_policy,
-                "timeoutSeconds": 10,
+                "timeoutSeconds": 5,
                 "reinvocationPolicy": "IfNeeded",
                 // No caBundle: graygate writes its certificate's CA here when it starts.
                 "clientConfig": {"url": url},
