@@ -4,7 +4,7 @@
 use crate::api::*;
 use crate::rollout::plan::{PlannedBatch, plan};
 use crate::rollout::template::apply_spec;
-use crate::util::{short_hash, trim_to};
+use crate::util::{count, short_hash, trim_to};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::Value;
@@ -978,10 +978,10 @@ impl Machine<'_> {
             false,
             "Started",
             format!(
-                "rolling out to {} in {} batches ({} pods: {})",
+                "rolling out to {} in {} ({}: {})",
                 self.spec.target,
-                planned.len(),
-                w.replicas,
+                count(planned.len() as i64, "batch", "batches"),
+                count(w.replicas, "pod", "pods"),
                 planned
                     .iter()
                     .map(|b| b.replicas.to_string())
@@ -1055,9 +1055,10 @@ impl Machine<'_> {
             false,
             "Rescaled",
             format!(
-                "{} now has {live} replicas, was {before} ({who}): batch {k}/{} is {now} pods{}",
+                "{} now has {live} replicas, was {before} ({who}): batch {k}/{} is {}{}",
                 self.spec.target,
                 new.len(),
+                count(now, "pod", "pods"),
                 if was == now {
                     String::new()
                 } else {
@@ -1131,8 +1132,8 @@ impl Machine<'_> {
                     Phase::AwaitingApproval,
                     Some("AwaitingApproval"),
                     format!(
-                        "batch {k}/{last} ({} pods) waits for {ANN_APPROVE}={k}",
-                        pb.replicas
+                        "batch {k}/{last} ({}) waits for {ANN_APPROVE}={k}",
+                        count(pb.replicas, "pod", "pods")
                     ),
                 );
                 return false;
@@ -1225,8 +1226,9 @@ impl Machine<'_> {
                     let b = &self.st.batches[idx];
                     if now >= bake_end && b.last_judgement == Some(Verdict::Pass) {
                         Some(format!(
-                            "{} judgements over {}; the last passed",
-                            b.judgements, pb.bake
+                            "{} over {}; the last passed",
+                            count(b.judgements, "judgement", "judgements"),
+                            pb.bake
                         ))
                     } else if now >= bake_end && b.last_judgement == Some(Verdict::Inconclusive) {
                         let why = b.reason.clone().unwrap_or_else(|| "not enough data".into());

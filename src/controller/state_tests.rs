@@ -1152,3 +1152,35 @@ fn a_release_that_did_not_take_pauses_at_once_and_a_resume_sends_it_again() {
     o.refused = Some(why.into());
     assert_eq!(decide("chg", &s, &done, &o).status.phase, Phase::Succeeded);
 }
+
+#[test]
+fn messages_count_in_the_right_number() {
+    let s = spec(
+        r#"
+target: {kind: Deployment, name: web}
+images: {app: "web:2"}
+batches: [{percent: 100, bake: 30s, approval: manual}]
+"#,
+    );
+    let mut o = obs(0);
+    o.workload = Some(WorkloadObs {
+        replicas: 1,
+        ..workload(false, 0)
+    });
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &o);
+    let started = &d.notes.iter().find(|n| n.reason == "Started").unwrap().message;
+    assert_eq!(
+        started,
+        "rolling out to Deployment/web in 1 batch (1 pod: 1)",
+        "{started}"
+    );
+    assert!(
+        d.status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("(1 pod) waits for graygate.io/approve=1"),
+        "{:?}",
+        d.status.message
+    );
+}

@@ -6,6 +6,7 @@
 use crate::api::*;
 use crate::controller::reconcile::Context;
 use crate::rollout::{guarded, template_hash, template_of};
+use crate::util::count;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -644,6 +645,15 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
             .await?;
         }
         let kind = format!("{:?}", w.kind);
+        // The series an alert on unguarded changes reads exists (at 0) for every namespace
+        // and kind that is guarded, before the first such change.
+        let _ = ctx
+            .metrics
+            .unguarded
+            .get_or_create(&crate::controller::metrics::WorkloadLabel {
+                namespace: ns.into(),
+                kind: kind.clone(),
+            });
         let hash = template_hash(&w.template);
         let before = known.get(&format!("{kind}/{}", w.name));
         let mut entry = GuardedWorkload {
@@ -730,6 +740,17 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
             }
             let cr_name = change_name(&w.name, &hash);
             entry.change = Some(cr_name.clone());
+            // The workload names the change that rolls its held template out.
+            if w.annotations.get(ANN_CHANGE) != Some(&cr_name) {
+                patch_workload(
+                    ctx,
+                    ns,
+                    w.kind,
+                    &w.name,
+                    json!({"metadata": {"annotations": {ANN_CHANGE: cr_name}}}),
+                )
+                .await?;
+            }
             let existing = of_workload.iter().find(|c| c.name_any() == cr_name);
             match existing {
                 None => {
@@ -893,13 +914,21 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
         .count();
     let guarded = entries.len() - overlaps.len();
     let ready = if overlaps.is_empty() {
-        condition(true, "Guarding", &format!("guarding {guarded} workloads"))
+        condition(
+            true,
+            "Guarding",
+            &format!(
+                "guarding {}",
+                count(guarded as i64, "workload", "workloads")
+            ),
+        )
     } else {
         condition(
             true,
             "Overlap",
             &format!(
-                "guarding {guarded} workloads; {} selected here guarded by another policy: {}",
+                "guarding {}; {} selected here guarded by another policy: {}",
+                count(guarded as i64, "workload", "workloads"),
                 overlaps.len(),
                 overlaps.join(", ")
             ),

@@ -57,10 +57,24 @@ pub fn trim_to(s: &str, max: usize) -> String {
     out
 }
 
+/// `n` and the noun in the number it takes: `1 pod`, `0 pods`, `3 batches`.
+pub fn count(n: impl Into<i64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_count_takes_the_noun_in_its_number() {
+        assert_eq!(count(1, "pod", "pods"), "1 pod");
+        assert_eq!(count(0u32, "pod", "pods"), "0 pods");
+        assert_eq!(count(3i32, "batch", "batches"), "3 batches");
+        assert_eq!(count(-1, "pod", "pods"), "-1 pods");
+    }
 
     #[test]
     fn hash_ignores_key_order() {
