@@ -123,6 +123,21 @@ pub struct StepLabel {
     pub step: String,
 }
 
+/// Every category of `graygate_reconcile_errors_total` (`rollout::Error::category`), each
+/// series there from the start at 0, so that an alert on its increase has a series to read.
+pub const ERROR_CATEGORIES: [&str; 10] = [
+    "Conflict",
+    "Throttled",
+    "ApiServerError",
+    "ApiRejected",
+    "ApiUnreachable",
+    "UnexpectedObject",
+    "NoNamespace",
+    "InvalidSpec",
+    "NotLeader",
+    "WriteNotTaken",
+];
+
 /// The start-up steps a replica retries until they work.
 pub const STARTUP_STEPS: [&str; 2] = ["identity", "certificate"];
 
@@ -281,6 +296,11 @@ impl Default for Metrics {
                     phase: p.as_str().into(),
                 })
                 .set(0);
+        }
+        for category in ERROR_CATEGORIES {
+            let _ = errors.get_or_create(&CategoryLabel {
+                category: category.into(),
+            });
         }
         for result in ["ok", "error"] {
             let _ = reconciles.get_or_create(&ResultLabel {
@@ -467,6 +487,46 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_category_has_a_metric_series_from_the_start() {
+        let api = |code| {
+            crate::rollout::Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            })))
+        };
+        let all = [
+            api(409),
+            api(429),
+            api(503),
+            api(403),
+            crate::rollout::Error::Kube(kube::Error::SerdeError(
+                serde_json::from_str::<i32>("x").unwrap_err(),
+            )),
+            crate::rollout::Error::Kube(kube::Error::ReadEvents(std::io::Error::other("x"))),
+            crate::rollout::Error::Shape(serde_json::from_str::<i32>("x").unwrap_err()),
+            crate::rollout::Error::NoNamespace,
+            crate::rollout::Error::Spec("x".into()),
+            crate::rollout::Error::NotLeader,
+            crate::rollout::Error::NotTaken("x".into()),
+        ];
+        let mut seen: Vec<&str> = all.iter().map(crate::rollout::Error::category).collect();
+        seen.sort();
+        seen.dedup();
+        let mut listed = ERROR_CATEGORIES.to_vec();
+        listed.sort();
+        assert_eq!(seen, listed);
+        let text = Metrics::default().encode();
+        for c in listed {
+            assert!(
+                text.contains(&format!(
+                    "graygate_reconcile_errors_total{{category=\"{c}\"}} 0"
+                )),
+                "{c}"
+            );
+        }
+    }
 
     #[test]
     fn a_change_has_one_phase_series_that_follows_it_and_goes_with_it() {

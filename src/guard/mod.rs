@@ -28,8 +28,8 @@ async fn mutate(
             format!("the body is not an AdmissionReview (JSON): {e}"),
         )
     })?;
-    let answer = webhook::respond(&doc, &h.trusted);
-    if answer.pointer("/response/patch").is_some() {
+    let (answer, holds) = webhook::respond_counted(&doc, &h.trusted);
+    if holds {
         let kind = doc
             .pointer("/request/kind/kind")
             .and_then(|k| k.as_str())

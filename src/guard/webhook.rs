@@ -21,6 +21,9 @@ pub struct Verdict {
     pub patch: Vec<Value>,
     /// Warnings shown to the client (kubectl prints them).
     pub warnings: Vec<String>,
+    /// A new template is held (not a revert to the running one, not a held workload's other
+    /// edit): what `graygate_webhook_held_total` counts.
+    pub holds_change: bool,
 }
 
 fn escape(key: &str) -> String {
@@ -154,6 +157,7 @@ pub fn review(request: &Value, trusted: &[String]) -> Verdict {
     let failed_before = annotation(old, ANN_FAILED_TEMPLATES)
         .is_some_and(|l| l.split(',').any(|h| h.trim() == h_new));
     let revert = was_held.is_some() && annotation(old, ANN_RUNNING).as_deref() == Some(&h_new);
+    v.holds_change = changed && !revert;
     if !v.patch.is_empty() {
         v.warnings.push(if changed && revert {
             format!(
@@ -178,9 +182,15 @@ pub fn review(request: &Value, trusted: &[String]) -> Verdict {
 
 /// The AdmissionReview answer for `review` (the whole request document).
 pub fn respond(review_doc: &Value, trusted: &[String]) -> Value {
+    respond_counted(review_doc, trusted).0
+}
+
+/// [`respond`], and whether the answer holds a new template.
+pub fn respond_counted(review_doc: &Value, trusted: &[String]) -> (Value, bool) {
     let request = review_doc.get("request").cloned().unwrap_or(Value::Null);
     let uid = request.get("uid").cloned().unwrap_or(json!(""));
     let verdict = review(&request, trusted);
+    let holds = verdict.holds_change && !verdict.patch.is_empty();
     let mut response = json!({"uid": uid, "allowed": true});
     if !verdict.patch.is_empty() {
         let patch = serde_json::to_vec(&verdict.patch).unwrap_or_default();
@@ -190,11 +200,14 @@ pub fn respond(review_doc: &Value, trusted: &[String]) -> Value {
     if !verdict.warnings.is_empty() {
         response["warnings"] = json!(verdict.warnings);
     }
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "response": response,
-    })
+    (
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": response,
+        }),
+        holds,
+    )
 }
 
 #[cfg(test)]
@@ -257,6 +270,18 @@ mod tests {
         );
         let new = warning("app:4");
         assert!(new.contains("in gray batches"), "{new}");
+        // graygate_webhook_held_total counts held templates, not reverts released at once.
+        let counted = |image: &str| {
+            let doc = json!({"request": req(
+                "Deployment",
+                held.clone(),
+                deploy(image, Some(true), held["metadata"]["annotations"].clone()),
+                "alice",
+            )});
+            respond_counted(&doc, &[]).1
+        };
+        assert!(!counted("app:1"), "a revert");
+        assert!(counted("app:3") && counted("app:4"));
         // A ReplicaSet's template (with its pod-template-hash label) hashes as the Deployment's.
         let mut rs_template = deploy("app:1", None, json!({}))["spec"]["template"].clone();
         rs_template["metadata"]["labels"]["pod-template-hash"] = json!("5d4f8c");
