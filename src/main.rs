@@ -49,8 +49,17 @@ enum Command {
 }
 
 fn init_logs(level: &str, format: LogFormat) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(level)
         .map_err(|e| format!("--log-level {level:?}: {e}"))?;
+    if !level.contains("kube_client") {
+        // kube's client warns "Server cert bypassed" at every TLS handshake with a kubeconfig
+        // that skips verification; `graygate run` says it once at start instead.
+        filter = filter.add_directive(
+            "kube_client::client::tls=error"
+                .parse()
+                .map_err(|e| format!("log filter: {e}"))?,
+        );
+    }
     // Colour only for a person at a terminal: a file or a log collector gets plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -115,6 +115,19 @@ async fn the_outside_cluster_recipe_runs_as_written_and_guards_a_deployment() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", read_logs()));
 
+    // The kubeconfig the recipe made holds graygate's identity and nothing of the admin's.
+    let kc = std::fs::read_to_string(w.dir.path().join("graygate.kubeconfig")).unwrap();
+    let kc: serde_yaml::Value = serde_yaml::from_str(&kc).unwrap();
+    let users = kc["users"].as_sequence().cloned().unwrap_or_default();
+    assert_eq!(users.len(), 1, "one user in graygate.kubeconfig: {users:?}");
+    assert_eq!(users[0]["name"].as_str(), Some("graygate"));
+    assert!(
+        !serde_yaml::to_string(&kc)
+            .unwrap()
+            .contains(graygate_e2e::control_plane::ADMIN_TOKEN),
+        "the admin token is not in graygate.kubeconfig"
+    );
+
     // A new user's first guarded Deployment.
     let ns = "o1";
     w.apply(&deployment_yaml(ns, "web", 2)).await.unwrap();
@@ -165,4 +178,13 @@ async fn the_outside_cluster_recipe_runs_as_written_and_guards_a_deployment() {
     let d = deployment(&w, ns, "web").await.unwrap();
     assert_eq!(image_of(&d), "shop/web:healthy-v2");
     assert_ne!(d.spec.unwrap().paused, Some(true), "released");
+    // The world's kubeconfig skips verifying the API server's certificate: said once, not at
+    // every connection.
+    let logs = read_logs();
+    assert_eq!(logs.matches("Server cert bypassed").count(), 0, "{logs}");
+    assert_eq!(
+        logs.matches("insecure-skip-tls-verify").count(),
+        1,
+        "one warning about the unverified certificate: {logs}"
+    );
 }

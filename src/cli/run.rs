@@ -383,6 +383,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
         })?,
     };
+    if cfg.accept_invalid_certs {
+        tracing::warn!(
+            "the kubeconfig skips verifying the API server's certificate (insecure-skip-tls-verify): anyone between graygate and the API server can read and change what it sends"
+        );
+    }
     // Named in the API server's audit log and metrics as what it is.
     cfg.headers.push((
         axum::http::header::USER_AGENT,
