@@ -27,6 +27,9 @@ pub enum Event {
     RolledBack,
     /// A change reached every pod.
     Succeeded,
+    /// A newer template of the guarded workload replaced the change before it finished (the
+    /// closing message of a run that `Started`).
+    Superseded,
     /// The analysis could not run.
     AnalysisError,
     /// A guarded workload's template changed without graygate (the webhook was unreachable and
@@ -36,12 +39,13 @@ pub enum Event {
 
 impl Event {
     /// Every event, in the order people meet them.
-    pub const ALL: [Event; 7] = [
+    pub const ALL: [Event; 8] = [
         Event::Started,
         Event::AwaitingApproval,
         Event::Paused,
         Event::RolledBack,
         Event::Succeeded,
+        Event::Superseded,
         Event::AnalysisError,
         Event::UnguardedChange,
     ];
@@ -59,6 +63,7 @@ impl Event {
             Event::Paused => "Paused",
             Event::RolledBack => "RolledBack",
             Event::Succeeded => "Succeeded",
+            Event::Superseded => "Superseded",
             Event::AnalysisError => "AnalysisError",
             Event::UnguardedChange => "UnguardedChange",
         }
@@ -71,6 +76,7 @@ impl Event {
             Event::Paused => ":double_vertical_bar:",
             Event::RolledBack => ":x:",
             Event::Succeeded => ":white_check_mark:",
+            Event::Superseded => ":fast_forward:",
             Event::AnalysisError => ":warning:",
             Event::UnguardedChange => ":rotating_light:",
         }
@@ -454,6 +460,7 @@ async fn deliver(
             wait = wait.saturating_mul(2);
         }
     }
+    tracing::error!(sink = %s.sink.name, attempts = retry.attempts.max(1), event = msg.event.as_str(), change = %format!("{}/{}", msg.namespace, msg.name), "notification given up after its last try: not delivered");
     false
 }
 
@@ -539,5 +546,7 @@ mod tests {
             assert_eq!(Event::from_reason(e.as_str()), Some(e));
         }
         assert_eq!(Event::from_reason("BatchPassed"), None);
+        // A superseded run that was told `Started` is told how it ended.
+        assert_eq!(Event::from_reason("Superseded"), Some(Event::Superseded));
     }
 }

@@ -146,6 +146,15 @@ async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
         crs[0].spec.template.is_some(),
         "the change carries the whole template"
     );
+    // The held Deployment names its change (docs/api.md, annotations on a guarded workload).
+    w.wait_for("web to name its change", LONG, || async {
+        Ok(deployment(&w, ns, "web")
+            .await
+            .filter(|d| annotation_of(d, graygate::api::ANN_CHANGE) == first)
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
     let cr = w
         .wait_phase(ns, &first, Phase::Succeeded, LONG)
         .await
