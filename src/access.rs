@@ -128,11 +128,11 @@ pub const OPERATOR_ACCESS: &[Access] = &[
         why: "the Prometheus bearer token named by analysis.prometheus.bearerTokenSecret",
     },
     Access {
-        group: "events.k8s.io",
+        group: "",
         resource: "events",
         verbs: &["create", "patch"],
         scope: Scope::Watched,
-        why: "an Event for every transition",
+        why: "an Event for every transition (core/v1, with the times kubectl sorts by)",
     },
     Access {
         group: "coordination.k8s.io",

@@ -161,6 +161,28 @@ async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
         .unwrap();
     let st = cr.status.unwrap();
     assert_eq!(st.batch.as_deref(), Some("3/3"));
+    // graygate's Events, read as kubectl reads them (core/v1), carry the times it sorts by.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(w.client.clone(), ns);
+    let ours: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reporting_component.as_deref() == Some("graygate"))
+        .collect();
+    assert!(ours.len() >= 5, "{} Events of graygate's", ours.len());
+    for e in &ours {
+        assert!(
+            e.last_timestamp.is_some() && e.first_timestamp.is_some() && e.count >= Some(1),
+            "{:?} {:?}: lastTimestamp {:?}, firstTimestamp {:?}, count {:?}",
+            e.reason,
+            e.message,
+            e.last_timestamp,
+            e.first_timestamp,
+            e.count
+        );
+    }
     // Pods on the new template, planned and ready, per batch: the same as an explicit change's
     // with the same batches (tests/rollout.rs); only the old pods beside them differ.
     assert_eq!(new_pods_per_batch(&st), [(1, 1), (2, 2), (4, 4)]);

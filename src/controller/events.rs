@@ -9,11 +9,24 @@
 //! Lease (the fence is asked again at the moment of writing, so an Event queued by a leader that
 //! has since stepped down is never written); an Event refused by the API server is tried once
 //! more; every Event ends counted in `graygate_events_total` as recorded or dropped.
+//!
+//! The Events are core/v1 Events, written as client-go's `tools/record` recorder writes them,
+//! with `firstTimestamp`, `lastTimestamp` and `count` (what `kubectl describe` and `kubectl get
+//! events --sort-by=.lastTimestamp` order by) beside `eventTime`, the reporting controller and
+//! instance and the action. The events.k8s.io/v1 API refuses those fields on create ("needs to
+//! be unset"), and with `eventTime` alone kubectl lists Events out of order and shows `<nil>`.
+//! The same Event again within 6 minutes (same type, action, reason and object) counts up on the
+//! first one, with its `lastTimestamp` moved on.
 
 use super::lease::Fence;
 use super::metrics::Metrics;
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, Recorder};
+use k8s_openapi::api::core::v1::{Event as K8sEvent, EventSource};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+pub use kube::runtime::events::{Event, EventType, Reporter};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -28,6 +41,133 @@ const CAPACITY: usize = 4096;
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 
 type Item = (Event, ObjectReference);
+
+/// How long a repeated Event joins the series of the first.
+const SERIES_WINDOW: std::time::Duration = std::time::Duration::from_secs(360);
+
+/// Writes Events about objects as `reporter`.
+#[derive(Clone)]
+pub struct Recorder {
+    client: kube::Client,
+    reporter: Reporter,
+    recent: Arc<tokio::sync::Mutex<HashMap<String, K8sEvent>>>,
+}
+
+/// What makes two Events the same one seen again.
+fn series_key(ev: &Event, regarding: &ObjectReference) -> String {
+    format!(
+        "{:?}|{}|{}|{}/{}/{}/{}",
+        ev.type_,
+        ev.action,
+        ev.reason,
+        regarding.kind.as_deref().unwrap_or_default(),
+        regarding.namespace.as_deref().unwrap_or_default(),
+        regarding.name.as_deref().unwrap_or_default(),
+        regarding.uid.as_deref().unwrap_or_default(),
+    )
+}
+
+/// The Event to write for `ev` about `regarding` at `now`: a new one, or `seen` (the same
+/// Event written before, within [`SERIES_WINDOW`]) counted once more, its last time moved on.
+pub fn build(
+    reporter: &Reporter,
+    ev: &Event,
+    regarding: &ObjectReference,
+    now: Timestamp,
+    seen: Option<&K8sEvent>,
+) -> K8sEvent {
+    if let Some(prev) = seen.filter(|e| {
+        e.last_timestamp
+            .as_ref()
+            .is_some_and(|t| now.duration_since(t.0).unsigned_abs() < SERIES_WINDOW)
+    }) {
+        let mut e = prev.clone();
+        e.count = Some(prev.count.unwrap_or(1) + 1);
+        e.last_timestamp = Some(Time(now));
+        e.message = ev.note.clone();
+        return e;
+    }
+    let instance = reporter
+        .instance
+        .clone()
+        .unwrap_or_else(|| reporter.controller.clone());
+    K8sEvent {
+        action: Some(ev.action.clone()),
+        reason: Some(ev.reason.clone()),
+        message: ev.note.clone(),
+        type_: Some(
+            match ev.type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .into(),
+        ),
+        event_time: Some(MicroTime(now)),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        count: Some(1),
+        source: Some(EventSource {
+            component: Some(reporter.controller.clone()),
+            host: None,
+        }),
+        involved_object: regarding.clone(),
+        related: ev.secondary.clone(),
+        reporting_component: Some(reporter.controller.clone()),
+        reporting_instance: Some(instance),
+        metadata: ObjectMeta {
+            namespace: regarding.namespace.clone(),
+            name: Some(format!(
+                "{}.{:x}",
+                regarding.name.as_deref().unwrap_or(&reporter.controller),
+                now.as_nanosecond()
+            )),
+            ..Default::default()
+        },
+        series: None,
+    }
+}
+
+impl Recorder {
+    /// A recorder writing as `reporter`.
+    pub fn new(client: kube::Client, reporter: Reporter) -> Recorder {
+        Recorder {
+            client,
+            reporter,
+            recent: Default::default(),
+        }
+    }
+
+    /// Write `ev` about `regarding` (in its namespace, else `default`).
+    pub async fn publish(&self, ev: &Event, regarding: &ObjectReference) -> kube::Result<()> {
+        let now = Timestamp::now();
+        let key = series_key(ev, regarding);
+        let mut recent = self.recent.lock().await;
+        recent.retain(|_, e| {
+            e.last_timestamp
+                .as_ref()
+                .is_some_and(|t| now.duration_since(t.0).unsigned_abs() < SERIES_WINDOW)
+        });
+        let event = build(&self.reporter, ev, regarding, now, recent.get(&key));
+        let api: Api<K8sEvent> = Api::namespaced(
+            self.client.clone(),
+            regarding.namespace.as_deref().unwrap_or("default"),
+        );
+        let name = event.metadata.name.clone().unwrap_or_default();
+        if event.count.unwrap_or(1) > 1 {
+            let counted = serde_json::json!({
+                "count": event.count,
+                "lastTimestamp": event.last_timestamp,
+                "message": event.message,
+            });
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&counted))
+                .await?;
+        } else {
+            api.create(&PostParams::default(), &event).await?;
+        }
+        recent.insert(key, event);
+        Ok(())
+    }
+}
 
 /// The queue: started on first use (it needs a Tokio runtime).
 pub struct EventQueue {
@@ -161,6 +301,50 @@ async fn write_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_carries_the_times_kubectl_sorts_by_and_a_repeat_joins_its_series() {
+        let reporter = Reporter {
+            controller: "graygate".into(),
+            instance: Some("a".into()),
+        };
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: "Paused".into(),
+            note: Some("paused: x".into()),
+            action: "PausedBatch1".into(),
+            secondary: None,
+        };
+        let r = reference("shop", "web-v2");
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let first = build(&reporter, &ev, &r, t0, None);
+        assert_eq!(first.first_timestamp, Some(Time(t0)));
+        assert_eq!(first.last_timestamp, Some(Time(t0)));
+        assert_eq!(first.count, Some(1));
+        assert_eq!(first.event_time, Some(MicroTime(t0)));
+        assert_eq!(first.type_.as_deref(), Some("Warning"));
+        assert_eq!(first.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(first.reporting_component.as_deref(), Some("graygate"));
+        assert_eq!(first.reporting_instance.as_deref(), Some("a"));
+        assert_eq!(first.action.as_deref(), Some("PausedBatch1"));
+        let t1 = t0 + jiff::SignedDuration::from_secs(60);
+        let again = build(&reporter, &ev, &r, t1, Some(&first));
+        assert_eq!(again.metadata.name, first.metadata.name, "the same object");
+        assert_eq!(again.first_timestamp, Some(Time(t0)));
+        assert_eq!(again.last_timestamp, Some(Time(t1)));
+        assert_eq!(again.count, Some(2));
+        let third = build(&reporter, &ev, &r, t1, Some(&again));
+        assert_eq!(third.count, Some(3));
+        // Long after: a new Event.
+        let t2 = t1 + jiff::SignedDuration::from_secs(3600);
+        let later = build(&reporter, &ev, &r, t2, Some(&third));
+        assert_ne!(later.metadata.name, first.metadata.name);
+        assert_eq!(later.count, Some(1));
+        assert_ne!(
+            series_key(&ev, &r),
+            series_key(&ev, &reference("shop", "other"))
+        );
+    }
 
     fn reference(ns: &str, name: &str) -> ObjectReference {
         ObjectReference {

@@ -1,5 +1,6 @@
 //! The reconciler: observe the cluster, call the pure decision, act idempotently, record.
 
+use super::events::{Event, EventType, Recorder, Reporter};
 use super::history;
 use super::metrics::{CategoryLabel, Metrics, ResultLabel, VerdictLabel};
 use super::state::{
@@ -12,7 +13,6 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;

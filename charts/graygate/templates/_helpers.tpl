@@ -85,7 +85,7 @@ src/access.rs; tests/chart.rs fails when they differ.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-- apiGroups: [events.k8s.io]
+- apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
