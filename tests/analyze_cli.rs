@@ -387,7 +387,7 @@ fn a_replay_with_the_workload_learns_that_its_canaries_are_always_slower() {
     let (verdict, summary) = &replayed["change-6"];
     assert_eq!(verdict, "Fail", "the bad change still fails: {summary}");
     assert!(
-        summary.contains("history: in the last 6 released changes of Deployment/jvm the canary's latency ran 2.18–2.18× the control")
+        summary.contains("released changes of Deployment/jvm showed: their canary's latency ran 2.18–2.18× the control")
             && summary.contains("this one 5.94× — beyond"),
         "{summary}"
     );

@@ -114,7 +114,8 @@ async fn a_workload_whose_young_pods_are_slow_learns_from_its_released_changes()
         let st = ended(&w, ns, &name, Phase::Succeeded).await;
         let f = latency_finding(&st);
         assert!(
-            f.explanation.contains("history: in the last ")
+            f.explanation.starts_with("history: this one ")
+                && f.explanation.contains("× — within what the last ")
                 && f.explanation.contains("released changes of Deployment/web"),
             "{name}: {}",
             f.explanation

@@ -281,22 +281,26 @@ impl MetricHistory {
         this: Option<f64>,
         within: bool,
     ) -> String {
-        let this = this
-            .map(|r| {
-                format!(
-                    "; this one {r:.2}× — {}",
-                    if within { "within" } else { "beyond" }
-                )
-            })
-            .unwrap_or_default();
         let first = if self.minutes < 2.0 {
             format!("{} s", fmt_num((self.minutes * 60.0).round()))
         } else {
             format!("{} min", fmt_num(self.minutes.round()))
         };
+        // The verdict-bearing words first: an explanation is kept bounded, and its end may go.
+        let lead = match this {
+            Some(r) => format!(
+                "history: this one {r:.2}× — {} what the last {} released changes of {workload} showed",
+                if within { "within" } else { "beyond" },
+                self.records
+            ),
+            None => format!(
+                "history: the last {} released changes of {workload}",
+                self.records
+            ),
+        };
         format!(
-            "history: in the last {} released changes of {workload} the canary's {metric} ran {:.2}–{:.2}× the control in its first {first}{this}",
-            self.records, self.range.0, self.range.1,
+            "{lead}: their canary's {metric} ran {:.2}–{:.2}× the control in its first {first}",
+            self.range.0, self.range.1,
         )
     }
 }
@@ -548,7 +552,7 @@ mod tests {
         assert_eq!(m.records, 3);
         assert_eq!(
             m.sentence("Deployment/ad", "Latency", Some(1.9), true),
-            "history: in the last 3 released changes of Deployment/ad the canary's Latency ran 1.40–1.90× the control in its first 3 min; this one 1.90× — within"
+            "history: this one 1.90× — within what the last 3 released changes of Deployment/ad showed: their canary's Latency ran 1.40–1.90× the control in its first 3 min"
         );
         // Another slot width is another measurement.
         assert!(h.metric("Latency", Direction::Increase, 30.0).is_none());

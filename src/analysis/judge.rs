@@ -664,7 +664,7 @@ fn run_detector(
                     plain.explanation
                 );
             } else {
-                d.explanation = format!("{}; {sentence}", d.explanation);
+                d.explanation = format!("{sentence}; against the {label} alone: {}", d.explanation);
             }
             (d, format!("change vs {label} and history"))
         }
@@ -1215,8 +1215,8 @@ mod tests {
         let f = &out.findings[0];
         assert!(
             f.explanation.starts_with(
-                "history: in the last 6 released changes of Deployment/currency the canary's cpu ran 0.95–1.02×"
-            ) && f.explanation.contains("this one 1.30× — beyond: outside 0.89–1.08×"),
+                "history: this one 1.30× — beyond what the last 6 released changes of Deployment/currency showed: their canary's cpu ran 0.95–1.02×"
+            ) && f.explanation.contains("in its first 10 s: outside 0.89–1.08×"),
             "{}",
             f.explanation
         );
@@ -1224,7 +1224,13 @@ mod tests {
         // A canary like its predecessors passes, and says so.
         let out = judged(1.0, Some(&history));
         assert_eq!(out.verdict, Verdict::Pass, "{}", out.summary);
-        assert!(out.findings[0].explanation.contains("— within"));
+        assert!(
+            out.findings[0]
+                .explanation
+                .starts_with("history: this one 1.00× — within"),
+            "{}",
+            out.findings[0].explanation
+        );
 
         // A canary far beyond the generic minimum effect, as every released change was (a young
         // pod's latency, say): the history explains it, and says so first, so that the bounded
@@ -1238,7 +1244,7 @@ mod tests {
         let within = f.explanation.find("— within").unwrap_or(usize::MAX);
         assert!(
             f.explanation
-                .starts_with("history: in the last 3 released changes")
+                .starts_with("history: this one 2.50× — within what the last 3 released changes")
                 && within < 300
                 && f.explanation.contains("; against the control alone: "),
             "{}",
