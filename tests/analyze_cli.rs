@@ -82,6 +82,12 @@ fn malformed_input_names_the_line_or_field_and_exits_3() {
     );
     assert_eq!(code, 3);
     assert!(err.contains("line 3"), "{err}");
+    // The file is named, and the position said once.
+    assert!(
+        err.contains("--input ") && err.contains("input.json: line 3 column"),
+        "{err}"
+    );
+    assert_eq!(err.matches("line 3").count(), 1, "{err}");
     let (code, _, err) = analyze_input(r#"{"metrics": {"latency-p99": {"change": [[1, "x"]]}}}"#);
     assert_eq!(code, 3);
     assert!(err.contains("metrics.latency-p99.change[0][1]"), "{err}");

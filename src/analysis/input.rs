@@ -28,9 +28,18 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, MetricData>, String> {
 
 /// Parse the input text with its window.
 pub fn parse_recorded(text: &str) -> Result<Recorded, String> {
-    let v: Value = serde_json::from_str(text)
-        .map_err(|e| format!("line {} column {}: {e}", e.line(), e.column()))?;
+    let v: Value = serde_json::from_str(text).map_err(|e| json_error(&e))?;
     recorded(&v)
+}
+
+/// A JSON syntax error as `line L column C: what`, the position said once (serde_json's own
+/// message ends with it again).
+pub fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let what = text
+        .strip_suffix(&format!(" at line {} column {}", e.line(), e.column()))
+        .unwrap_or(&text);
+    format!("line {} column {}: {what}", e.line(), e.column())
 }
 
 /// Read one parsed input object.
@@ -158,6 +167,12 @@ fn series(v: &Value, field: &str) -> Result<Vec<(f64, f64)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syntax_error_says_its_position_once() {
+        let e = parse_recorded("{\"metrics\": [1,2").unwrap_err();
+        assert_eq!(e, "line 1 column 16: EOF while parsing a list");
+    }
 
     #[test]
     fn parses_both_group_shapes_and_ratio_metrics() {

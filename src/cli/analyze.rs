@@ -146,7 +146,13 @@ fn code(v: Verdict) -> u8 {
 
 async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
     let spec = match &args.spec {
-        Some(p) => load_spec(&read(p, "--spec")?)?,
+        Some(p) => load_spec(&read(p, "--spec")?).map_err(|e| {
+            BadInput(format!(
+                "--spec {}: {}",
+                p.display(),
+                e.0.trim_start_matches("spec: ")
+            ))
+        })?,
         None => AnalysisSpec::default(),
     };
     if let Some(path) = &args.cases {
@@ -207,7 +213,8 @@ async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
         );
     }
     if let Some(path) = &args.input {
-        let out = judge_input(&spec, &read(path, "--input")?)?;
+        let out = judge_input(&spec, &read(path, "--input")?)
+            .map_err(|e| BadInput(format!("--input {}: {}", path.display(), e.0)))?;
         let metrics = Judgement::Verdict {
             verdict: out.verdict,
             summary: out.summary,
