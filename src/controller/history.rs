@@ -18,8 +18,10 @@ pub fn keep(cr: &ChangeRequest) -> usize {
 }
 
 /// The records of `cr`'s workload that count, oldest first, at most [`keep`]: changes of the same
-/// target that were released (unless a person marked them `real-fault` or `drill`), and stopped
-/// changes a person marked `false-alarm` — including this change's own run before a `retry`.
+/// target that were released (unless a person marked them `real-fault` or `drill`), and changes
+/// graygate stopped on a failing verdict (the interception record's `stopped`) that a person
+/// marked `false-alarm` — including this change's own run before a `retry`. An aborted change
+/// never counts, marked or not.
 /// A change that failed and was not marked never counts: its canary is no reference. The other
 /// workloads of `all` (the namespace) come along as the history's neighbours, by the same rules.
 pub fn collect(cr: &ChangeRequest, all: &[ChangeRequest]) -> Option<History> {
@@ -57,7 +59,10 @@ pub fn collect(cr: &ChangeRequest, all: &[ChangeRequest]) -> Option<History> {
                 feedback,
                 Some(FeedbackVerdict::RealFault | FeedbackVerdict::Drill)
             );
-        let stopped = matches!(st.phase, Phase::RolledBack | Phase::Failed);
+        // The interception record's rule: a run graygate's own verdict stopped. A run a person
+        // aborted, or one stopped for want of pods, was not judged bad, and a false alarm on it
+        // says nothing of the judge.
+        let stopped = st.interception() == Some("stopped");
         if released || (stopped && false_alarm) {
             take(&st.record, finished);
         }
@@ -125,6 +130,14 @@ mod tests {
         cr
     }
 
+    /// The same change, stopped by a failing verdict.
+    fn stopped(mut cr: ChangeRequest) -> ChangeRequest {
+        if let Some(st) = cr.status.as_mut() {
+            st.verdict = Some(crate::api::Verdict::Fail);
+        }
+        cr
+    }
+
     fn names(h: &History) -> Vec<&str> {
         h.records.iter().map(|r| r.change.as_str()).collect()
     }
@@ -138,7 +151,10 @@ mod tests {
             change("released-late", "web", Succeeded, None, 900, 1.5),
             change("released-early", "web", Succeeded, None, 100, 1.4),
             change("failed", "web", RolledBack, None, 200, 9.0),
-            change("false-alarm", "web", RolledBack, Some(FalseAlarm), 300, 2.2),
+            stopped(change("false-alarm", "web", RolledBack, Some(FalseAlarm), 300, 2.2)),
+            // Aborted by a person (no failing verdict): the interception record leaves it out,
+            // and so does history, false alarm or not.
+            change("aborted", "web", RolledBack, Some(FalseAlarm), 350, 3.3),
             change("real-fault", "web", Succeeded, Some(RealFault), 400, 5.0),
             change("drill", "web", Succeeded, Some(Drill), 500, 5.0),
             change("other-workload", "api", Succeeded, None, 600, 1.0),
