@@ -287,6 +287,46 @@ async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
     assert!(ok, "{out}");
     no_new_change(&w, ns, 2, "re-applying the failed template starts nothing").await;
 
+    // 4b. `kubectl rollout resume` does not lift it, and says what does; the block of
+    // docs/gitops.md ("Leaving a hold whose change failed"), run as written, does: the template
+    // goes back to what the pods run and is released with nothing to roll.
+    let (ok, out) = kubectl(&w, &["rollout", "resume", "deployment/web", "-n", ns], None);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("which failed") && out.contains("the template its pods run"),
+        "{out}"
+    );
+    let block = docs_block("gitops.md", "leave-a-failed-hold");
+    let run = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &block])
+        .env("KUBECONFIG", kubeconfig_in(&w, ns))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{said}\n{}", {
+        let logs = w.graygate_logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    });
+    assert!(
+        said.contains("goes back to the pod template its pods run"),
+        "{said}"
+    );
+    w.wait_for("web released", LONG, || async {
+        Ok(deployment(&w, ns, "web").await.filter(|d| {
+            d.spec.as_ref().and_then(|s| s.paused) != Some(true)
+                && annotation_of(d, ANN_HELD).is_empty()
+        }))
+    })
+    .await
+    .unwrap();
+    no_new_change(&w, ns, 2, "going back to what the pods run rolls nothing").await;
+    wait_old_serving(&w, ns, "shop/web:healthy-v2", 4).await;
+
     // 5. The fix (a three-way merge patch, as helm upgrade sends): a new change, which succeeds.
     let (ok, out) = kubectl(
         &w,
@@ -1136,6 +1176,20 @@ async fn a_server_side_apply_is_held_once_with_one_warning() {
             wait_first_batch_ready(&w, ns, &change).await;
         }
     }
+}
+
+/// The shell block after `<!-- marker -->` in docs/`file`.
+fn docs_block(file: &str, marker: &str) -> String {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../docs/{file}")),
+    )
+    .unwrap();
+    let after = doc
+        .split_once(&format!("<!-- {marker} -->"))
+        .unwrap_or_else(|| panic!("the marker {marker} in docs/{file}"))
+        .1;
+    let body = after.split_once("```sh\n").expect("a sh block").1;
+    body.split_once("```").unwrap().0.to_string()
 }
 
 fn annotation_of(d: &k8s_openapi::api::apps::v1::Deployment, key: &str) -> String {

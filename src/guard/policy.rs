@@ -455,17 +455,30 @@ async fn patch_workload(
 ) -> anyhow::Result<()> {
     ctx.fence.check()?;
     let pp = patch_params(MANAGER_GUARD);
-    match kind {
+    // A write that lifts the hold must come back without it: the admission webhook holds
+    // graygate's own writes too when it does not know graygate's identity.
+    let releasing = body
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(ANN_HELD))
+        .is_some_and(Value::is_null);
+    let held_after = match kind {
         TargetKind::Deployment => {
-            Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+            let got = Api::<Deployment>::namespaced(ctx.client.clone(), ns)
                 .patch(name, &pp, &Patch::Merge(body))
                 .await?;
+            got.annotations().contains_key(ANN_HELD)
         }
         TargetKind::StatefulSet => {
-            Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+            let got = Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
                 .patch(name, &pp, &Patch::Merge(body))
                 .await?;
+            got.annotations().contains_key(ANN_HELD)
         }
+    };
+    if releasing && held_after {
+        anyhow::bail!(
+            "graygate's own release of {kind:?}/{name} was held by the admission webhook: its identity is not trusted (each replica's log and graygate_identity_known say why)"
+        );
     }
     Ok(())
 }

@@ -7,7 +7,9 @@
 //! above every ordinal, so Kubernetes replaces no pod; graygate then rolls the held template
 //! out as a ChangeRequest. Scaling, metadata and status writes pass untouched.
 
-use crate::api::{ANN_FAILED_TEMPLATES, ANN_HELD, ANN_PARTITION, ANN_RUNNING, LABEL_GUARDED_BY};
+use crate::api::{
+    ANN_FAILED, ANN_FAILED_TEMPLATES, ANN_HELD, ANN_PARTITION, ANN_RUNNING, LABEL_GUARDED_BY,
+};
 use crate::rollout::template_hash;
 use base64::Engine;
 use serde_json::{Value, json};
@@ -171,6 +173,22 @@ pub fn review(request: &Value, trusted: &[String]) -> Verdict {
             format!(
                 "graygate holds this change to {kind}/{name}: policy {policy} rolls pod template {h_new} out in gray batches (kubectl get changerequests -l graygate.io/workload={name})"
             )
+        } else if let Some(failed) = annotation(old, ANN_FAILED) {
+            // Its change failed and will never be released: say what does lift the hold.
+            let running = annotation(old, ANN_RUNNING).unwrap_or_default();
+            let selector = new
+                .pointer("/spec/selector/matchLabels")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            format!(
+                "{kind}/{name} holds pod template {failed}, which failed: the hold stays (graygate, policy {policy}) until a fixed template is applied, or the template its pods run ({running}) — e.g. kubectl set image with the image its pods run (kubectl get replicasets -l {selector} -o wide shows it); that is released at once, and kubectl rollout restart works again"
+            )
         } else {
             format!(
                 "{kind}/{name} is held by graygate (policy {policy}) until its change {held_hash} is released; the hold stays"
@@ -281,6 +299,24 @@ mod tests {
             respond_counted(&doc, &[]).1
         };
         assert!(!counted("app:1"), "a revert");
+        // A resume of a held workload whose change failed says what lifts the hold.
+        let mut failed = held.clone();
+        failed["metadata"]["annotations"][ANN_FAILED] = json!(format!("{} (web-x)", hash("app:2")));
+        let mut resumed = failed.clone();
+        resumed["spec"]["paused"] = json!(false);
+        let v = review(&req("Deployment", failed, resumed, "alice"), &[]);
+        let said = v.warnings.join("; ");
+        assert!(
+            said.contains("which failed")
+                && said.contains("the template its pods run")
+                && said.contains("kubectl set image")
+                && !said.contains("until its change"),
+            "{said}"
+        );
+        assert!(
+            v.patch.iter().any(|o| o["path"] == "/spec/paused"),
+            "still held"
+        );
         assert!(counted("app:3") && counted("app:4"));
         // A ReplicaSet's template (with its pod-template-hash label) hashes as the Deployment's.
         let mut rs_template = deploy("app:1", None, json!({}))["spec"]["template"].clone();
