@@ -151,7 +151,14 @@ mod tests {
             change("released-late", "web", Succeeded, None, 900, 1.5),
             change("released-early", "web", Succeeded, None, 100, 1.4),
             change("failed", "web", RolledBack, None, 200, 9.0),
-            stopped(change("false-alarm", "web", RolledBack, Some(FalseAlarm), 300, 2.2)),
+            stopped(change(
+                "false-alarm",
+                "web",
+                RolledBack,
+                Some(FalseAlarm),
+                300,
+                2.2,
+            )),
             // Aborted by a person (no failing verdict): the interception record leaves it out,
             // and so does history, false alarm or not.
             change("aborted", "web", RolledBack, Some(FalseAlarm), 350, 3.3),

@@ -1168,10 +1168,14 @@ batches: [{percent: 100, bake: 30s, approval: manual}]
         ..workload(false, 0)
     });
     let d = decide("chg", &s, &ChangeRequestStatus::default(), &o);
-    let started = &d.notes.iter().find(|n| n.reason == "Started").unwrap().message;
+    let started = &d
+        .notes
+        .iter()
+        .find(|n| n.reason == "Started")
+        .unwrap()
+        .message;
     assert_eq!(
-        started,
-        "rolling out to Deployment/web in 1 batch (1 pod: 1)",
+        started, "rolling out to Deployment/web in 1 batch (1 pod: 1)",
         "{started}"
     );
     assert!(
