@@ -53,17 +53,29 @@ pub struct Recorder {
     recent: Arc<tokio::sync::Mutex<HashMap<String, K8sEvent>>>,
 }
 
-/// What makes two Events the same one seen again.
+/// What makes two Events the same one seen again: type, action, reason, the object it is about
+/// and the object it relates to (a hold's Event relates to its own change: two holds are two
+/// Events, never one counted twice).
 fn series_key(ev: &Event, regarding: &ObjectReference) -> String {
+    let object = |o: Option<&ObjectReference>| {
+        o.map(|o| {
+            format!(
+                "{}/{}/{}/{}",
+                o.kind.as_deref().unwrap_or_default(),
+                o.namespace.as_deref().unwrap_or_default(),
+                o.name.as_deref().unwrap_or_default(),
+                o.uid.as_deref().unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default()
+    };
     format!(
-        "{:?}|{}|{}|{}/{}/{}/{}",
+        "{:?}|{}|{}|{}|{}",
         ev.type_,
         ev.action,
         ev.reason,
-        regarding.kind.as_deref().unwrap_or_default(),
-        regarding.namespace.as_deref().unwrap_or_default(),
-        regarding.name.as_deref().unwrap_or_default(),
-        regarding.uid.as_deref().unwrap_or_default(),
+        object(Some(regarding)),
+        object(ev.secondary.as_ref()),
     )
 }
 
@@ -343,6 +355,22 @@ mod tests {
         assert_ne!(
             series_key(&ev, &r),
             series_key(&ev, &reference("shop", "other"))
+        );
+        // Two holds of one workload, each related to its own change: two Events.
+        let held = |change: &str| Event {
+            type_: EventType::Normal,
+            reason: "ChangeHeld".into(),
+            note: None,
+            action: "ChangeHeld".into(),
+            secondary: Some(reference("shop", change)),
+        };
+        assert_ne!(
+            series_key(&held("web-a"), &r),
+            series_key(&held("web-b"), &r)
+        );
+        assert_eq!(
+            series_key(&held("web-a"), &r),
+            series_key(&held("web-a"), &r)
         );
     }
 
