@@ -267,7 +267,8 @@ impl Replica {
     }
 }
 
-async fn lease_holder(w: &World) -> Option<String> {
+/// Who holds graygate's leader Lease now.
+pub async fn lease_holder(w: &World) -> Option<String> {
     Api::<Lease>::namespaced(w.client.clone(), OPERATOR_NAMESPACE)
         .get_opt("graygate-leader")
         .await
@@ -617,12 +618,11 @@ pub async fn run(o: Options) -> anyhow::Result<Report> {
         backends.push(port);
         let mut args = vec![format!("--webhook-listen=127.0.0.1:{port}")];
         args.extend(hook_rest.iter().cloned());
-        proxy.faults.set_seed(crate::faults::mix(
-            o.seed ^ u64::from(identity.as_bytes()[0]),
-        ));
+        let seed = crate::faults::mix(o.seed ^ u64::from(identity.as_bytes()[0]));
+        proxy.faults.set_seed(seed);
         replicas.push(Replica {
             identity,
-            seed: crate::faults::mix(o.seed ^ u64::from(identity.as_bytes()[0])),
+            seed,
             starts: 0,
             start_faults: 0,
             kubeconfig,

@@ -1178,20 +1178,6 @@ async fn a_server_side_apply_is_held_once_with_one_warning() {
     }
 }
 
-/// The shell block after `<!-- marker -->` in docs/`file`.
-fn docs_block(file: &str, marker: &str) -> String {
-    let doc = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../docs/{file}")),
-    )
-    .unwrap();
-    let after = doc
-        .split_once(&format!("<!-- {marker} -->"))
-        .unwrap_or_else(|| panic!("the marker {marker} in docs/{file}"))
-        .1;
-    let body = after.split_once("```sh\n").expect("a sh block").1;
-    body.split_once("```").unwrap().0.to_string()
-}
-
 fn annotation_of(d: &k8s_openapi::api::apps::v1::Deployment, key: &str) -> String {
     d.metadata
         .annotations

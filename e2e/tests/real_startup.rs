@@ -13,9 +13,8 @@ use graygate::api::{ChangeRequest, Phase};
 use graygate_e2e::control_plane::free_port;
 use graygate_e2e::faults::Matcher;
 use graygate_e2e::proxy::ApiProxy;
-use graygate_e2e::world::{OPERATOR_NAMESPACE, World, WorldOptions};
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::Api;
+use graygate_e2e::soak::lease_holder;
+use graygate_e2e::world::{World, WorldOptions};
 use std::time::{Duration, Instant};
 
 const NS: &str = "startup";
@@ -35,15 +34,6 @@ spec:
     - {{percent: 100, bake: 2s}}
 "#
     )
-}
-
-async fn leader(w: &World) -> Option<String> {
-    Api::<Lease>::namespaced(w.client.clone(), OPERATOR_NAMESPACE)
-        .get_opt("graygate-leader")
-        .await
-        .ok()
-        .flatten()
-        .and_then(|l| l.spec?.holder_identity)
 }
 
 /// How often the identity look-up fails for replica `a`.
@@ -75,7 +65,7 @@ async fn a_replica_whose_identity_look_up_failed_does_not_hold_the_leaders_relea
         .operator("b", &args(port_b, free_port().unwrap()))
         .unwrap();
     w.wait_for("b to lead", LONG, || async {
-        Ok((leader(&w).await.as_deref() == Some("b")).then_some(()))
+        Ok((lease_holder(&w).await.as_deref() == Some("b")).then_some(()))
     })
     .await
     .unwrap();
@@ -140,7 +130,11 @@ async fn a_replica_whose_identity_look_up_failed_does_not_hold_the_leaders_relea
         w.operator_log_tail("a"),
         w.operator_log_tail("b")
     );
-    assert_eq!(leader(&w).await.as_deref(), Some("b"), "b led throughout");
+    assert_eq!(
+        lease_holder(&w).await.as_deref(),
+        Some("b"),
+        "b led throughout"
+    );
     wait_deployment_ready(&w, NS, "web", 3).await;
     let d = deployment(&w, NS, "web").await.unwrap();
     assert_eq!(image_of(&d), "shop/web:healthy-v2");

@@ -14,23 +14,6 @@ use kube::Api;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
-/// The shell block after the `<!-- outside-cluster-recipe -->` marker.
-fn recipe() -> String {
-    let doc = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"),
-    )
-    .unwrap();
-    let after = doc
-        .split_once("<!-- outside-cluster-recipe -->")
-        .expect("the recipe marker in docs/operations.md")
-        .1;
-    let body = after
-        .split_once("```sh\n")
-        .expect("a sh block after the marker")
-        .1;
-    body.split_once("```").unwrap().0.to_string()
-}
-
 /// The recipe's shell and everything it started (graygate runs in the foreground), stopped on drop.
 struct Recipe(Child);
 
@@ -81,7 +64,12 @@ async fn the_outside_cluster_recipe_runs_as_written_and_guards_a_deployment() {
     let log = w.dir.path().join("recipe.log");
     let _recipe = Recipe(
         Command::new("bash")
-            .args(["-euo", "pipefail", "-c", &recipe()])
+            .args([
+                "-euo",
+                "pipefail",
+                "-c",
+                &docs_block("operations.md", "outside-cluster-recipe"),
+            ])
             .current_dir(w.dir.path())
             .env("KUBECONFIG", &w.admin_kubeconfig)
             .env("PATH", path)

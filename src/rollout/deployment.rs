@@ -221,19 +221,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             let rolled =
                 caught_up && total == replicas && updated == replicas && available == replicas;
             if !same_template(&template, &new_template) {
-                let patch = fenced_json(
-                    &target,
-                    json!([{"op": "replace", "path": "/spec/template", "value": new_template}]),
-                );
-                ctx.fence.check()?;
-                let got = api
-                    .patch(
-                        &target.name_any(),
-                        &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
-                        &Patch::Json::<()>(serde_json::from_value(patch)?),
-                    )
-                    .await?;
-                super::check_not_held("promotion", &target, &got, false)?;
+                write_template(ctx, &api, &target, &new_template, "promotion").await?;
             } else if replicas != n_total {
                 if rolled {
                     ctx.fence.check()?;
@@ -257,19 +245,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             // once no pod of another template is left to grow.
             let (_, total, updated, _, caught_up) = counts(&target);
             if !same_template(&template, &stable) {
-                let patch = fenced_json(
-                    &target,
-                    json!([{"op": "replace", "path": "/spec/template", "value": stable}]),
-                );
-                ctx.fence.check()?;
-                let got = api
-                    .patch(
-                        &target.name_any(),
-                        &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
-                        &Patch::Json::<()>(serde_json::from_value(patch)?),
-                    )
-                    .await?;
-                super::check_not_held("rollback", &target, &got, false)?;
+                write_template(ctx, &api, &target, &stable, "rollback").await?;
             } else if replicas != n_total && caught_up && updated == total {
                 ctx.fence.check()?;
                 scale(&api, &target, n_total).await?;
@@ -277,6 +253,29 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Write `template` into the target (only the version it was read at), and check that it took.
+async fn write_template(
+    ctx: &Ctx<'_>,
+    api: &Api<Deployment>,
+    target: &Deployment,
+    template: &Value,
+    what: &str,
+) -> Result<(), Error> {
+    let patch = fenced_json(
+        target,
+        json!([{"op": "replace", "path": "/spec/template", "value": template}]),
+    );
+    ctx.fence.check()?;
+    let got = api
+        .patch(
+            &target.name_any(),
+            &crate::api::patch_params(crate::api::MANAGER_ROLLOUT),
+            &Patch::Json::<()>(serde_json::from_value(patch)?),
+        )
+        .await?;
+    super::check_not_held(what, target, &got, false)
 }
 
 async fn scale(api: &Api<Deployment>, d: &Deployment, replicas: i32) -> Result<(), Error> {

@@ -410,3 +410,17 @@ pub fn graygate_kubectl(kubeconfig: &std::path::Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The shell block after `<!-- marker -->` in docs/`file`.
+pub fn docs_block(file: &str, marker: &str) -> String {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../docs/{file}")),
+    )
+    .unwrap();
+    let after = doc
+        .split_once(&format!("<!-- {marker} -->"))
+        .unwrap_or_else(|| panic!("the marker {marker} in docs/{file}"))
+        .1;
+    let body = after.split_once("```sh\n").expect("a sh block").1;
+    body.split_once("```").unwrap().0.to_string()
+}
