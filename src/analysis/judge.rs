@@ -431,12 +431,30 @@ pub(crate) fn reference<'a>(
         .control
         .as_ref()
         .filter(|c| p.use_control && !c.is_empty());
-    control.map(|c| ("control", c)).or_else(|| {
-        values
-            .background
-            .as_ref()
-            .filter(|b| !b.is_empty())
-            .map(|b| ("background", b))
+    if let Some(c) = control {
+        return Some(("control", c));
+    }
+    // A fresh baseline without samples yet is not replaced by the long-running pods' past: the
+    // young canary would be held to exactly what the baseline was asked to avoid.
+    if reference_gap(values, p).is_some() && values.running.is_some() {
+        return None;
+    }
+    values
+        .background
+        .as_ref()
+        .filter(|b| !b.is_empty())
+        .map(|b| ("background", b))
+}
+
+/// Why the control group is not the reference though its pods were listed and queried: they
+/// gave no samples of the metric (a fresh baseline's pods in their first scrapes, or a metric
+/// the old template does not export). Said in every finding it changes.
+pub(crate) fn reference_gap(values: &Groups, p: &Params) -> Option<&'static str> {
+    let empty = values.control.as_ref().is_some_and(GroupData::is_empty);
+    (p.use_control && empty).then_some(if values.running.is_some() {
+        "the fresh baseline's pods have no samples of this metric yet"
+    } else {
+        "the control pods gave no samples of this metric"
     })
 }
 
@@ -495,8 +513,16 @@ fn run_detector(
     history: Option<&super::history::History>,
 ) -> (Detection, String) {
     let change = values.change.values();
+    let gap = reference_gap(values, p);
     let missing = |what: &str| {
-        Detection::inconclusive(static_name(name), format!("no {what} data to compare with"))
+        let why = match gap {
+            Some(g) if what == "reference" => format!(": {g}"),
+            _ => String::new(),
+        };
+        Detection::inconclusive(
+            static_name(name),
+            format!("no {what} data to compare with{why}"),
+        )
     };
     match name {
         "threshold" => match m.threshold {
@@ -783,6 +809,16 @@ pub fn judge_with_history(
         let mut outcomes = Vec::new();
         for name in &m.detectors {
             let (mut d, groups) = run_detector(name, m, data, &values, reference, p, history);
+            if let Some(gap) = reference_gap(&values, p)
+                && name != "three-sigma"
+                && groups.starts_with("change vs background")
+            {
+                // What was judged is what is shown: the listed control pods were not the reference.
+                d.explanation = format!(
+                    "{gap}, so it was held to the workload before the change; {}",
+                    d.explanation
+                );
+            }
             if d.outcome == Verdict::Fail
                 && let Some(why) = environmental(&values)
             {
@@ -1103,6 +1139,54 @@ mod tests {
             &Params::default(),
         );
         assert_eq!(out.verdict, Verdict::Fail, "{}", out.summary);
+    }
+
+    #[test]
+    fn a_fresh_baseline_without_samples_is_never_replaced_by_the_background() {
+        // The baseline pod was listed but gave no samples yet (its first scrapes): no silent
+        // judgement of the young canary against an hour of long-running pods.
+        let early = MetricData::Plain(Groups {
+            change: series(&wave(1.0, 30)),
+            control: Some(GroupData::default()),
+            background: Some(series(&wave(1.0, 120))),
+            running: Some(series(&wave(1.0, 30))),
+            history: None,
+        });
+        let out = judge(
+            &[(metric("latency", false, &["mann-whitney"]), early)],
+            &Params::default(),
+        );
+        let f = &out.findings[0];
+        assert_eq!(f.outcome, Some(Verdict::Inconclusive), "{f:?}");
+        assert!(
+            f.explanation
+                .contains("the fresh baseline's pods have no samples of this metric yet"),
+            "{}",
+            f.explanation
+        );
+        assert!(!f.groups.contains("background"), "{}", f.groups);
+        // Control pods (not a baseline) without samples: the background is the reference, and
+        // the finding says why.
+        let quiet = MetricData::Plain(Groups {
+            change: series(&wave(3.0, 30)),
+            control: Some(GroupData::default()),
+            background: Some(series(&wave(1.0, 120))),
+            running: None,
+            history: None,
+        });
+        let out = judge(
+            &[(metric("latency", true, &["mann-whitney"]), quiet)],
+            &Params::default(),
+        );
+        let f = &out.findings[0];
+        assert_eq!(f.groups, "change vs background");
+        assert!(
+            f.explanation.starts_with(
+                "the control pods gave no samples of this metric, so it was held to the workload before the change"
+            ),
+            "{}",
+            f.explanation
+        );
     }
 
     #[test]
