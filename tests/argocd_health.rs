@@ -45,7 +45,10 @@ fn every_phase_maps_to_an_argo_cd_health_status() {
         let expected = match phase {
             // A superseded change ended without harm: a newer one carries on.
             Phase::Succeeded | Phase::Superseded => "Healthy",
-            Phase::Pending | Phase::Progressing | Phase::Blocked => "Progressing",
+            // Superseding: its canary goes while the newer change waits; routine, not harm.
+            Phase::Pending | Phase::Progressing | Phase::Blocked | Phase::Superseding => {
+                "Progressing"
+            }
             Phase::AwaitingApproval | Phase::Paused => "Suspended",
             Phase::RollingBack | Phase::RolledBack | Phase::Failed | Phase::Invalid => "Degraded",
         };

@@ -903,6 +903,30 @@ spec:
         "a superseded change is no failed template"
     );
     w.wait_phase(ns, &v3, Phase::Succeeded, LONG).await.unwrap();
+    // A supersede is routine: Normal Events on both changes, no rollback, no Blocked warning.
+    let old_events = w.events(ns, &v2).await.unwrap();
+    let reasons: Vec<&str> = old_events
+        .iter()
+        .filter_map(|e| e.reason.as_deref())
+        .collect();
+    assert!(
+        reasons.contains(&"Superseding") && reasons.contains(&"Superseded"),
+        "{reasons:?}"
+    );
+    assert!(!reasons.contains(&"RollingBack"), "{reasons:?}");
+    let warnings: Vec<_> = old_events
+        .iter()
+        .chain(w.events(ns, &v3).await.unwrap().iter())
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| (e.reason.clone(), e.note.clone()))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(
+        !w.event_reasons(ns, &v3)
+            .await
+            .unwrap()
+            .contains(&"Blocked".to_string())
+    );
     wait_deployment_ready(&w, ns, "web", 4).await;
     let d = deployment(&w, ns, "web").await.unwrap();
     assert_eq!(image_of(&d), "shop/web:healthy-v3");

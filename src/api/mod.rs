@@ -276,6 +276,9 @@ pub enum Phase {
     Paused,
     /// The change is being undone.
     RollingBack,
+    /// A newer template of the workload replaces this change: its canary is being removed (a
+    /// routine step, not a failure), then it ends `Superseded`.
+    Superseding,
     /// The change was undone; the workload runs its old template.
     RolledBack,
     /// A newer template of the workload replaced this change before it finished (a guarded
@@ -294,12 +297,13 @@ pub enum Phase {
 
 impl Phase {
     /// All phases, for metrics.
-    pub const ALL: [Phase; 11] = [
+    pub const ALL: [Phase; 12] = [
         Phase::Pending,
         Phase::Progressing,
         Phase::AwaitingApproval,
         Phase::Paused,
         Phase::RollingBack,
+        Phase::Superseding,
         Phase::RolledBack,
         Phase::Superseded,
         Phase::Succeeded,
@@ -312,8 +316,17 @@ impl Phase {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            Phase::Progressing | Phase::AwaitingApproval | Phase::Paused | Phase::RollingBack
+            Phase::Progressing
+                | Phase::AwaitingApproval
+                | Phase::Paused
+                | Phase::RollingBack
+                | Phase::Superseding
         )
+    }
+
+    /// True while the change's canary is being removed (rolled back or superseded).
+    pub fn is_undoing(self) -> bool {
+        matches!(self, Phase::RollingBack | Phase::Superseding)
     }
 
     /// True once nothing more will happen without a new spec or a retry.
@@ -336,6 +349,7 @@ impl Phase {
             Phase::AwaitingApproval => "AwaitingApproval",
             Phase::Paused => "Paused",
             Phase::RollingBack => "RollingBack",
+            Phase::Superseding => "Superseding",
             Phase::RolledBack => "RolledBack",
             Phase::Superseded => "Superseded",
             Phase::Succeeded => "Succeeded",

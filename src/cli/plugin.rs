@@ -8,8 +8,8 @@ use crate::api::{
     ANN_ABORT, ANN_APPROVE, ANN_FEEDBACK, ANN_PAUSE, ANN_RESUME, ANN_RETRY, BatchStatus,
     ChangeRequest, ChangeRequestStatus, FeedbackVerdict, Phase,
 };
+use crate::util::age;
 use futures::TryStreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
@@ -364,14 +364,8 @@ async fn run_inner(args: PluginArgs) -> Result<()> {
             scope.steer(&name, allowed, annotations, "resumed").await
         }
         Verb::Abort { name } => {
-            let allowed = |p: Phase| {
-                not_finished(
-                    &name,
-                    p,
-                    "abort",
-                    p.is_terminal() || p == Phase::RollingBack,
-                )
-            };
+            let allowed =
+                |p: Phase| not_finished(&name, p, "abort", p.is_terminal() || p.is_undoing());
             let annotations = json!({ ANN_ABORT: token(now) });
             scope
                 .steer(&name, allowed, annotations, "aborted; rolling back")
@@ -455,20 +449,6 @@ async fn watch_status(
             return Ok(());
         }
         last = cr;
-    }
-}
-
-/// Age like kubectl prints it: 45s, 3m, 2h, 5d.
-pub fn age(from: Option<&Time>, now: jiff::Timestamp) -> String {
-    let Some(t) = from else {
-        return "-".into();
-    };
-    let s = now.as_second().saturating_sub(t.0.as_second()).max(0);
-    match s {
-        0..120 => format!("{s}s"),
-        120..7200 => format!("{}m", s / 60),
-        7200..172_800 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
     }
 }
 
@@ -595,7 +575,7 @@ pub fn status(cr: &ChangeRequest, now: jiff::Timestamp) -> String {
     }
     if !st.batches.is_empty() {
         out.push_str("\nBatches:\n");
-        let stopped = st.phase.is_terminal() || st.phase == Phase::RollingBack;
+        let stopped = st.phase.is_terminal() || st.phase.is_undoing();
         let rows: Vec<Vec<String>> = st
             .batches
             .iter()
@@ -788,7 +768,7 @@ status: {status}
 
     #[test]
     fn ages_read_like_kubectl() {
-        let t = |s: &str| Time(s.parse().unwrap());
+        let t = |s: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(s.parse().unwrap());
         assert_eq!(age(Some(&t("2026-11-21T10:04:15Z")), now()), "45s");
         assert_eq!(age(Some(&t("2026-11-21T07:00:00Z")), now()), "3h");
         assert_eq!(age(None, now()), "-");

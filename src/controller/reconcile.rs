@@ -4,7 +4,7 @@ use super::events::{Event, EventType, Recorder, Reporter};
 use super::history;
 use super::metrics::{CategoryLabel, Metrics, ResultLabel, VerdictLabel};
 use super::state::{
-    self, Action, Judgement, Observation, Signals, current_step, decide, judgement_due,
+    self, Action, Blocker, Judgement, Observation, Signals, current_step, decide, judgement_due,
 };
 use crate::analysis::{Analyzer, JudgeRequest};
 use crate::api::{ChangeRequest, ChangeRequestStatus, FIELD_MANAGER, FINALIZER, Phase};
@@ -164,13 +164,19 @@ fn is_ahead(me: &ChangeRequest, other: &ChangeRequest) -> bool {
 }
 
 /// The ChangeRequest that holds, or is first in line for, `me`'s target (pure, for tests).
-pub fn find_blocker(me: &ChangeRequest, all: &[ChangeRequest]) -> Option<String> {
+pub fn find_blocker(me: &ChangeRequest, all: &[ChangeRequest]) -> Option<Blocker> {
     all.iter()
         .filter(|o| o.name_any() != me.name_any() && o.namespace() == me.namespace())
         .filter(|o| o.spec.target == me.spec.target)
         .filter(|o| is_ahead(me, o))
-        .map(|o| o.name_any())
-        .min()
+        .map(|o| Blocker {
+            name: o.name_any(),
+            superseded: o.status.as_ref().map(|s| s.phase) == Some(Phase::Superseding)
+                || o.annotations()
+                    .get(crate::api::ANN_ABORT)
+                    .is_some_and(|a| a.trim().starts_with(crate::api::policy::SUPERSEDED_BY)),
+        })
+        .min_by(|a, b| a.name.cmp(&b.name))
 }
 
 /// Every ChangeRequest of the namespace that graygate can read. Items are read one by one, so
@@ -817,6 +823,25 @@ mod tests {
         let all = vec![older.clone(), younger.clone()];
         assert_eq!(find_blocker(&younger, &all), Some("a".into()));
         assert_eq!(find_blocker(&older, &all), None);
+    }
+
+    #[test]
+    fn a_change_being_superseded_is_a_routine_wait() {
+        let me = cr("b", "web", Phase::Pending, 20);
+        let mut old = cr("a", "web", Phase::Progressing, 10);
+        old.metadata.annotations = Some(
+            [(
+                crate::api::ANN_ABORT.to_string(),
+                format!("{} b", crate::api::SUPERSEDED_BY),
+            )]
+            .into(),
+        );
+        let got = find_blocker(&me, &[old.clone(), me.clone()]).unwrap();
+        assert!(got.superseded && got.name == "a", "{got:?}");
+        let going = cr("a", "web", Phase::Superseding, 10);
+        assert!(find_blocker(&me, &[going, me.clone()]).unwrap().superseded);
+        old.metadata.annotations = None;
+        assert!(!find_blocker(&me, &[old, me.clone()]).unwrap().superseded);
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub struct Observation {
     /// The ChangeRequest is being deleted.
     pub deleting: bool,
     /// Another ChangeRequest that holds (or is ahead in line for) the same target.
-    pub blocker: Option<String>,
+    pub blocker: Option<Blocker>,
     /// The target workload, or None when it does not exist.
     pub workload: Option<WorkloadObs>,
     /// An analysis run made for this reconcile, when one was due.
@@ -238,10 +238,31 @@ pub fn planned_looks(
     looks.max(1)
 }
 
+/// The ChangeRequest ahead of this one on the same target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocker {
+    /// Its name.
+    pub name: String,
+    /// It is being superseded (by this change or another newer one): a routine wait for its
+    /// canary to go, not a conflict.
+    pub superseded: bool,
+}
+
+impl From<&str> for Blocker {
+    fn from(name: &str) -> Self {
+        Blocker {
+            name: name.to_string(),
+            superseded: false,
+        }
+    }
+}
+
 /// The step the workload should be at for this status, which the shell observes progress against.
 pub fn current_step(spec: &ChangeRequestSpec, status: &ChangeRequestStatus) -> Option<Step> {
     match status.phase {
-        Phase::RollingBack | Phase::RolledBack | Phase::Superseded => return Some(Step::Restore),
+        Phase::RollingBack | Phase::Superseding | Phase::RolledBack | Phase::Superseded => {
+            return Some(Step::Restore);
+        }
         Phase::Pending | Phase::Blocked | Phase::Invalid => return None,
         _ => {}
     }
@@ -356,7 +377,7 @@ impl Machine<'_> {
                 }
             }
             Phase::Paused => self.paused(),
-            Phase::RollingBack => self.rolling_back(),
+            Phase::RollingBack | Phase::Superseding => self.rolling_back(),
         }
     }
 
@@ -405,7 +426,7 @@ impl Machine<'_> {
                 self.actions.push(Action::RemoveFinalizer);
             }
             DeletionPolicy::Rollback => {
-                if self.st.phase != Phase::RollingBack {
+                if !self.st.phase.is_undoing() {
                     self.begin_rollback("Deleted", "the ChangeRequest was deleted while active");
                     return;
                 }
@@ -531,7 +552,7 @@ impl Machine<'_> {
             self.invalid(e);
             return true;
         }
-        if changed && self.st.phase.is_active() && self.st.phase != Phase::RollingBack {
+        if changed && self.st.phase.is_active() && !self.st.phase.is_undoing() {
             // The recorded plan stays; a different new template mid-rollout needs a person.
             if let (Some(w), Some(recorded)) = (&self.obs.workload, &self.st.change_revision) {
                 let base = self
@@ -592,12 +613,14 @@ impl Machine<'_> {
         // graygate's policy writes "superseded by …" when a newer template replaces the change:
         // not a failure, and it ends as Superseded.
         let superseded = token.trim().starts_with(SUPERSEDED_BY);
-        if self.st.phase.is_active() && self.st.phase != Phase::RollingBack {
+        if self.st.phase.is_active() && !self.st.phase.is_undoing() {
             if superseded {
-                self.begin_rollback(
-                    "Superseded",
-                    &format!("{}; removing its canary", token.trim()),
-                );
+                // Routine, not a failure: its own phase and a Normal Event.
+                let why = format!("{}; removing its canary", token.trim());
+                self.set_phase(Phase::Superseding, Some("Superseded"), why.clone());
+                self.note(false, "Superseding", why);
+                self.actions.push(Action::Ensure(Step::Restore));
+                self.wake_in(POLL);
                 return true;
             }
             // A value with words in it is the reason; a bare token (kubectl graygate abort
@@ -657,7 +680,8 @@ impl Machine<'_> {
         if self.workload_reached() {
             let why = self.st.message.clone().unwrap_or_default();
             let reason = self.st.reason.clone();
-            if reason.as_deref() == Some("Superseded") {
+            // (A change stored by an older graygate supersedes as RollingBack with this reason.)
+            if self.st.phase == Phase::Superseding || reason.as_deref() == Some("Superseded") {
                 let why = why
                     .trim_start_matches("rolling back: ")
                     .replace("; removing its canary", "");
@@ -839,7 +863,23 @@ impl Machine<'_> {
     }
 
     fn start(&mut self) {
-        if let Some(other) = &self.obs.blocker {
+        if let Some(Blocker {
+            name: other,
+            superseded: true,
+        }) = &self.obs.blocker
+        {
+            // A supersede is routine: wait quietly for the older change's canary to go.
+            let why = format!(
+                "waiting for ChangeRequest {other}, superseded by a newer template, to remove its canary"
+            );
+            if self.st.reason.as_deref() != Some("Superseding") {
+                self.note(false, "Waiting", why.clone());
+            }
+            self.set_phase(Phase::Pending, Some("Superseding"), why);
+            self.wake_in(StdDuration::from_secs(2));
+            return;
+        }
+        if let Some(Blocker { name: other, .. }) = &self.obs.blocker {
             if self.st.phase != Phase::Blocked {
                 self.note(
                     true,
@@ -1462,7 +1502,10 @@ pub fn set_conditions(st: &mut ChangeRequestStatus, now: Timestamp, generation: 
     );
     let progressing = condition(
         "Progressing",
-        matches!(phase, Phase::Progressing | Phase::RollingBack),
+        matches!(
+            phase,
+            Phase::Progressing | Phase::RollingBack | Phase::Superseding
+        ),
         &reason,
         &message,
         now,

@@ -1075,9 +1075,21 @@ fn a_superseded_change_ends_superseded_not_rolled_back_and_can_roll_again() {
     let mut o = obs(5);
     o.signals.abort = Some("superseded by web-abc".into());
     let d = decide("chg", &s, &started(&s), &o);
-    assert_eq!(d.status.phase, Phase::RollingBack);
+    // Its own phase and a Normal Event: a supersede is routine, not a rollback.
+    assert_eq!(d.status.phase, Phase::Superseding);
     assert_eq!(d.status.reason.as_deref(), Some("Superseded"));
+    assert_eq!(reasons(&d), vec!["Superseding"]);
+    assert!(!d.notes[0].warning, "a supersede is routine");
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("superseded by web-abc; removing its canary")
+    );
+    assert!(d.actions.contains(&Action::Ensure(Step::Restore)));
     assert_eq!(cond(&d.status, "Degraded").status, "False");
+    // Still superseding while its canary goes: no new Event.
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::Superseding);
+    assert!(d.notes.is_empty());
     o.workload = Some(workload(true, 0));
     let d = decide("chg", &s, &d.status, &o);
     assert_eq!(d.status.phase, Phase::Superseded);
@@ -1103,6 +1115,27 @@ fn a_superseded_change_ends_superseded_not_rolled_back_and_can_roll_again() {
     let d = decide("chg", &s, &d.status, &o);
     assert_eq!(d.status.phase, Phase::Superseded);
     assert!(d.actions.is_empty());
+    // The change that supersedes waits for the older one's canary quietly: Pending, a Normal
+    // Event once, never a Blocked warning.
+    let mut o = obs(0);
+    o.blocker = Some(Blocker {
+        name: "older".into(),
+        superseded: true,
+    });
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &o);
+    assert_eq!(
+        (d.status.phase, d.status.reason.as_deref()),
+        (Phase::Pending, Some("Superseding"))
+    );
+    assert_eq!(reasons(&d), vec!["Waiting"]);
+    assert!(!d.notes[0].warning);
+    let again = decide("chg", &s, &d.status, &o);
+    assert!(again.notes.is_empty(), "one Event for the wait");
+    // A change that is not being superseded still blocks, with a warning.
+    o.blocker = Some("older".into());
+    let d = decide("chg", &s, &d.status, &o);
+    assert_eq!(d.status.phase, Phase::Blocked);
+    assert!(d.notes[0].warning);
 }
 
 #[test]

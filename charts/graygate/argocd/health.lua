@@ -21,7 +21,7 @@ end
 hs.message = phase .. ": " .. message
 if phase == "Succeeded" or phase == "Superseded" then
   hs.status = "Healthy"
-elseif phase == "Pending" or phase == "Progressing" or phase == "Blocked" then
+elseif phase == "Pending" or phase == "Progressing" or phase == "Blocked" or phase == "Superseding" then
   hs.status = "Progressing"
 elseif phase == "AwaitingApproval" or phase == "Paused" then
   hs.status = "Suspended"
