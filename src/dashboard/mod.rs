@@ -309,7 +309,7 @@ pub fn list_page(
             live = if live(c) { " ●" } else { "" },
             b = esc(st.batch.as_deref().unwrap_or("-")),
             fb = feedback_label(c),
-            age = crate::cli::plugin::age(
+            age = crate::util::age(
                 st.started_at
                     .as_ref()
                     .or(c.metadata.creation_timestamp.as_ref()),
@@ -549,7 +549,7 @@ pub fn change_html(
         v = st.verdict.map_or("-", |v| v.as_str()),
         m = esc(st.message.as_deref().unwrap_or("")),
         s = time(st.started_at.as_ref()),
-        age = crate::cli::plugin::age(st.started_at.as_ref(), now),
+        age = crate::util::age(st.started_at.as_ref(), now),
         f = time(st.finished_at.as_ref()),
         fb = feedback_label(cr),
     );
@@ -615,13 +615,13 @@ pub fn change_html(
         let w = b.judged.as_ref();
         let _ = write!(
             body,
-            r#"<section class="batch" id="batch-{i}"><h3>Batch {i}: last judgement {v}</h3><p class="muted">window {from} – {to}; change pods {c}, reference pods {r}{run}{om}</p>"#,
+            r#"<section class="batch" id="batch-{i}"><h3>Batch {i}: last judgement {v}</h3><p class="muted">window {from} – {to}; change pods {c}; {r}{run}{om}</p>"#,
             i = b.index,
             v = b.last_judgement.map_or("-", |v| v.as_str()),
             from = time(w.map(|w| &w.from)),
             to = time(w.map(|w| &w.to)),
             c = esc(&w.map(|w| w.change.join(", ")).unwrap_or_default()),
-            r = esc(&w.map(|w| w.control.join(", ")).unwrap_or_default()),
+            r = reference_pods(w, cr.spec.baseline == crate::api::Baseline::Fresh),
             run = w
                 .filter(|w| !w.running.is_empty())
                 .map(|w| format!("; long-running pods {}", esc(&w.running.join(", "))))
@@ -650,6 +650,7 @@ pub fn change_html(
                     shown.push(&p.metric);
                     let reference = match p.reference {
                         "control" => reference_name,
+                        "background" => "before the change",
                         other => other,
                     };
                     let _ = write!(
@@ -695,6 +696,26 @@ pub fn change_html(
     )
 }
 
+/// The reference a batch's judgement named: its pods, or, without any (the last batch, where every
+/// pod is new), the workload before the change.
+fn reference_pods(w: Option<&crate::api::JudgedWindow>, fresh: bool) -> String {
+    match w.map(|w| &w.control) {
+        Some(pods) if !pods.is_empty() => format!(
+            "{} {}",
+            if fresh {
+                "fresh baseline pods"
+            } else {
+                "reference pods"
+            },
+            esc(&pods.join(", "))
+        ),
+        Some(_) => {
+            "reference: the workload's pods in the hour before the change (no pod on the old template was left beside the batch)".into()
+        }
+        None => "reference: not recorded".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,6 +746,31 @@ mod tests {
             ..Default::default()
         });
         cr
+    }
+
+    #[test]
+    fn a_batch_header_names_its_reference_even_without_reference_pods() {
+        let w = |control: &[&str]| crate::api::JudgedWindow {
+            from: Time(jiff::Timestamp::UNIX_EPOCH),
+            to: Time(jiff::Timestamp::UNIX_EPOCH),
+            change: vec!["web-new-1".into()],
+            control: control.iter().map(|s| s.to_string()).collect(),
+            running: Vec::new(),
+            pods_omitted: 0,
+        };
+        assert_eq!(
+            reference_pods(Some(&w(&["web-base-1"])), true),
+            "fresh baseline pods web-base-1"
+        );
+        assert_eq!(
+            reference_pods(Some(&w(&["web-old-1", "<x>"])), false),
+            "reference pods web-old-1, &lt;x&gt;"
+        );
+        let last = reference_pods(Some(&w(&[])), true);
+        assert!(
+            last.starts_with("reference: the workload's pods in the hour before the change"),
+            "{last}"
+        );
     }
 
     #[test]

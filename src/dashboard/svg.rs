@@ -183,9 +183,14 @@ pub fn render(plot: &Plot, reference_name: &str) -> String {
         );
         lx += 24.0 + 6.5 * label.len() as f64;
     };
+    // Only what is drawn is named.
     item(&mut s, CHANGE, "change");
-    item(&mut s, REFERENCE, reference_name);
-    item(&mut s, BAND, "band");
+    if !reference.is_empty() {
+        item(&mut s, REFERENCE, reference_name);
+    }
+    if pts.iter().any(|p| p.band.is_some()) {
+        item(&mut s, BAND, "band");
+    }
     if !running.is_empty() {
         item(&mut s, RUNNING, "long-running pods");
     }
@@ -243,6 +248,60 @@ mod tests {
         assert!(svg.contains("latency-p99 &lt;x&gt;"));
         assert!(!svg.contains("<x>"));
         assert!(svg.contains("2 slots beyond"));
+    }
+
+    #[test]
+    fn every_legend_entry_is_drawn_when_the_background_is_the_reference() {
+        // The last batch of a change: every pod is new, so the reference is the workload in the
+        // hour before the change. The legend names it, and its level is drawn.
+        use crate::analysis::judge::{GroupData, Groups, Metric, MetricData, Params};
+        let series = |level: f64, from: f64, n: usize| -> Vec<(f64, f64)> {
+            (0..n).map(|i| (from + i as f64 * 10.0, level)).collect()
+        };
+        let data = MetricData::Plain(Groups {
+            change: GroupData([("n1".to_string(), series(0.1, 5000.0, 6))].into()),
+            background: Some(GroupData(
+                [("old".to_string(), series(0.2, 1000.0, 30))].into(),
+            )),
+            ..Default::default()
+        });
+        let m = Metric::from_spec(&crate::api::MetricSpec {
+            name: "latency-p99".into(),
+            query: Some("x".into()),
+            ..Default::default()
+        });
+        let p = Params {
+            slot_secs: 10.0,
+            ..Params::default()
+        };
+        let plot = crate::analysis::plot::plot(&m, &data, &p).unwrap();
+        assert_eq!(plot.reference, "background");
+        let legend = |svg: &str| -> Vec<String> {
+            svg.split(r##"font-size="11" fill="#212529">"##)
+                .skip(1)
+                .filter_map(|s| s.split("</text>").next())
+                .map(str::to_string)
+                .collect()
+        };
+        let svg = render(&plot, "before the change");
+        assert_eq!(
+            legend(&svg),
+            ["change", "before the change", "band"],
+            "{svg}"
+        );
+        assert!(svg.contains(r#"<polyline class="reference""#), "{svg}");
+        assert!(svg.contains(r#"<rect class="band""#), "{svg}");
+        // Without any reference data nothing but the change is drawn, and named.
+        let mut bare = plot.clone();
+        for pt in &mut bare.points {
+            pt.reference = None;
+            pt.band = None;
+        }
+        let svg = render(&bare, "before the change");
+        assert!(
+            legend(&svg) == ["change"] && !svg.contains("class=\"reference\""),
+            "{svg}"
+        );
     }
 
     #[test]

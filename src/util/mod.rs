@@ -63,6 +63,23 @@ pub fn count(n: impl Into<i64>, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// Age like kubectl prints it: 45s, 3m, 2h, 5d.
+pub fn age(
+    from: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    now: jiff::Timestamp,
+) -> String {
+    let Some(t) = from else {
+        return "-".into();
+    };
+    let s = now.as_second().saturating_sub(t.0.as_second()).max(0);
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
