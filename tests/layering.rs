@@ -73,3 +73,9 @@ fn the_shared_vocabulary_imports_no_layer_above_it() {
 fn the_analysis_does_not_import_the_command_line() {
     assert_not_importing("analysis", &["cli", "dashboard"]);
 }
+
+#[test]
+fn the_dashboard_does_not_import_the_command_line() {
+    // `kubectl graygate dashboard` serves the dashboard; the arrow points from cli to it only.
+    assert_not_importing("dashboard", &["cli"]);
+}
