@@ -179,6 +179,35 @@ fn warmup_for_bake(spec: &ChangeRequestSpec, bake_ms: i64) -> Duration {
     Duration::from_millis((bake_ms / 3).clamp(0, DEFAULT_WARMUP_MS) as u64)
 }
 
+/// The bake a batch gets. With analysis, at least its warm-up plus two analysis intervals: the
+/// last judgement of a shorter bake covers one interval, one slot of samples, which no detector
+/// can decide on (an inconclusive verdict and a pause of a healthy change). The second value
+/// says why it was widened, for the status and the Event; `None` when the spec's bake stands.
+pub fn effective_bake(spec: &ChangeRequestSpec, bake: Duration) -> (Duration, Option<String>) {
+    let Some(analysis) = spec.analysis.as_ref() else {
+        return (bake, None);
+    };
+    let interval = analysis.interval.unwrap_or(DEFAULT_INTERVAL);
+    let warmup = warmup_for_bake(spec, bake.as_millis_i64());
+    let least = warmup.std() + 2 * interval.std();
+    if bake.std() >= least {
+        return (bake, None);
+    }
+    // Whole seconds, for a bake a person reads.
+    let least = Duration::from_secs(least.as_secs() + u64::from(least.subsec_nanos() > 0));
+    let warmup = if warmup.std().subsec_millis() == 0 {
+        warmup.to_string()
+    } else {
+        format!("{:.1}s", warmup.std().as_secs_f64())
+    };
+    (
+        least,
+        Some(format!(
+            "{least}, widened from the spec's {bake}: a judgement needs the {warmup} warm-up plus two {interval} analysis intervals"
+        )),
+    )
+}
+
 /// The default warm-up ceiling, in milliseconds.
 pub const DEFAULT_WARMUP_MS: i64 = 60_000;
 
@@ -230,8 +259,9 @@ pub fn planned_looks(
     let interval_ms = interval.as_millis_i64().max(1);
     let mut looks = 0u32;
     for b in &batches {
-        let bake_ms = b.bake.as_millis_i64();
-        let judged_ms = (bake_ms - warmup_for_bake(spec, bake_ms).as_millis_i64()).max(0);
+        let bake_ms = effective_bake(spec, b.bake).0.as_millis_i64();
+        let warmup_ms = warmup_for_bake(spec, b.bake.as_millis_i64()).as_millis_i64();
+        let judged_ms = (bake_ms - warmup_ms).max(0);
         let n = u32::try_from(judged_ms / interval_ms).unwrap_or(u32::MAX);
         looks = looks.saturating_add(n.max(1));
     }
@@ -1022,11 +1052,7 @@ impl Machine<'_> {
                 self.spec.target,
                 count(planned.len() as i64, "batch", "batches"),
                 count(w.replicas, "pod", "pods"),
-                planned
-                    .iter()
-                    .map(|b| b.replicas.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" → ")
+                plan_line(&planned)
             ),
         );
         self.set_phase(Phase::Progressing, None, "started");
@@ -1094,8 +1120,9 @@ impl Machine<'_> {
         self.note(
             false,
             "Rescaled",
+            // The whole plan as it now stands: the Started Event keeps the first one.
             format!(
-                "{} now has {live} replicas, was {before} ({who}): batch {k}/{} is {}{}",
+                "{} now has {live} replicas, was {before} ({who}): batch {k}/{} is {}{}; the plan is now {}",
                 self.spec.target,
                 new.len(),
                 count(now, "pod", "pods"),
@@ -1103,7 +1130,8 @@ impl Machine<'_> {
                     String::new()
                 } else {
                     format!(", was {was}")
-                }
+                },
+                plan_line(&new)
             ),
         );
         None
@@ -1217,15 +1245,22 @@ impl Machine<'_> {
             if w.step_reached {
                 self.st.batches[idx].ready_at = Some(Time(now));
                 self.st.batches[idx].pods_ready = pb.replicas;
+                let (bake, widened) = effective_bake(self.spec, pb.bake);
                 self.note(
                     false,
                     "BatchReady",
                     format!(
                         "batch {k}/{last}: all {} new pods ready; baking for {}",
-                        pb.replicas, pb.bake
+                        pb.replicas,
+                        widened
+                            .as_deref()
+                            .map_or_else(|| bake.to_string(), str::to_string)
                     ),
                 );
-                self.st.message = Some(format!("batch {k}/{last}: baking"));
+                self.st.message = Some(match &widened {
+                    Some(w) => format!("batch {k}/{last}: baking {w}"),
+                    None => format!("batch {k}/{last}: baking"),
+                });
                 self.st.reason = None;
             } else {
                 let started = ts(&self.st.batches[idx].started_at).unwrap_or(now);
@@ -1250,7 +1285,8 @@ impl Machine<'_> {
         }
 
         let ready_at = ts(&self.st.batches[idx].ready_at).unwrap_or(now);
-        let bake_end = add(ready_at, pb.bake);
+        let bake = effective_bake(self.spec, pb.bake).0;
+        let bake_end = add(ready_at, bake);
         let passed = match &self.spec.analysis {
             None => {
                 if now >= bake_end {
@@ -1268,7 +1304,7 @@ impl Machine<'_> {
                         Some(format!(
                             "{} over {}; the last passed",
                             count(b.judgements, "judgement", "judgements"),
-                            pb.bake
+                            bake
                         ))
                     } else if now >= bake_end && b.last_judgement == Some(Verdict::Inconclusive) {
                         let why = b.reason.clone().unwrap_or_else(|| "not enough data".into());
@@ -1449,6 +1485,15 @@ fn trim_finding(mut f: Finding) -> Finding {
 /// The canary Deployment's name for a target and a ChangeRequest.
 pub fn canary_name(target: &str, change: &str) -> String {
     object_name(format!("{target}-canary-{change}"))
+}
+
+/// The pods on the new template after each batch, as "1 → 2 → 4".
+fn plan_line(planned: &[PlannedBatch]) -> String {
+    planned
+        .iter()
+        .map(|b| b.replicas.to_string())
+        .collect::<Vec<_>>()
+        .join(" → ")
 }
 
 /// The fresh baseline's Deployment name for a target and a ChangeRequest.

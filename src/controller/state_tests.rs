@@ -128,7 +128,7 @@ fn batches_follow_an_autoscaler_and_say_so() {
     let n = d.notes.iter().find(|n| n.reason == "Rescaled").unwrap();
     assert_eq!(
         n.message,
-        "Deployment/web now has 8 replicas, was 4 (HorizontalPodAutoscaler/web): batch 1/3 is 2 pods, was 1"
+        "Deployment/web now has 8 replicas, was 4 (HorizontalPodAutoscaler/web): batch 1/3 is 2 pods, was 1; the plan is now 2 → 4 → 8"
     );
     // Down to 2: for 2 replicas 25% and 50% would both be 1 pod and merge; the plan stays and
     // the message says why.
@@ -610,6 +610,63 @@ fn judgement_is_due_every_interval_after_ready() {
 }
 
 #[test]
+fn a_bake_too_short_to_judge_is_widened_and_says_so() {
+    // 10s bakes judged every 5s: the default warm-up is 3.3s, and the last judgement of a 10s
+    // bake would cover one interval. The bake becomes 14s (3.3s + 2 × 5s, whole seconds).
+    let s = spec(
+        "target: {kind: Deployment, name: web}\nimages: {app: \"web:2\"}\nbatches: [{percent: 25, bake: 10s}, {percent: 100, bake: 10s}]\nanalysis: {interval: 5s}\n",
+    );
+    let (bake, why) = effective_bake(&s, Duration::from_secs(10));
+    assert_eq!(bake, Duration::from_secs(14));
+    let why = why.unwrap();
+    assert_eq!(
+        why,
+        "14s, widened from the spec's 10s: a judgement needs the 3.3s warm-up plus two 5s analysis intervals"
+    );
+    // Long enough, or without analysis: the spec's bake stands.
+    assert_eq!(
+        effective_bake(&s, Duration::from_secs(30)),
+        (Duration::from_secs(30), None)
+    );
+    assert_eq!(
+        effective_bake(&spec(BASIC), Duration::from_secs(1)),
+        (Duration::from_secs(1), None)
+    );
+    // Ready at 1s: the Event and the status say so.
+    let mut o = obs(1);
+    o.workload = Some(workload(true, 1));
+    let d = decide("chg", &s, &started(&s), &o);
+    let ready = d.notes.iter().find(|n| n.reason == "BatchReady").unwrap();
+    assert!(
+        ready.message.ends_with(&format!("baking for {why}")),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some(format!("batch 1/2: baking {why}").as_str())
+    );
+    // A passing judgement at 10s (its window one interval long) does not end the bake, even
+    // past the spec's 10s; the next, at 15s, does, over a window of two intervals.
+    let mut st = d.status;
+    let mut o = obs(10);
+    o.workload = Some(workload(true, 1));
+    o.judgement = verdict(Verdict::Pass);
+    st = decide("chg", &s, &st, &o).status;
+    let mut o = obs(12);
+    o.workload = Some(workload(true, 1));
+    st = decide("chg", &s, &st, &o).status;
+    assert_eq!((st.current_batch, st.batches[0].verdict), (1, None));
+    let w = judgement_due(&s, &st, t(15)).unwrap();
+    assert!(w.to.as_second() - w.from.as_second() >= 10, "{w:?}");
+    let mut o = obs(15);
+    o.workload = Some(workload(true, 1));
+    o.judgement = verdict(Verdict::Pass);
+    let d = decide("chg", &s, &st, &o);
+    assert_eq!(d.status.batches[0].verdict, Some(Verdict::Pass));
+}
+
+#[test]
 fn an_explicit_warmup_replaces_the_default() {
     let s = spec(&format!("{BASIC}analysis: {{interval: 10s, warmup: 0s}}\n"));
     let st = ready_status(&s);
@@ -955,12 +1012,13 @@ fn every_judgement_of_the_change_counts_in_its_looks() {
     assert_eq!(planned_looks(&s, &st, Duration::from_secs(10)), 6);
     // An interval longer than what is left after warm-up still judges each batch once.
     assert_eq!(planned_looks(&s, &st, Duration::from_secs(60)), 3);
-    // A 10m bake with a 1m warm-up judged every 30s holds 18 looks; the 2s bake one.
+    // A 10m bake with a 1m warm-up judged every 30s holds 18 looks; the 2s bake, widened to
+    // its warm-up plus two intervals, two.
     let long = spec(
         "target: {kind: Deployment, name: web}\nimages: {app: \"web:2\"}\nbatches: [{percent: 25, bake: 10m}, {percent: 100, bake: 2s}]\nanalysis: {interval: 30s}\n",
     );
     let st = ready_status(&long);
-    assert_eq!(planned_looks(&long, &st, Duration::from_secs(30)), 19);
+    assert_eq!(planned_looks(&long, &st, Duration::from_secs(30)), 20);
     // Before the workload is measured nothing is planned yet: one look.
     assert_eq!(
         planned_looks(&s, &ChangeRequestStatus::default(), Duration::from_secs(10)),
