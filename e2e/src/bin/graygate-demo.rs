@@ -1,6 +1,8 @@
 //! `make demo`: a real local control plane (etcd, kube-apiserver, kube-controller-manager) with
-//! the stand-in kubelet, a real Prometheus and `graygate run` with the chart's RBAC, with the
-//! ChangeRequests of examples/demo applied and a live timeline printed until they end.
+//! the stand-in kubelet, a real Prometheus and `graygate run` with the chart's RBAC and admission
+//! webhook. It applies examples/demo (three Deployments, a ChangePolicy guarding two of them, an
+//! explicit ChangeRequest for the third), runs `kubectl set image` on the guarded two (a good
+//! build and a bad one) and prints a live timeline until every change has ended.
 #![forbid(unsafe_code)]
 
 use graygate::api::{ChangeRequest, Phase};
@@ -10,6 +12,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+/// The Deployments examples/demo's ChangePolicy guards.
+const GUARDED: [&str; 2] = ["cart", "checkout"];
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")
@@ -53,8 +58,13 @@ async fn run() -> anyhow::Result<bool> {
         w.admin_kubeconfig.display(),
         w.prometheus_url().unwrap_or_default()
     );
-    w.start_graygate(&[])?;
-    println!("{} graygate run started", t());
+    let hook = w.install_webhook("Ignore").await?;
+    let args: Vec<&str> = hook.iter().map(String::as_str).collect();
+    w.start_graygate(&args)?;
+    println!(
+        "{} graygate run started, serving the chart's admission webhook",
+        t()
+    );
     // The web view a person would open with `kubectl graygate dashboard`, on the demo's cluster.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let dashboard = format!("http://{}/ns/shop", listener.local_addr()?);
@@ -89,7 +99,7 @@ async fn run() -> anyhow::Result<bool> {
             f.file_name().unwrap_or_default().to_string_lossy()
         );
     }
-    for name in ["catalog", "checkout"] {
+    for name in ["catalog", "checkout", "cart"] {
         w.wait_for(
             &format!("{name} to be ready"),
             Duration::from_secs(60),
@@ -108,18 +118,64 @@ async fn run() -> anyhow::Result<bool> {
         )
         .await?;
     }
+    for name in GUARDED {
+        w.wait_for(
+            &format!("{name} to be guarded"),
+            Duration::from_secs(60),
+            || async {
+                let d = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+                    w.client.clone(),
+                    "shop",
+                )
+                .get_opt(name)
+                .await?;
+                Ok(
+                    d.filter(|d| d.labels().contains_key(graygate::api::LABEL_GUARDED_BY))
+                        .map(|_| ()),
+                )
+            },
+        )
+        .await?;
+    }
     println!(
-        "{} catalog and checkout run 4 healthy pods each; letting them serve traffic for 20s so Prometheus has a background",
+        "{} catalog, checkout and cart run 4 healthy pods each (checkout and cart guarded); letting them serve traffic for 20s so Prometheus has a background",
         t()
     );
     tokio::time::sleep(Duration::from_secs(20)).await;
     for f in &changes {
         w.apply(&std::fs::read_to_string(f)?).await?;
         println!(
-            "{} applied {}",
+            "{} applied {} (an explicit ChangeRequest)",
             t(),
             f.file_name().unwrap_or_default().to_string_lossy()
         );
+    }
+    // The guarded way: an ordinary edit of the workload, held by the webhook and rolled out by
+    // the ChangeRequest graygate writes for it.
+    for (name, image) in [
+        ("cart", "shop/cart:healthy-v2"),
+        ("checkout", "shop/checkout:errors"),
+    ] {
+        let args = [
+            "set",
+            "image",
+            &format!("deployment/{name}"),
+            &format!("app={image}"),
+            "-n",
+            "shop",
+        ];
+        let out = std::process::Command::new("kubectl")
+            .arg(format!("--kubeconfig={}", w.admin_kubeconfig.display()))
+            .args(args)
+            .output()?;
+        println!("{} $ kubectl {}", t(), args.join(" "));
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&out.stderr).lines())
+        {
+            println!("{}   {line}", t());
+        }
+        anyhow::ensure!(out.status.success(), "kubectl set image {name} failed");
     }
 
     let api: Api<ChangeRequest> = Api::namespaced(w.client.clone(), "shop");
@@ -127,6 +183,10 @@ async fn run() -> anyhow::Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let crs = api.list(&Default::default()).await?.items;
+        let started = crs
+            .iter()
+            .map(|c| c.spec.target.name.as_str())
+            .collect::<std::collections::BTreeSet<_>>();
         for cr in &crs {
             let st = cr.status.clone().unwrap_or_default();
             let now = Seen {
@@ -136,7 +196,7 @@ async fn run() -> anyhow::Result<bool> {
             };
             if seen.get(&cr.name_any()) != Some(&now) {
                 println!(
-                    "{} {:<12} {:<5} {:<16} {}",
+                    "{} {:<19} {:<5} {:<16} {}",
                     t(),
                     cr.name_any(),
                     now.batch,
@@ -171,7 +231,7 @@ async fn run() -> anyhow::Result<bool> {
                 seen.insert(cr.name_any(), now);
             }
         }
-        if !crs.is_empty()
+        if started.len() == 3
             && crs
                 .iter()
                 .all(|c| c.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
@@ -187,37 +247,58 @@ async fn run() -> anyhow::Result<bool> {
 
     println!();
     println!("Summary after {:.0}s:", started.elapsed().as_secs_f64());
-    println!("  CHANGE       PHASE        BATCH  VERDICT    TARGET NOW RUNS");
+    println!(
+        "  {:<19} {:<10} {:<12} {:<6} {:<8} ITS PODS RUN",
+        "CHANGE", "HOW", "PHASE", "BATCH", "VERDICT"
+    );
     let mut as_expected = true;
     for cr in api.list(&Default::default()).await?.items {
         let st = cr.status.clone().unwrap_or_default();
-        let d = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(w.client.clone(), "shop")
-            .get(&cr.spec.target.name)
-            .await?;
-        let image = d
-            .spec
-            .and_then(|s| s.template.spec)
-            .and_then(|p| p.containers.first().and_then(|c| c.image.clone()))
-            .unwrap_or_default();
+        // What the pods run (a guarded Deployment's spec keeps the template it was given, held,
+        // after its change was rolled back).
+        let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(w.client.clone(), "shop")
+            .list(&kube::api::ListParams::default().labels(&format!("app={}", cr.spec.target.name)))
+            .await?
+            .items;
+        let mut images: BTreeMap<String, usize> = BTreeMap::new();
+        for p in pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+        {
+            if let Some(i) = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+            {
+                *images.entry(i).or_default() += 1;
+            }
+        }
+        let runs: Vec<String> = images.iter().map(|(i, n)| format!("{n}× {i}")).collect();
         println!(
-            "  {:<12} {:<12} {:<6} {:<10} {}",
+            "  {:<19} {:<10} {:<12} {:<6} {:<8} {}",
             cr.name_any(),
+            if cr.spec.policy.is_some() {
+                "guarded"
+            } else {
+                "explicit"
+            },
             st.phase.as_str(),
             st.batch.clone().unwrap_or_default(),
             st.verdict.map(|v| v.as_str()).unwrap_or("-"),
-            image
+            runs.join(", ")
         );
-        let expected = if cr.name_any() == "catalog-v2" {
-            Phase::Succeeded
-        } else {
+        let expected = if cr.spec.target.name == "checkout" {
             Phase::RolledBack
+        } else {
+            Phase::Succeeded
         };
         as_expected &= st.phase == expected;
     }
     println!();
     if as_expected {
         println!(
-            "The good change reached every pod; the bad one was stopped in its first batch, on one pod of four, and rolled back."
+            "The good changes reached every pod — the explicit one and the guarded `kubectl set image` alike; the bad one was stopped in its first batch, on one pod of four, and rolled back."
         );
     } else {
         println!("Unexpected outcome; graygate's log:\n{}", w.graygate_logs());
