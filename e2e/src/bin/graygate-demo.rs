@@ -16,6 +16,22 @@ use std::time::{Duration, Instant};
 /// The Deployments examples/demo's ChangePolicy guards.
 const GUARDED: [&str; 2] = ["cart", "checkout"];
 
+/// Wait up to a minute until the Deployment `name` of the shop is `what` (`ok`).
+async fn wait_deployment(
+    w: &World,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&k8s_openapi::api::apps::v1::Deployment) -> bool,
+) -> anyhow::Result<()> {
+    let api = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(w.client.clone(), "shop");
+    w.wait_for(
+        &format!("{name} to be {what}"),
+        Duration::from_secs(60),
+        || async { Ok(api.get_opt(name).await?.filter(|d| ok(d)).map(|_| ())) },
+    )
+    .await
+}
+
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo")
 }
@@ -100,41 +116,15 @@ async fn run() -> anyhow::Result<bool> {
         );
     }
     for name in ["catalog", "checkout", "cart"] {
-        w.wait_for(
-            &format!("{name} to be ready"),
-            Duration::from_secs(60),
-            || async {
-                let d = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
-                    w.client.clone(),
-                    "shop",
-                )
-                .get_opt(name)
-                .await?;
-                Ok(
-                    d.filter(|d| d.status.as_ref().and_then(|s| s.available_replicas) == Some(4))
-                        .map(|_| ()),
-                )
-            },
-        )
+        wait_deployment(&w, name, "ready", |d| {
+            d.status.as_ref().and_then(|s| s.available_replicas) == Some(4)
+        })
         .await?;
     }
     for name in GUARDED {
-        w.wait_for(
-            &format!("{name} to be guarded"),
-            Duration::from_secs(60),
-            || async {
-                let d = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
-                    w.client.clone(),
-                    "shop",
-                )
-                .get_opt(name)
-                .await?;
-                Ok(
-                    d.filter(|d| d.labels().contains_key(graygate::api::LABEL_GUARDED_BY))
-                        .map(|_| ()),
-                )
-            },
-        )
+        wait_deployment(&w, name, "guarded", |d| {
+            d.labels().contains_key(graygate::api::LABEL_GUARDED_BY)
+        })
         .await?;
     }
     println!(
