@@ -170,6 +170,55 @@ fn logs_templates_prints_one_template_per_line_in_order() {
 }
 
 #[test]
+fn log_files_with_line_times_are_judged_over_the_time_they_cover() {
+    // The canary's file covers 300 s, the control's 30 s; both log one slow-upstream warning
+    // and one request line a second. Per second nothing differs. Counted per file (no times),
+    // the canary's 300 warnings against control's 30 — with ten times control's share of other
+    // lines — would read as a 10× surge.
+    let dir = tempdir();
+    let log = |seconds: i64, requests_per_second: usize, timed: bool| {
+        let mut out = String::new();
+        for s in 0..seconds {
+            let at = jiff::Timestamp::from_second(1_800_000_000 + s).unwrap();
+            let stamp = if timed {
+                format!("{} ", at.strftime("%Y-%m-%dT%H:%M:%S%.9fZ"))
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "{stamp}WARN [upstream] slow call to inventory-svc took {}ms\n",
+                500 + s % 50
+            ));
+            for r in 0..requests_per_second {
+                out.push_str(&format!("{stamp}INFO GET /api/orders/{s}{r} status=200\n"));
+            }
+        }
+        out
+    };
+    let run = |timed: bool| {
+        let canary = dir.join(format!("canary-{timed}.log"));
+        std::fs::write(&canary, log(300, 1, timed)).unwrap();
+        let control = dir.join(format!("control-{timed}.log"));
+        std::fs::write(&control, log(30, 10, timed)).unwrap();
+        let (code, out, err) = graygate(&[
+            "analyze",
+            "--logs",
+            canary.to_str().unwrap(),
+            "--control-logs",
+            control.to_str().unwrap(),
+            "--output",
+            "json",
+        ]);
+        (code, format!("{out}{err}"))
+    };
+    let (code, out) = run(true);
+    assert_eq!(code, 0, "timed files: no finding\n{out}");
+    let (code, out) = run(false);
+    assert_eq!(code, 1, "untimed files are counted per file\n{out}");
+    assert!(out.contains("surge"), "{out}");
+}
+
+#[test]
 fn log_files_are_judged_the_same_way() {
     let dir = tempdir();
     let req = |pod: &str, n: usize| {

@@ -253,6 +253,7 @@ async fn a_log_surge_is_caught_in_the_first_batch() {
         .await;
 }
 
+/// A healthy change has no log finding: with whole reads, and with reads the byte limit cuts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_change_with_varied_ids_has_no_log_finding() {
     let w = settled_world("l3").await;
@@ -273,6 +274,52 @@ async fn a_healthy_change_with_varied_ids_has_no_log_finding() {
             b.findings
         );
     }
+
+    // Reads the byte limit cuts (#35): every pod logs ~3.5 KB/s, so 48 KiB covers ~14 s of the
+    // control pods' two minutes before the change and of each judged window. The groups are
+    // judged over what was read, so the same rates are no finding, and the evidence says so.
+    wait_deployment_ready(&w, "l3", "web", 4).await;
+    w.apply(&change_with(
+        "l3",
+        "cut",
+        "shop/web:healthy-v3",
+        "25s",
+        ", logs: {maxBytesPerPod: 49152}",
+    ))
+    .await
+    .unwrap();
+    let cr = w
+        .wait_phase("l3", "cut", Phase::Succeeded, Duration::from_secs(180))
+        .await
+        .unwrap();
+    let st = cr.status.unwrap();
+    let b = &st.batches[0];
+    let logs: Vec<_> = b
+        .findings
+        .iter()
+        .filter(|f| matches!(f.detector.as_str(), "new-template" | "surge" | "byte limit"))
+        .map(|f| (f.detector.as_str(), f.explanation.as_str()))
+        .collect();
+    println!("batch 1 log findings with a 48 KiB limit: {logs:#?}");
+    assert!(
+        !logs
+            .iter()
+            .any(|(d, _)| *d == "new-template" || *d == "surge"),
+        "{logs:#?}"
+    );
+    let before = b
+        .findings
+        .iter()
+        .find(|f| f.metric == "log reads" && f.groups == "before")
+        .unwrap_or_else(|| panic!("no cut named: {:#?}", b.findings));
+    assert!(
+        before
+            .explanation
+            .starts_with("before logs cut at maxBytesPerPod (0.05 MiB) in ")
+            && before.explanation.contains("of the hour before the change"),
+        "{}",
+        before.explanation
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -596,7 +596,11 @@ impl Analyzer for PrometheusAnalyzer {
                         // level is shared among them all.
                         let mut params = crate::logs::detect::Params::from_spec(spec);
                         params.alpha /= f64::from(req.window.looks.max(1));
-                        crate::logs::detect::detect(&g.change, &g.control, &g.before, &params)
+                        let mut found =
+                            crate::logs::detect::detect(&g.change, &g.control, &g.before, &params);
+                        // What the byte limit cut, so the evidence says what was judged.
+                        found.extend(g.cuts);
+                        found
                     }
                     Err(e) => return Judgement::Error(e),
                 }

@@ -188,10 +188,15 @@ async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
                 let mut g = crate::logs::detect::LogGroup::default();
                 for (i, f) in files.iter().enumerate() {
                     let text = read(f, flag)?;
-                    g.pods.insert(
-                        format!("{}#{i}", f.display()),
-                        text.lines().map(String::from).collect(),
-                    );
+                    let pod = format!("{}#{i}", f.display());
+                    // Lines with their times: the file covers its first line to its last.
+                    if let Some(r) = crate::logs::fetch::timed_file(&text) {
+                        g.seconds.insert(pod.clone(), r.seconds);
+                        g.at.insert(pod.clone(), r.at);
+                        g.pods.insert(pod, r.lines);
+                    } else {
+                        g.pods.insert(pod, text.lines().map(String::from).collect());
+                    }
                 }
                 Ok(g)
             };
