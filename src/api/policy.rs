@@ -50,6 +50,11 @@ pub fn with_failed(list: Option<&String>, hash: &str) -> String {
 /// How the `graygate.io/abort` value graygate writes when a newer template replaces a change
 /// begins: such a change ends `Superseded`, not `RolledBack`.
 pub const SUPERSEDED_BY: &str = "superseded by";
+
+/// Whether a `graygate.io/abort` value is the one graygate writes for a supersede.
+pub fn is_supersede(abort: &str) -> bool {
+    abort.trim().starts_with(SUPERSEDED_BY)
+}
 /// Annotation naming the ChangeRequest rolling out the held template.
 pub const ANN_CHANGE: &str = "graygate.io/change";
 /// Finalizer that releases a deleted policy's workloads.

@@ -191,9 +191,7 @@ async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
                     let pod = format!("{}#{i}", f.display());
                     // Lines with their times: the file covers its first line to its last.
                     if let Some(r) = crate::logs::fetch::timed_file(&text) {
-                        g.seconds.insert(pod.clone(), r.seconds);
-                        g.at.insert(pod.clone(), r.at);
-                        g.pods.insert(pod, r.lines);
+                        r.put(&mut g, &pod, true);
                     } else {
                         g.pods.insert(pod, text.lines().map(String::from).collect());
                     }

@@ -765,12 +765,4 @@ status: {status}
     fn tokens_are_fresh_and_readable() {
         assert_eq!(token(now()), "kubectl-20261121T100500.000Z");
     }
-
-    #[test]
-    fn ages_read_like_kubectl() {
-        let t = |s: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(s.parse().unwrap());
-        assert_eq!(age(Some(&t("2026-11-21T10:04:15Z")), now()), "45s");
-        assert_eq!(age(Some(&t("2026-11-21T07:00:00Z")), now()), "3h");
-        assert_eq!(age(None, now()), "-");
-    }
 }

@@ -174,7 +174,7 @@ pub fn find_blocker(me: &ChangeRequest, all: &[ChangeRequest]) -> Option<Blocker
             superseded: o.status.as_ref().map(|s| s.phase) == Some(Phase::Superseding)
                 || o.annotations()
                     .get(crate::api::ANN_ABORT)
-                    .is_some_and(|a| a.trim().starts_with(crate::api::policy::SUPERSEDED_BY)),
+                    .is_some_and(|a| crate::api::is_supersede(a)),
         })
         .min_by(|a, b| a.name.cmp(&b.name))
 }

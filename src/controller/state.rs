@@ -642,7 +642,7 @@ impl Machine<'_> {
         self.st.handled.abort = Some(token.clone());
         // graygate's policy writes "superseded by …" when a newer template replaces the change:
         // not a failure, and it ends as Superseded.
-        let superseded = token.trim().starts_with(SUPERSEDED_BY);
+        let superseded = is_supersede(token);
         if self.st.phase.is_active() && !self.st.phase.is_undoing() {
             if superseded {
                 // Routine, not a failure: its own phase and a Normal Event.
@@ -895,37 +895,37 @@ impl Machine<'_> {
     fn start(&mut self) {
         if let Some(Blocker {
             name: other,
-            superseded: true,
-        }) = &self.obs.blocker
+            superseded,
+        }) = self.obs.blocker.clone()
         {
-            // A supersede is routine: wait quietly for the older change's canary to go.
-            let why = format!(
-                "waiting for ChangeRequest {other}, superseded by a newer template, to remove its canary"
-            );
-            if self.st.reason.as_deref() != Some("Superseding") {
-                self.note(false, "Waiting", why.clone());
-            }
-            self.set_phase(Phase::Pending, Some("Superseding"), why);
-            self.wake_in(StdDuration::from_secs(2));
-            return;
-        }
-        if let Some(Blocker { name: other, .. }) = &self.obs.blocker {
-            if self.st.phase != Phase::Blocked {
-                self.note(
-                    true,
-                    "Blocked",
-                    format!(
-                        "ChangeRequest {other} holds {}; waiting for it to end",
-                        self.spec.target
-                    ),
+            if superseded {
+                // A supersede is routine: wait quietly for the older change's canary to go.
+                let why = format!(
+                    "waiting for ChangeRequest {other}, superseded by a newer template, to remove its canary"
                 );
+                if self.st.reason.as_deref() != Some("Superseding") {
+                    self.note(false, "Waiting", why.clone());
+                }
+                self.set_phase(Phase::Pending, Some("Superseding"), why);
+                self.wake_in(StdDuration::from_secs(2));
+            } else {
+                if self.st.phase != Phase::Blocked {
+                    self.note(
+                        true,
+                        "Blocked",
+                        format!(
+                            "ChangeRequest {other} holds {}; waiting for it to end",
+                            self.spec.target
+                        ),
+                    );
+                }
+                self.set_phase(
+                    Phase::Blocked,
+                    Some("Blocked"),
+                    format!("blocked by ChangeRequest {other}, active on the same target"),
+                );
+                self.wake_in(StdDuration::from_secs(5));
             }
-            self.set_phase(
-                Phase::Blocked,
-                Some("Blocked"),
-                format!("blocked by ChangeRequest {other}, active on the same target"),
-            );
-            self.wake_in(StdDuration::from_secs(5));
             return;
         }
         let Some(w) = self.obs.workload.clone() else {

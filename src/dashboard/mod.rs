@@ -608,6 +608,7 @@ pub fn change_html(
         body.push_str("</table>");
     }
     // Evidence, the newest batch first.
+    let fresh = cr.spec.baseline == crate::api::Baseline::Fresh;
     for bp in batches.iter().rev() {
         let Some(b) = st.batches.iter().find(|b| b.index == bp.index) else {
             continue;
@@ -621,7 +622,7 @@ pub fn change_html(
             from = time(w.map(|w| &w.from)),
             to = time(w.map(|w| &w.to)),
             c = esc(&w.map(|w| w.change.join(", ")).unwrap_or_default()),
-            r = reference_pods(w, cr.spec.baseline == crate::api::Baseline::Fresh),
+            r = reference_pods(w, fresh),
             run = w
                 .filter(|w| !w.running.is_empty())
                 .map(|w| format!("; long-running pods {}", esc(&w.running.join(", "))))
@@ -631,11 +632,7 @@ pub fn change_html(
                 .map(|w| format!(" ({} more not recorded)", w.pods_omitted))
                 .unwrap_or_default(),
         );
-        let reference_name = if cr.spec.baseline == crate::api::Baseline::Fresh {
-            "fresh baseline"
-        } else {
-            "control"
-        };
+        let reference_name = if fresh { "fresh baseline" } else { "control" };
         let mut shown: Vec<&str> = Vec::new();
         match &bp.plots {
             Err(e) => {

@@ -101,6 +101,18 @@ pub fn parse_read(text: &str, limit: Option<usize>, start: Timestamp, end: Times
     }
 }
 
+impl PodRead {
+    /// Put this read into `g` as pod `pod`: its lines and watched time, and its line times when
+    /// `with_times` (the reference before the change, for the dispersion).
+    pub fn put(self, g: &mut LogGroup, pod: &str, with_times: bool) {
+        g.seconds.insert(pod.to_string(), self.seconds);
+        if with_times {
+            g.at.insert(pod.to_string(), self.at);
+        }
+        g.pods.insert(pod.to_string(), self.lines);
+    }
+}
+
 /// A log file whose lines carry their times (as `kubectl logs --timestamps` writes them): its
 /// lines, their times, and as watched time the span from its first line to its last. `None` when
 /// its first line has no RFC 3339 timestamp, or the span is empty; such a file counts as one
@@ -228,13 +240,6 @@ pub async fn fetch(
     let from_ready = |p: &crate::rollout::GroupPod, start: Timestamp| {
         p.ready_since.map_or(start, |r| r.max(start))
     };
-    let put = |g: &mut LogGroup, pod: &str, r: PodRead, with_times: bool| {
-        g.seconds.insert(pod.to_string(), r.seconds);
-        if with_times {
-            g.at.insert(pod.to_string(), r.at);
-        }
-        g.pods.insert(pod.to_string(), r.lines);
-    };
     let mut cuts = [Cuts::default(), Cuts::default(), Cuts::default()];
     // One pod's read of `[since, end)`, its watched time from `since` or its readiness.
     let window = async |p: &crate::rollout::GroupPod, since: Timestamp, end: Timestamp| {
@@ -244,18 +249,18 @@ pub async fn fetch(
     for p in groups.change.iter().take(max_pods) {
         let r = window(p, from, now).await?;
         cuts[0].add(&r);
-        put(&mut out.change, &p.name, r, false);
+        r.put(&mut out.change, &p.name, false);
     }
     let before_start = change_started - jiff::SignedDuration::from_hours(1);
     for p in groups.control.iter().take(max_pods) {
         let r = window(p, from, now).await?;
         cuts[1].add(&r);
-        put(&mut out.control, &p.name, r, false);
+        r.put(&mut out.control, &p.name, false);
         // The hour before the change, each line's time kept: how much a template's count varies
         // from one window to the next in healthy pods.
         let r = window(p, before_start, change_started).await?;
         cuts[2].add(&r);
-        put(&mut out.before, &p.name, r, true);
+        r.put(&mut out.before, &p.name, true);
     }
     out.cuts = [
         ("change", "of the judged window"),

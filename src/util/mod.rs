@@ -86,6 +86,15 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn ages_read_like_kubectl() {
+        let now: jiff::Timestamp = "2026-11-21T10:05:00Z".parse().unwrap();
+        let t = |s: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(s.parse().unwrap());
+        assert_eq!(age(Some(&t("2026-11-21T10:04:15Z")), now), "45s");
+        assert_eq!(age(Some(&t("2026-11-21T07:00:00Z")), now), "3h");
+        assert_eq!(age(None, now), "-");
+    }
+
+    #[test]
     fn a_count_takes_the_noun_in_its_number() {
         assert_eq!(count(1, "pod", "pods"), "1 pod");
         assert_eq!(count(0u32, "pod", "pods"), "0 pods");

@@ -173,7 +173,7 @@ async fn run() -> anyhow::Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let crs = api.list(&Default::default()).await?.items;
-        let started = crs
+        let targets = crs
             .iter()
             .map(|c| c.spec.target.name.as_str())
             .collect::<std::collections::BTreeSet<_>>();
@@ -221,7 +221,7 @@ async fn run() -> anyhow::Result<bool> {
                 seen.insert(cr.name_any(), now);
             }
         }
-        if started.len() == 3
+        if targets.len() == 3
             && crs
                 .iter()
                 .all(|c| c.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
