@@ -1250,8 +1250,12 @@ impl Machine<'_> {
                     false,
                     "BatchReady",
                     format!(
-                        "batch {k}/{last}: all {} new pods ready; baking for {}",
-                        pb.replicas,
+                        "batch {k}/{last}: {} ready; baking for {}",
+                        if pb.replicas == 1 {
+                            "its new pod is".to_string()
+                        } else {
+                            format!("all {} new pods", pb.replicas)
+                        },
                         widened
                             .as_deref()
                             .map_or_else(|| bake.to_string(), str::to_string)

@@ -638,6 +638,13 @@ fn a_bake_too_short_to_judge_is_widened_and_says_so() {
     let d = decide("chg", &s, &started(&s), &o);
     let ready = d.notes.iter().find(|n| n.reason == "BatchReady").unwrap();
     assert!(
+        ready
+            .message
+            .starts_with("batch 1/2: its new pod is ready;"),
+        "{}",
+        ready.message
+    );
+    assert!(
         ready.message.ends_with(&format!("baking for {why}")),
         "{}",
         ready.message
