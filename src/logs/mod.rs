@@ -1,5 +1,6 @@
 //! Log analysis: template mining, the log detectors, and reading pod logs.
 
+pub mod brain;
 pub mod detect;
 pub mod fetch;
 pub mod miner;
