@@ -1,7 +1,7 @@
 //! Template mining throughput on the concatenated loghub samples (../shared/data/loghub).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use graygate::logs::miner::{Config, Miner};
+use graygate::logs::brain::{Brain, Config};
 use std::hint::black_box;
 
 #[path = "../tests/support/loghub.rs"]
@@ -29,13 +29,17 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("template mining");
     g.throughput(Throughput::Elements(lines.len() as u64));
     g.bench_function(
-        format!("{} loghub lines, fresh miner, one thread", lines.len()),
+        format!(
+            "{} loghub lines, fresh parser, settled, one thread",
+            lines.len()
+        ),
         |b| {
             b.iter(|| {
-                let mut m = Miner::new(Config::default());
+                let mut m = Brain::new(Config::default());
                 for l in &lines {
                     black_box(m.add(l));
                 }
+                black_box(m.settle());
             })
         },
     );

@@ -163,7 +163,7 @@ fn logs_templates_prints_one_template_per_line_in_order() {
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0].0, rows[2].0, "the two requests share a template");
     assert_ne!(rows[0].0, rows[1].0);
-    assert_eq!(rows[0].1, "GET <*> status=<*> duration_ms=<*>");
+    assert_eq!(rows[0].1, "GET /api/orders/<*> status=<*> duration_ms=<*>");
     let (code, _, err) = graygate(&["logs", "templates", "/nonexistent/file.log"]);
     assert_eq!(code, 3);
     assert!(err.contains("/nonexistent/file.log"), "{err}");

@@ -10,7 +10,7 @@ use graygate::analysis::template::{pods_regex, render};
 use graygate::api::Duration;
 use graygate::api::window::parse_clock;
 use graygate::guard::webhook::respond;
-use graygate::logs::miner::{Config, Miner};
+use graygate::logs::brain::{Brain, Config};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -133,12 +133,13 @@ proptest! {
 
     #[test]
     fn the_log_miner_never_panics(lines in prop::collection::vec(".{0,80}", 0..40)) {
-        let mut m = Miner::new(Config::default());
-        for l in &lines {
-            let id = m.add(l);
-            let _ = m.template(m.resolve(id));
+        let mut m = Brain::new(Config::default());
+        let ids: Vec<u32> = lines.iter().map(|l| m.add(l)).collect();
+        let g = m.settle();
+        for id in ids {
+            let _ = g.template(g.event(id));
         }
-        prop_assert!(m.templates().count() <= lines.len().max(1));
+        prop_assert!(g.events().count() <= lines.len());
     }
 
     #[test]

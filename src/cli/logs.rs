@@ -1,7 +1,7 @@
 //! `graygate logs templates FILE`: every input line's template id and template, tab-separated,
 //! in input order, so a user can see how their logs are grouped (and score the miner).
 
-use crate::logs::miner::{Config, Miner};
+use crate::logs::brain::{Brain, Config};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -30,7 +30,7 @@ pub fn run(cmd: LogsCommand) -> u8 {
                     }
                 }
             };
-            let mut miner = Miner::new(Config::default());
+            let mut miner = Brain::new(Config::default());
             let mut ids = Vec::new();
             for (n, line) in reader.lines().enumerate() {
                 match line {
@@ -41,15 +41,12 @@ pub fn run(cmd: LogsCommand) -> u8 {
                     }
                 }
             }
-            // Templates only settle once every line was seen: print the final one for each line.
-            let templates: std::collections::BTreeMap<u32, String> = miner
-                .templates()
-                .map(|id| (id, miner.template(id)))
-                .collect();
+            // Events only settle once every line was seen.
+            let events = miner.settle();
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            for id in ids.into_iter().map(|id| miner.resolve(id)) {
-                if writeln!(out, "{id}\t{}", templates[&id]).is_err() {
+            for id in ids.into_iter().map(|id| events.event(id)) {
+                if writeln!(out, "{id}\t{}", events.template(id)).is_err() {
                     return 0;
                 }
             }

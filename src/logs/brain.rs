@@ -97,14 +97,17 @@ pub struct Config {
     pub by_source: bool,
     /// Distinct preprocessed lines kept at most.
     pub max_lines: usize,
+    /// Mask weekday and month names as values, as the numbers of a date are.
+    pub calendar: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            threshold: 4,
+            threshold: 6,
             by_source: true,
             max_lines: 200_000,
+            calendar: true,
         }
     }
 }
@@ -115,14 +118,85 @@ impl Config {
         Config {
             threshold: 2,
             by_source: false,
+            calendar: false,
             ..Config::default()
         }
     }
 }
 
-/// IP addresses with an optional port, the first of the generic masks.
-static IP: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(/|)([0-9]+\.){3}[0-9]+(:[0-9]+|)(:|)").unwrap_or_else(|_| never())
+/// The first generic mask, IP addresses with an optional port, `(/|)([0-9]+\.){3}[0-9]+(:[0-9]+|)(:|)`,
+/// replaced by `<*>` left to right as `re.sub` does. Written out by hand because it is the
+/// costliest of the masks as a regex; no step of it can backtrack into another way to match.
+fn mask_ips(s: &str) -> std::borrow::Cow<'_, str> {
+    let c = s.as_bytes();
+    let digits = |mut j: usize| {
+        while j < c.len() && c[j].is_ascii_digit() {
+            j += 1;
+        }
+        j
+    };
+    // The end of a match at `i`, if one starts there.
+    let at = |i: usize| -> Option<usize> {
+        let mut j = i + usize::from(c[i] == b'/');
+        for _ in 0..3 {
+            let k = digits(j);
+            if k == j || c.get(k) != Some(&b'.') {
+                return None;
+            }
+            j = k + 1;
+        }
+        let k = digits(j);
+        if k == j {
+            return None;
+        }
+        j = k;
+        if c.get(j) == Some(&b':') && digits(j + 1) > j + 1 {
+            j = digits(j + 1);
+        }
+        if c.get(j) == Some(&b':') {
+            j += 1;
+        }
+        Some(j)
+    };
+    let mut out: Option<String> = None;
+    let (mut i, mut copied) = (0, 0);
+    while i < c.len() {
+        if !(c[i].is_ascii_digit() || c[i] == b'/') {
+            i += 1;
+            continue;
+        }
+        match at(i) {
+            Some(end) => {
+                let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+                o.push_str(&s[copied..i]);
+                o.push_str("<*>");
+                i = end;
+                copied = end;
+            }
+            // No match starts later in the same run of digits either: from there the pattern
+            // meets the same run's end and the same bytes after it.
+            None if c[i].is_ascii_digit() => i = digits(i),
+            None => i += 1,
+        }
+    }
+    match out {
+        None => std::borrow::Cow::Borrowed(s),
+        Some(mut o) => {
+            o.push_str(&s[copied..]);
+            std::borrow::Cow::Owned(o)
+        }
+    }
+}
+/// Weekday and month names, English, abbreviated or whole, capitalised or upper case.
+static CALENDAR: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"(?-u:\b)(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun|MON|TUE|WED|THU|FRI|SAT|SUN",
+        r"|Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday",
+        r"|Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec",
+        r"|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC",
+        r"|January|February|March|April|June|July|August|September|October|November|December)(?-u:\b)",
+    ))
+    .unwrap_or_else(|_| never())
 });
 static HEX: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"0x[0-9a-fA-F]+").unwrap_or_else(|_| never()));
@@ -131,28 +205,31 @@ fn never() -> Regex {
     Regex::new(r"[^\s\S]").unwrap_or_else(|_| std::process::abort())
 }
 
-fn alnum(c: char) -> bool {
-    c.is_ascii_alphanumeric()
-}
-
 /// The third generic mask, `(?<=[^A-Za-z0-9])(\-?\+?\d+)(?=[^A-Za-z0-9])|[0-9]+$`, replaced by
 /// `<*>` left to right as `re.sub` does (Rust's regex has no look-around): a run of digits, with
 /// an optional `-` and `+` before it, between two characters that are not ASCII letters or
-/// digits; or the digits that end the line.
-fn mask_numbers(s: &str) -> String {
-    let c: Vec<char> = s.chars().collect();
+/// digits; or the digits that end the line. It works on bytes: every character it looks for is
+/// ASCII, and a byte of a multi-byte character is neither a letter nor a digit, as the character
+/// is not.
+fn mask_numbers(s: &str) -> std::borrow::Cow<'_, str> {
+    let c = s.as_bytes();
+    if !c.iter().any(u8::is_ascii_digit) {
+        return std::borrow::Cow::Borrowed(s);
+    }
     let n = c.len();
+    let alnum = |b: u8| b.is_ascii_alphanumeric();
     // Where the line's closing run of digits starts.
-    let tail = n - c.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    let tail = n - c.iter().rev().take_while(|b| b.is_ascii_digit()).count();
     let mut out = String::with_capacity(s.len());
-    let mut i = 0;
+    // Bytes from `copied` to `i` are still to be copied.
+    let (mut i, mut copied) = (0, 0);
     while i < n {
         if i > 0 && !alnum(c[i - 1]) {
             let mut j = i;
-            if c[j] == '-' {
+            if c[j] == b'-' {
                 j += 1;
             }
-            if j < n && c[j] == '+' {
+            if j < n && c[j] == b'+' {
                 j += 1;
             }
             let digits = j;
@@ -160,45 +237,76 @@ fn mask_numbers(s: &str) -> String {
                 j += 1;
             }
             if j > digits && j < n && !alnum(c[j]) {
+                out.push_str(&s[copied..i]);
                 out.push_str("<*>");
                 i = j;
+                copied = j;
                 continue;
             }
         }
         if i >= tail {
+            out.push_str(&s[copied..i]);
             out.push_str("<*>");
+            copied = n;
             break;
         }
-        out.push(c[i]);
         i += 1;
     }
-    out
+    out.push_str(&s[copied..]);
+    std::borrow::Cow::Owned(out)
 }
 
 /// Step 1 without the split: the masked line with a space after each comma and single spaces.
-pub fn preprocess(line: &str) -> String {
+pub fn preprocess(line: &str, cfg: &Config) -> String {
+    let mut out = String::new();
+    preprocess_into(line, cfg, &mut out);
+    out
+}
+
+/// [`preprocess`] into `out` (cleared first).
+fn preprocess_into(line: &str, cfg: &Config, out: &mut String) {
+    out.clear();
     let s = line.trim();
-    let s = IP.replace_all(s, "<*>");
-    let s = HEX.replace_all(&s, "<*>");
+    let s = if s.contains('.') {
+        mask_ips(s)
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    };
+    let s = if s.contains("0x") {
+        HEX.replace_all(&s, "<*>")
+    } else {
+        s
+    };
+    let s = if cfg.calendar {
+        CALENDAR.replace_all(&s, "<*>")
+    } else {
+        s
+    };
     let s = mask_numbers(&s);
-    let mut out = String::with_capacity(s.len() + 8);
-    let mut space = false;
-    for ch in s.chars() {
-        if ch == ' ' {
-            if !space {
-                out.push(' ');
-            }
-            space = true;
-        } else {
-            out.push(ch);
-            space = false;
-            if ch == ',' {
-                out.push(' ');
+    // A space after every comma, and single spaces; both are ASCII, so whole runs of other
+    // bytes are copied as they are.
+    let b = s.as_bytes();
+    let (mut copied, mut space) = (0, false);
+    for (i, ch) in b.iter().enumerate() {
+        match ch {
+            b' ' => {
+                out.push_str(&s[copied..i]);
+                if !space {
+                    out.push(' ');
+                }
+                copied = i + 1;
                 space = true;
             }
+            b',' => {
+                out.push_str(&s[copied..=i]);
+                out.push(' ');
+                copied = i + 1;
+                space = true;
+            }
+            _ => space = false,
         }
     }
-    out
+    out.push_str(&s[copied..]);
 }
 
 /// Whether 30% or more of a token's characters are digits (the reference's `exclude_digits`).
@@ -215,11 +323,14 @@ fn mostly_digits(token: &str) -> bool {
 /// `INFO [main] org.apache.zookeeper.server.ZooKeeperServer: …`, `WARN o.a.k.c.NetworkClient - …`.
 static LOGGER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
-        r"\b(?:TRACE|DEBUG|INFO|WARN|WARNING|ERROR|FATAL)\b:?\s+(?:\[[^\]]*\]\s+)?",
-        r"((?:[a-z_][A-Za-z0-9_]*\.)+[A-Z][A-Za-z0-9_$]*)(?::|\s+-)?\s",
+        r"(?-u:\b)(?:TRACE|DEBUG|INFO|WARN|WARNING|ERROR|FATAL)(?-u:\b):?(?-u:\s)+(?:\[[^\]]*\](?-u:\s)+)?",
+        r"((?:[a-z_][A-Za-z0-9_]*\.)+[A-Z][A-Za-z0-9_$]*)(?::|(?-u:\s)+-)?(?-u:\s)",
     ))
     .unwrap_or_else(|_| never())
 });
+/// The level words [`LOGGER`] needs, as a cheap first look.
+static LEVEL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new("TRACE|DEBUG|INFO|WARN|ERROR|FATAL").unwrap_or_else(|_| never()));
 /// The logger a structured line names: JSON `"logger":"…"`, logfmt `logger=…`.
 static LOGGER_KEY: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"(?:"logger"\s*:\s*"([^"]+)"|(?:^|\s)logger=("[^"]+"|\S+))"#)
@@ -230,11 +341,25 @@ static LOGGER_KEY: LazyLock<Regex> = LazyLock::new(|| {
 /// a call site (klog, zap, slog, a Java frame; see [`super::detect::call_site`]), else a logger
 /// name of a structured line or a Java logger class after the level.
 pub fn source_of(line: &str) -> Option<&str> {
-    if let Some(site) = super::detect::call_site(line) {
+    // Each pattern needs a few bytes the line must hold; most lines skip every regex.
+    // A call site's `file.ext:N`: a dot, an extension of letters, a colon, a digit.
+    let b = line.as_bytes();
+    let sited = (1..b.len().saturating_sub(1)).any(|i| {
+        b[i] == b':'
+            && b[i + 1].is_ascii_digit()
+            && b[i - 1].is_ascii_alphabetic()
+            && b[i.saturating_sub(7)..i - 1].contains(&b'.')
+    });
+    if sited && let Some(site) = super::detect::call_site(line) {
         return Some(site);
     }
-    if let Some(c) = LOGGER_KEY.captures(line) {
+    if line.contains("logger")
+        && let Some(c) = LOGGER_KEY.captures(line)
+    {
         return c.get(1).or(c.get(2)).map(|m| m.as_str());
+    }
+    if !line.contains('.') || !LEVEL.is_match(line) {
+        return None;
     }
     LOGGER
         .captures(line)
@@ -252,13 +377,17 @@ struct Line {
 /// The online parser: add lines, settle when a grouping is needed.
 pub struct Brain {
     cfg: Config,
-    index: FxMap<(u32, Box<str>), u32>,
+    /// Per source: distinct preprocessed line → its id.
+    index: Vec<FxMap<Box<str>, u32>>,
+    scratch: String,
     lines: Vec<Line>,
     sources: FxMap<Box<str>, u32>,
     overflowed: u64,
 }
 
-/// A settled grouping: every added line's event and every event's template.
+/// A settled grouping: every added line's event and every event's template as a person reads
+/// it (the event is the reference's template, where every token holding `<*>` is `<*>`; the
+/// template shown keeps such a token, `status=<*>`, when all the event's lines agree on it).
 pub struct Grouping {
     event_of: Vec<u32>,
     templates: Vec<String>,
@@ -288,7 +417,8 @@ impl Brain {
     pub fn new(cfg: Config) -> Self {
         Brain {
             cfg,
-            index: FxMap::default(),
+            index: Vec::new(),
+            scratch: String::new(),
             lines: Vec::new(),
             sources: FxMap::default(),
             overflowed: 0,
@@ -308,23 +438,35 @@ impl Brain {
                 }
             },
         };
-        let text: Box<str> = preprocess(line).into();
-        let key = (source, text);
-        if let Some(id) = self.index.get(&key) {
-            self.lines[*id as usize].count += 1;
-            return *id;
+        // A line seen before costs no allocation: it is preprocessed into a reused buffer.
+        let mut text = std::mem::take(&mut self.scratch);
+        preprocess_into(line, &self.cfg, &mut text);
+        if self.index.len() <= source as usize {
+            self.index.resize_with(source as usize + 1, FxMap::default);
         }
-        if self.lines.len() >= self.cfg.max_lines {
-            self.overflowed += 1;
-            return OVERFLOW;
-        }
-        let id = self.lines.len() as u32;
-        self.lines.push(Line {
-            source,
-            text: key.1.clone(),
-            count: 1,
-        });
-        self.index.insert(key, id);
+        let found = self.index[source as usize].get(text.as_str()).copied();
+        let id = match found {
+            Some(id) => {
+                self.lines[id as usize].count += 1;
+                id
+            }
+            None if self.lines.len() >= self.cfg.max_lines => {
+                self.overflowed += 1;
+                OVERFLOW
+            }
+            None => {
+                let id = self.lines.len() as u32;
+                let kept: Box<str> = text.as_str().into();
+                self.lines.push(Line {
+                    source,
+                    text: kept.clone(),
+                    count: 1,
+                });
+                self.index[source as usize].insert(kept, id);
+                id
+            }
+        };
+        self.scratch = text;
         id
     }
 
@@ -387,7 +529,7 @@ impl Brain {
         // Steps 5 and 6.
         let mut event_of = vec![0u32; self.lines.len()];
         let mut events: FxMap<(u32, String), u32> = FxMap::default();
-        let mut templates = Vec::new();
+        let mut shown: Vec<Vec<&str>> = Vec::new();
         let mut counts = Vec::new();
         for key in order {
             let members = &groups[&key];
@@ -411,16 +553,39 @@ impl Brain {
                     })
                     .collect::<Vec<_>>()
                     .join(" ");
-                let next = templates.len() as u32;
-                let e = *events.entry((key.0, template)).or_insert_with_key(|k| {
-                    templates.push(k.1.clone());
+                let next = shown.len() as u32;
+                let e = *events.entry((key.0, template)).or_insert_with(|| {
+                    shown.push(Vec::new());
                     counts.push(0);
                     next
                 });
                 event_of[*i] = e;
                 counts[e as usize] += self.lines[*i].count;
+                // What a person reads: a masked token (`status=<*>`) where every line of the
+                // event has the same one, else `<*>` as in the event's key.
+                let read: Vec<&str> = toks[*i]
+                    .iter()
+                    .map(|w| {
+                        if variable.contains(w) || (mostly_digits(w) && !w.contains("<*>")) {
+                            "<*>"
+                        } else {
+                            w
+                        }
+                    })
+                    .collect();
+                let words = &mut shown[e as usize];
+                if words.is_empty() {
+                    *words = read;
+                } else {
+                    for (have, w) in words.iter_mut().zip(read) {
+                        if *have != w {
+                            *have = "<*>";
+                        }
+                    }
+                }
             }
         }
+        let mut templates: Vec<String> = shown.into_iter().map(|w| w.join(" ")).collect();
         templates.push(format!(
             "<{} lines of new shapes past the parser's {} distinct lines>",
             self.overflowed, self.cfg.max_lines
@@ -473,6 +638,11 @@ mod tests {
         for (line, masked) in [
             ("from 10.0.0.7:5432 at 0x7fA9", "from <*> at <*>"),
             (
+                "/10.0.0.7: 1.2.3 1.2.3.4.5.6.7.8 a1.2.3.4:x",
+                "<*> <*>.<*>.<*> <*>.<*> a<*>x",
+            ),
+            ("x/1.2.3.4:80: y /a 1.2.3.4:", "x<*> y /a <*>"),
+            (
                 "took 812 ms, -5 and +3 left",
                 "took <*> ms, <*> and <*> left",
             ),
@@ -488,7 +658,7 @@ mod tests {
             ("a,b  ,c", "a, b , c"),
             ("  padded   words  ", "padded words"),
         ] {
-            assert_eq!(preprocess(line), masked, "{line}");
+            assert_eq!(preprocess(line, &Config::reference()), masked, "{line}");
         }
     }
 

@@ -1,7 +1,7 @@
 //! Log detectors: templates that are new in the change group, and templates whose per-pod rate
 //! surges in the change group compared with the control group.
 
-use super::miner::{Config, Miner};
+use super::brain::{Brain, Config};
 use crate::api::{Finding, LogAnalysisSpec, Verdict};
 use crate::util::trim_to;
 use regex::Regex;
@@ -199,7 +199,7 @@ pub fn detect(
     before: &LogGroup,
     p: &Params,
 ) -> Vec<Finding> {
-    let mut miner = Miner::new(Config::default());
+    let mut miner = Brain::new(Config::default());
     let mut counts: BTreeMap<u32, Counts> = BTreeMap::new();
     let keep = |l: &str| !p.ignore.iter().any(|re| re.is_match(l));
     let mut totals = [0u64; 3];
@@ -208,7 +208,7 @@ pub fn detect(
     let mut sequence: Vec<Vec<u32>> = Vec::new();
     // Lines per call site: [before, control, change].
     let mut site_counts: BTreeMap<String, [u64; 3]> = BTreeMap::new();
-    let mut add = |miner: &mut Miner, line: &str, which: usize| {
+    let mut add = |miner: &mut Brain, line: &str, which: usize| {
         if !keep(line) {
             return None;
         }
@@ -252,10 +252,11 @@ pub fn detect(
     for lines in change.pods.values() {
         sequence.push(lines.iter().filter_map(|l| add(&mut miner, l, 2)).collect());
     }
-    // Templates merge as the miner learns: count by the final template.
+    // Events are settled once every line is in: count by event.
+    let events = miner.settle();
     let mut merged: BTreeMap<u32, Counts> = BTreeMap::new();
     for (id, c) in counts {
-        let m = merged.entry(miner.resolve(id)).or_default();
+        let m = merged.entry(events.event(id)).or_default();
         for k in 0..3 {
             m.n[k] += c.n[k];
         }
@@ -269,7 +270,7 @@ pub fn detect(
     for ids in &sequence {
         let mut last = None;
         for id in ids {
-            let id = miner.resolve(*id);
+            let id = events.event(*id);
             if last != Some(id)
                 && let Some(m) = merged.get_mut(&id)
             {
@@ -298,7 +299,7 @@ pub fn detect(
                 let w = (t / width).floor();
                 if w >= 0.0 && (w as usize) < whole {
                     *windows
-                        .entry(miner.resolve(*id))
+                        .entry(events.event(*id))
                         .or_default()
                         .entry(window_count + w as usize)
                         .or_default() += 1;
@@ -334,7 +335,7 @@ pub fn detect(
                 statement = Some(c.sites.iter().cloned().collect::<Vec<_>>().join(", "));
             }
         }
-        let template = trim_to(&miner.template(*id), 200);
+        let template = trim_to(events.template(*id), 200);
         let example = c.example.as_deref().map(safe_example).unwrap_or_default();
         let needed = if c.error_level { 1 } else { p.min_count };
         let reference = time.control + time.before;

@@ -3,4 +3,3 @@
 pub mod brain;
 pub mod detect;
 pub mod fetch;
-pub mod miner;

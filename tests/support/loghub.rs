@@ -61,3 +61,15 @@ pub fn load_with_templates(dir: &std::path::Path, system: &str) -> Vec<(String, 
         })
         .collect()
 }
+
+/// The raw lines of a system's `X_2k.log`, header and all, as a pod would print them (carriage
+/// returns become spaces), in the order of the structured file's rows.
+pub fn raw(dir: &std::path::Path, system: &str) -> Vec<String> {
+    let bytes = std::fs::read(dir.join(system).join(format!("{system}_2k.log"))).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<String> = text.split('\n').map(|l| l.replace('\r', " ")).collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    lines
+}
