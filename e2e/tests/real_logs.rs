@@ -44,20 +44,20 @@ fn group(lines: &[String], seconds: f64) -> LogGroup {
 }
 
 /// Error lines as each component writes them: klog for the Kubernetes components, JSON for etcd
-/// and graygate, logfmt for Prometheus. Eight lines with varying values, as a burst would have.
-fn burst(component: &str) -> Vec<String> {
-    (0..8)
+/// and graygate, logfmt for Prometheus. Eight lines of one log statement (one call site, where
+/// the format names one) with varying values, as a burst would have, and the words of that
+/// statement's message, which the finding must show.
+fn burst(component: &str) -> (Vec<String>, &'static str) {
+    let lines = (0..8)
         .map(|i| match component {
             "etcd" => format!(
-                r#"{{"level":"error","ts":"2026-12-01T10:00:{i:02}.{:03}Z","caller":"etcdserver/server.go:{}","msg":"failed to apply request","error":"mvcc: database space exceeded","took":"{}ms"}}"#,
+                r#"{{"level":"error","ts":"2026-12-01T10:00:{i:02}.{:03}Z","caller":"etcdserver/server.go:1200","msg":"failed to apply request","error":"mvcc: database space exceeded","took":"{}ms"}}"#,
                 100 + i * 7,
-                1200 + i,
                 3 + i
             ),
             "prometheus" => format!(
-                r#"ts=2026-12-01T10:00:{i:02}.{:03}Z level=error source=scrape.go:{} msg="Scrape commit failed" component="scrape manager" target=http://127.0.0.1:{}/metrics err="out of bounds""#,
+                r#"ts=2026-12-01T10:00:{i:02}.{:03}Z level=error source=scrape.go:1400 msg="Scrape commit failed" component="scrape manager" target=http://127.0.0.1:{}/metrics err="out of bounds""#,
                 100 + i * 7,
-                1400 + i,
                 40000 + i
             ),
             c if c.starts_with("graygate") => format!(
@@ -66,15 +66,21 @@ fn burst(component: &str) -> Vec<String> {
                 500 + i
             ),
             _ => format!(
-                r#"E1201 10:00:{i:02}.{:06}   {} reflector.go:{}] "Unhandled Error" err="failed to list *v1.Pod: Get \"https://127.0.0.1:{}/api/v1/pods?limit=500\": dial tcp 127.0.0.1:{}: connect: connection refused" logger="UnhandledError""#,
+                r#"E1201 10:00:{i:02}.{:06}   {} reflector.go:4000] "Unhandled Error" err="failed to list *v1.Pod: Get \"https://127.0.0.1:{}/api/v1/pods?limit=500\": dial tcp 127.0.0.1:{}: connect: connection refused" logger="UnhandledError""#,
                 100_000 + i * 7,
-                4000 + i,
                 160 + i,
                 6443 + i,
                 6443 + i
             ),
         })
-        .collect()
+        .collect();
+    let words = match component {
+        "etcd" => "failed to apply request",
+        "prometheus" => "Scrape commit failed",
+        c if c.starts_with("graygate") => "reconcile failed",
+        _ => "Unhandled Error",
+    };
+    (lines, words)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,10 +186,12 @@ async fn healthy_windows_of_real_components_give_no_log_finding_and_an_error_bur
                 healthy_findings.push(format!("{component} window {i}: {f:#?}"));
             }
             let mut bad = change.clone();
-            bad.pods.get_mut("pod").unwrap().extend(burst(component));
+            let (lines, words) = burst(component);
+            bad.pods.get_mut("pod").unwrap().extend(lines);
             let f = detect(&bad, &control, &before, &params);
+            // Found: a failing finding whose template is the burst's statement.
             if f.iter().any(|f| {
-                f.metric.contains("err") || f.metric.contains("ERROR") || f.metric.contains("error")
+                f.outcome == Some(graygate::api::Verdict::Fail) && f.metric.contains(words)
             }) {
                 bursts_found += 1;
             } else {

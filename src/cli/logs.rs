@@ -1,5 +1,5 @@
 //! `graygate logs templates FILE`: every input line's template id and template, tab-separated,
-//! in input order, so a user can see how their logs are grouped (and score the miner).
+//! in input order, so a user can see how their logs are grouped (and score the parser).
 
 use crate::logs::brain::{Brain, Config};
 use std::io::{BufRead, Write};
@@ -30,11 +30,11 @@ pub fn run(cmd: LogsCommand) -> u8 {
                     }
                 }
             };
-            let mut miner = Brain::new(Config::default());
+            let mut parser = Brain::new(Config::default());
             let mut ids = Vec::new();
             for (n, line) in reader.lines().enumerate() {
                 match line {
-                    Ok(l) => ids.push(miner.add(&l)),
+                    Ok(l) => ids.push(parser.add(&l)),
                     Err(e) => {
                         eprintln!("error: {} line {}: {e}", file.display(), n + 1);
                         return 3;
@@ -42,7 +42,7 @@ pub fn run(cmd: LogsCommand) -> u8 {
                 }
             }
             // Events only settle once every line was seen.
-            let events = miner.settle();
+            let events = parser.settle();
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             for id in ids.into_iter().map(|id| events.event(id)) {

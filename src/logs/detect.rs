@@ -1,5 +1,6 @@
-//! Log detectors: templates that are new in the change group, and templates whose per-pod rate
-//! surges in the change group compared with the control group.
+//! Log detectors: templates that are new in the change group, templates whose per-pod rate
+//! surges in the change group compared with the control group, and templates the control group
+//! writes steadily that the change group stopped writing.
 
 use super::brain::{Brain, Config};
 use crate::api::{Finding, LogAnalysisSpec, Verdict};
@@ -50,9 +51,6 @@ pub struct LogGroup {
 }
 
 impl LogGroup {
-    fn lines(&self) -> impl Iterator<Item = &String> {
-        self.pods.values().flatten()
-    }
     fn pod_count(&self) -> usize {
         self.pods.len()
     }
@@ -186,6 +184,11 @@ struct Counts {
     /// named none.
     sites: std::collections::BTreeSet<String>,
     unsited: bool,
+    /// Episodes in the control group, and the call sites its lines name (and whether some
+    /// named none): the evidence for a statement that stopped.
+    control_episodes: u64,
+    control_sites: std::collections::BTreeSet<String>,
+    control_unsited: bool,
 }
 
 /// Compare the change group's log templates with the reference: the control group (same window)
@@ -199,7 +202,7 @@ pub fn detect(
     before: &LogGroup,
     p: &Params,
 ) -> Vec<Finding> {
-    let mut miner = Brain::new(Config::default());
+    let mut parser = Brain::new(Config::default());
     let mut counts: BTreeMap<u32, Counts> = BTreeMap::new();
     let keep = |l: &str| !p.ignore.iter().any(|re| re.is_match(l));
     let mut totals = [0u64; 3];
@@ -208,12 +211,18 @@ pub fn detect(
     let mut sequence: Vec<Vec<u32>> = Vec::new();
     // Lines per call site: [before, control, change].
     let mut site_counts: BTreeMap<String, [u64; 3]> = BTreeMap::new();
-    let mut add = |miner: &mut Brain, line: &str, which: usize| {
+    let mut add = |parser: &mut Brain, pod: &str, line: &str, which: usize| {
         if !keep(line) {
             return None;
         }
         totals[which] += 1;
-        let id = miner.add(line);
+        // The name of the pod that wrote a line is a value in it: pods of the change group have
+        // names the reference never had.
+        let id = if !pod.is_empty() && line.contains(pod) {
+            parser.add(&line.replace(pod, "<*>"))
+        } else {
+            parser.add(line)
+        };
         let c = counts.entry(id).or_default();
         c.n[which] += 1;
         if which == 2 && c.example.is_none() {
@@ -226,8 +235,14 @@ pub fn detect(
                 if which == 2 {
                     c.sites.insert(site.to_string());
                 }
+                if which == 1 {
+                    c.control_sites.insert(site.to_string());
+                }
             }
-            None => c.unsited |= which == 2,
+            None => {
+                c.unsited |= which == 2;
+                c.control_unsited |= which == 1;
+            }
         }
         Some(id)
     };
@@ -238,7 +253,7 @@ pub fn detect(
         let times = before.at.get(pod).filter(|t| t.len() == lines.len());
         let mut timed = Vec::new();
         for (i, l) in lines.iter().enumerate() {
-            if let (Some(id), Some(t)) = (add(&mut miner, l, 0), times) {
+            if let (Some(id), Some(t)) = (add(&mut parser, pod, l, 0), times) {
                 timed.push((t[i], id));
             }
         }
@@ -246,14 +261,25 @@ pub fn detect(
             before_at.push((before.seconds.get(pod).copied().unwrap_or(0.0), timed));
         }
     }
-    for l in control.lines() {
-        add(&mut miner, l, 1);
+    let mut control_sequence: Vec<Vec<u32>> = Vec::new();
+    for (pod, lines) in &control.pods {
+        control_sequence.push(
+            lines
+                .iter()
+                .filter_map(|l| add(&mut parser, pod, l, 1))
+                .collect(),
+        );
     }
-    for lines in change.pods.values() {
-        sequence.push(lines.iter().filter_map(|l| add(&mut miner, l, 2)).collect());
+    for (pod, lines) in &change.pods {
+        sequence.push(
+            lines
+                .iter()
+                .filter_map(|l| add(&mut parser, pod, l, 2))
+                .collect(),
+        );
     }
     // Events are settled once every line is in: count by event.
-    let events = miner.settle();
+    let events = parser.settle();
     let mut merged: BTreeMap<u32, Counts> = BTreeMap::new();
     for (id, c) in counts {
         let m = merged.entry(events.event(id)).or_default();
@@ -266,17 +292,25 @@ pub fn detect(
         }
         m.sites.extend(c.sites);
         m.unsited |= c.unsited;
+        m.control_sites.extend(c.control_sites);
+        m.control_unsited |= c.control_unsited;
     }
-    for ids in &sequence {
-        let mut last = None;
-        for id in ids {
-            let id = events.event(*id);
-            if last != Some(id)
-                && let Some(m) = merged.get_mut(&id)
-            {
-                m.episodes += 1;
+    for (seqs, control) in [(&sequence, false), (&control_sequence, true)] {
+        for ids in seqs {
+            let mut last = None;
+            for id in ids {
+                let id = events.event(*id);
+                if last != Some(id)
+                    && let Some(m) = merged.get_mut(&id)
+                {
+                    if control {
+                        m.control_episodes += 1;
+                    } else {
+                        m.episodes += 1;
+                    }
+                }
+                last = Some(id);
             }
-            last = Some(id);
         }
     }
     let unit = unit_of(&[change, control, before]);
@@ -313,11 +347,24 @@ pub fn detect(
     for (id, c) in &merged {
         let [mut c_before, mut c_control, mut c_change] = c.n;
         if c_change == 0 {
+            if let Some(f) = stopped(
+                c,
+                id,
+                &events,
+                &site_counts,
+                &windows,
+                window_count,
+                &time,
+                &totals,
+                p,
+            ) {
+                findings.push(f);
+            }
             continue;
         }
         // A template the reference never wrote, whose every line names a call site the
         // reference's lines also name, is no new message: it is the same log statement with a
-        // value the template miner took for a word (`… for group resource pods` where the
+        // value the template parser took for a word (`… for group resource pods` where the
         // reference had `replicasets`). It is judged as that statement, against the reference's
         // lines from the same sites, all its wordings counted. A rebuilt binary moves its line
         // numbers, so this holds only where the code at that line is the same.
@@ -474,6 +521,81 @@ pub fn detect(
             .reverse()
     });
     findings
+}
+
+/// A statement the control group writes steadily that the change group never wrote: the code
+/// path that writes it is no longer reached. The surge test reversed: were the change group
+/// writing it as often as control, per pod-second and per log line alike, each of control's
+/// occurrences would have fallen in the change group with its share of the time (of the lines);
+/// that none did has probability `(1 - share)^n`, where `n` counts control's occurrences as
+/// independent events: episodes (a pod's run of the template's lines is one) and its count
+/// divided by its dispersion before the change (bursty templates carry less evidence), whichever
+/// is fewer. Fails when both probabilities are below `alpha`. A statement whose control lines
+/// all name call sites the change group still writes at is still reached, in another wording.
+#[allow(clippy::too_many_arguments)]
+fn stopped(
+    c: &Counts,
+    id: &u32,
+    events: &super::brain::Grouping,
+    site_counts: &BTreeMap<String, [u64; 3]>,
+    windows: &BTreeMap<u32, BTreeMap<usize, u64>>,
+    window_count: usize,
+    time: &Exposure,
+    totals: &[u64; 3],
+    p: &Params,
+) -> Option<Finding> {
+    let c_control = c.n[1];
+    if c_control < p.min_count || time.change <= 0.0 || time.control <= 0.0 {
+        return None;
+    }
+    if !c.control_unsited
+        && c.control_sites
+            .iter()
+            .any(|s| site_counts.get(s).is_some_and(|k| k[2] > 0))
+    {
+        return None;
+    }
+    let phi = windows
+        .get(id)
+        .and_then(|w| {
+            let counts: Vec<f64> = w.values().map(|&c| c as f64).collect();
+            dispersion(&counts, window_count)
+        })
+        .unwrap_or(1.0)
+        .max(1.0);
+    let n = (c_control as f64 / phi).min(c.control_episodes.max(1) as f64);
+    let share = time.change / (time.change + time.control);
+    let other_change = totals[2] as f64;
+    let other_control = totals[1].saturating_sub(c_control) as f64;
+    let line_share = if other_change + other_control > 0.0 {
+        other_change / (other_change + other_control)
+    } else {
+        share
+    };
+    let p_time = (1.0 - share).powf(n);
+    let p_line = (1.0 - line_share).powf(n);
+    let p_value = p_time.max(p_line);
+    if p_value >= p.alpha {
+        return None;
+    }
+    Some(Finding {
+        metric: trim_to(events.template(*id), 200),
+        detector: "stopped".into(),
+        groups: "change vs control".into(),
+        outcome: Some(Verdict::Fail),
+        score: Some(p_value),
+        threshold: Some(p.alpha),
+        explanation: format!(
+            "stopped: {c_control} times in control ({:.1}/pod-minute, {:.2}% of its lines; {:.0} independent occurrences) and never in the change group over {:.1} pod-minutes and {} lines; as often there, it would have shown with p={}",
+            c_control as f64 / time.control * 60.0,
+            100.0 * c_control as f64 / totals[1].max(1) as f64,
+            n,
+            time.change / 60.0,
+            totals[2],
+            crate::detect::fmt_num(p_value)
+        ),
+        suppressed_by: None,
+    })
 }
 
 struct Exposure {
@@ -742,6 +864,81 @@ mod tests {
             "{}",
             f[0].explanation
         );
+    }
+
+    fn refreshes(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("INFO [cache] refreshed price list entry {i}"))
+            .collect()
+    }
+
+    #[test]
+    fn a_statement_control_writes_steadily_and_the_change_group_never_writes_has_stopped() {
+        // Three control pods and one canary, 10 minutes each, 600 requests a pod; control logs a
+        // cache refresh after every sixth request (100 a pod), the canary never. The canary has
+        // a quarter of the pod time and a quarter of the other lines (600 of 2,400): were it
+        // refreshing as often, each of control's 300 refreshes (300 episodes, no dispersion
+        // known) would have fallen in it with p = 1/4, so none did with p = 0.75^300.
+        let control = timed(
+            &[
+                ("k1", spread(requests(600, "k1"), refreshes(100))),
+                ("k2", spread(requests(600, "k2"), refreshes(100))),
+                ("k3", spread(requests(600, "k3"), refreshes(100))),
+            ],
+            600.0,
+        );
+        let change = timed(&[("c1", requests(600, "c1"))], 600.0);
+        let f = detect(&change, &control, &LogGroup::default(), &params());
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].detector, "stopped");
+        assert!(
+            f[0].metric.contains("refreshed price list"),
+            "{}",
+            f[0].metric
+        );
+        let expected = 0.75f64.powi(300);
+        assert!(
+            (f[0].score.unwrap() / expected - 1.0).abs() < 1e-9,
+            "{} vs {expected}",
+            f[0].score.unwrap()
+        );
+        assert!(
+            f[0].explanation
+                .contains("300 times in control (10.0/pod-minute"),
+            "{}",
+            f[0].explanation
+        );
+    }
+
+    #[test]
+    fn a_statement_is_not_stopped_when_the_canary_saw_too_little_traffic_to_tell() {
+        // The same control, but the canary served 20 requests in its 10 minutes: by pod time it
+        // should have refreshed (p = 0.75^300), but per log line its share is 20 / 1,820 and
+        // p = (1 - 20/1820)^300 = 0.036, above alpha 0.01. Too little traffic to tell.
+        let control = timed(
+            &[
+                ("k1", spread(requests(600, "k1"), refreshes(100))),
+                ("k2", spread(requests(600, "k2"), refreshes(100))),
+                ("k3", spread(requests(600, "k3"), refreshes(100))),
+            ],
+            600.0,
+        );
+        let change = timed(&[("c1", requests(20, "c1"))], 600.0);
+        assert!((1.0f64 - 20.0 / 1820.0).powi(300) > 0.01);
+        let f = detect(&change, &control, &LogGroup::default(), &params());
+        assert!(f.iter().all(|f| f.detector != "stopped"), "{f:?}");
+        // And a statement control wrote only ten times: (3/4)^10 = 0.056, no finding either.
+        let control = timed(
+            &[
+                ("k1", spread(requests(600, "k1"), refreshes(4))),
+                ("k2", spread(requests(600, "k2"), refreshes(3))),
+                ("k3", spread(requests(600, "k3"), refreshes(3))),
+            ],
+            600.0,
+        );
+        let change = timed(&[("c1", requests(600, "c1"))], 600.0);
+        let f = detect(&change, &control, &LogGroup::default(), &params());
+        assert!(f.iter().all(|f| f.detector != "stopped"), "{f:?}");
     }
 
     /// One control pod's reference before the change: windows of `width` seconds, the i-th

@@ -124,12 +124,121 @@ pub fn timed_file(text: &str) -> Option<PodRead> {
             .parse::<Timestamp>()
             .ok()
     };
-    let first = stamp(text.lines().find(|l| !l.trim().is_empty())?)?;
+    let Some(first) = stamp(text.lines().find(|l| !l.trim().is_empty())?) else {
+        return own_times(text);
+    };
     let last = text.lines().filter_map(stamp).max()?;
     let end = last + jiff::SignedDuration::from_millis(1);
     let mut r = parse_read(text, None, first, end);
     r.seconds = (last.as_millisecond() - first.as_millisecond()) as f64 / 1000.0;
     (r.seconds > 0.0).then_some(r)
+}
+
+/// A file whose lines carry their own time in the program's format: each line's time (lines
+/// without one take the time of the line before), the file watched from its first time to its
+/// last. The lines keep their text.
+fn own_times(text: &str) -> Option<PodRead> {
+    let mut lines = Vec::new();
+    let mut times: Vec<Option<f64>> = Vec::new();
+    for l in text.lines() {
+        times.push(line_time(l));
+        lines.push(l.to_string());
+    }
+    let first = times.iter().flatten().copied().reduce(f64::min)?;
+    let last = times.iter().flatten().copied().reduce(f64::max)?;
+    let mut at = Vec::with_capacity(times.len());
+    let mut now = first;
+    for t in times {
+        now = t.unwrap_or(now);
+        at.push(now - first);
+    }
+    let seconds = last - first;
+    (seconds > 0.0).then_some(PodRead {
+        lines,
+        at,
+        seconds,
+        window: seconds,
+        cut: false,
+        bytes: text.len(),
+    })
+}
+
+/// klog's header: level letter, month, day, time of day with microseconds.
+static KLOG: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"^[IWEF](\d\d)(\d\d) (\d\d:\d\d:\d\d(?:\.\d+)?)\s")
+        .unwrap_or_else(|_| std::process::abort())
+});
+/// ISO 8601 at the start of a line, with `T` or a space, `.` or `,` before the fraction.
+static ISO: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"^\[?(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:[.,](\d+))?(Z|[+-]\d\d:?\d\d)?")
+        .unwrap_or_else(|_| std::process::abort())
+});
+/// The time field of a structured line: JSON `"ts"`, `"time"`, `"timestamp"` (a string, or
+/// seconds since the epoch as zap writes them), logfmt `ts=`, `time=`.
+static FIELD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(
+        r#"(?:"(?:ts|time|timestamp)"\s*:\s*(?:"([^"]+)"|(\d+(?:\.\d+)?))|(?:^|\s)(?:ts|time)=("?)([^\s"]+))"#,
+    )
+    .unwrap_or_else(|_| std::process::abort())
+});
+
+/// Seconds of a wall-clock time written as text (RFC 3339, or ISO 8601 with a space; without an
+/// offset it is taken as UTC, which changes no difference between lines of one file).
+fn iso_seconds(text: &str) -> Option<f64> {
+    if let Ok(t) = text.parse::<Timestamp>() {
+        return Some(
+            t.as_millisecond() as f64 / 1000.0 + f64::from(t.subsec_nanosecond() % 1_000_000) / 1e9,
+        );
+    }
+    let c = ISO.captures(text)?;
+    let mut s = format!("{}T{}", &c[1], &c[2]);
+    if let Some(f) = c.get(3) {
+        s.push('.');
+        s.push_str(f.as_str());
+    }
+    let civil: jiff::civil::DateTime = s.parse().ok()?;
+    let t = match c.get(4).map(|m| m.as_str()) {
+        None | Some("Z") => civil.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp(),
+        Some(off) => {
+            let (sign, digits) = off.split_at(1);
+            let digits = digits.replace(':', "");
+            let (h, m) = digits.split_at(2);
+            let secs = h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60;
+            let secs = if sign == "-" { -secs } else { secs };
+            let tz = jiff::tz::TimeZone::fixed(jiff::tz::Offset::from_seconds(secs).ok()?);
+            civil.to_zoned(tz).ok()?.timestamp()
+        }
+    };
+    Some(t.as_millisecond() as f64 / 1000.0 + f64::from(t.subsec_nanosecond() % 1_000_000) / 1e9)
+}
+
+/// When a line says it was written, in seconds on a scale shared by the lines of one file: the
+/// time field of a JSON or logfmt line, an ISO 8601 time opening the line, or klog's header
+/// (which has no year: its seconds count from the start of a leap year, enough for the
+/// differences within one file that does not span a new year).
+pub fn line_time(line: &str) -> Option<f64> {
+    if let Some(c) = KLOG.captures(line) {
+        let (month, day): (i8, i8) = (c[1].parse().ok()?, c[2].parse().ok()?);
+        let time: jiff::civil::Time = c[3].parse().ok()?;
+        let date = jiff::civil::Date::new(2000, month, day).ok()?;
+        let t = date
+            .to_datetime(time)
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()?
+            .timestamp();
+        return Some(
+            t.as_millisecond() as f64 / 1000.0 + f64::from(t.subsec_nanosecond() % 1_000_000) / 1e9,
+        );
+    }
+    if let Some(c) = FIELD.captures(line) {
+        if let Some(n) = c.get(2) {
+            return n.as_str().parse().ok();
+        }
+        if let Some(v) = c.get(1).or(c.get(4)) {
+            return iso_seconds(v.as_str());
+        }
+    }
+    iso_seconds(line)
 }
 
 /// What the byte limit cut in one group's reads, for its evidence.
@@ -368,6 +477,39 @@ mod tests {
         assert_eq!((r.lines.len(), r.seconds), (90, 89.0));
         assert_eq!(r.lines[89], "INFO [http] GET /api/orders/0089 status=200");
         assert!(timed_file("INFO no time here\n").is_none());
+        assert!(timed_file("INFO no time here\nnor here\n").is_none());
         assert!(timed_file(&log(0, 1)).is_none(), "one line spans no time");
+    }
+
+    #[test]
+    fn files_read_each_line_time_in_the_format_its_program_writes() {
+        // klog: 10:00:00.5 to 10:01:30.25 on Dec 6, and a line without a header between.
+        let klog = "I1206 10:00:00.500000       1 a.go:10] start\n  continued\nW1206 10:01:30.250000       1 a.go:20] slow\n";
+        let r = timed_file(klog).unwrap();
+        assert_eq!(r.lines.len(), 3);
+        assert_eq!(r.lines[0], "I1206 10:00:00.500000       1 a.go:10] start");
+        assert!((r.seconds - 89.75).abs() < 1e-9, "{}", r.seconds);
+        assert_eq!(r.at.len(), 3);
+        assert!(
+            r.at[1].abs() < 1e-9 && (r.at[2] - 89.75).abs() < 1e-9,
+            "{:?}",
+            r.at
+        );
+        // ISO 8601 with a space and a comma (log4j), across midnight.
+        let iso = "2026-12-06 23:59:59,900 INFO [main] x.Y: a\n2026-12-07 00:00:10,150 INFO [main] x.Y: b\n";
+        assert!((timed_file(iso).unwrap().seconds - 10.25).abs() < 1e-9);
+        // With offsets: 10:00 at +01:00 is 09:00 UTC, an hour before 10:00Z.
+        let off = "2026-12-06T10:00:00+01:00 a\n2026-12-06T10:00:00Z b\n";
+        assert!((own_times(off).unwrap().seconds - 3600.0).abs() < 1e-9);
+        // zap's JSON with seconds since the epoch, and JSON/logfmt with RFC 3339 strings.
+        let zap = "{\"level\":\"info\",\"ts\":1765015200.125,\"msg\":\"a\"}\n{\"level\":\"info\",\"ts\":1765015212.625,\"msg\":\"b\"}\n";
+        assert!((timed_file(zap).unwrap().seconds - 12.5).abs() < 1e-6);
+        let json = "{\"time\":\"2026-12-06T10:00:00.000Z\",\"msg\":\"a\"}\n{\"time\":\"2026-12-06T10:00:42.500Z\",\"msg\":\"b\"}\n";
+        assert!((timed_file(json).unwrap().seconds - 42.5).abs() < 1e-9);
+        let logfmt = "ts=2026-12-06T10:00:00.000Z level=info msg=a\nts=2026-12-06T10:00:07.000Z level=warn msg=b\n";
+        let r = timed_file(logfmt).unwrap();
+        assert!((r.seconds - 7.0).abs() < 1e-9);
+        assert_eq!(r.lines[1], "ts=2026-12-06T10:00:07.000Z level=warn msg=b");
+        assert_eq!(line_time("GET / 200"), None);
     }
 }
