@@ -29,32 +29,12 @@ fn brain_groups_every_loghub_line_as_the_reference_does() {
         eprintln!("notice: {} not found; skipping", dir.display());
         return;
     }
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/logparsers/brain_reference.py");
     let thresholds = THRESHOLDS.map(|t| t.to_string()).join(",");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(&dir)
-        .arg(&thresholds)
-        .args(SYSTEMS)
-        .output();
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        other => {
-            let why = match other {
-                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                Err(e) => e.to_string(),
-            };
-            assert!(
-                !in_ci(),
-                "CI=true but the reference did not run (pip install -r scripts/logparsers/requirements.txt): {why}"
-            );
-            eprintln!("notice: the reference did not run: {why}");
-            return;
-        }
+    let mut args = vec![dir.clone().into_os_string(), thresholds.into()];
+    args.extend(SYSTEMS.iter().map(Into::into));
+    let Some(v) = support::run_reference("brain_reference.py", &args) else {
+        return;
     };
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("brain_reference.py prints JSON");
     let mut worst = (1.0f64, String::new());
     let (mut agreed, mut all) = (0.0, 0usize);
     println!("| system | input | lines | threshold 2 | threshold 4 |");

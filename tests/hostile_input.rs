@@ -1,6 +1,6 @@
 //! Property tests of every parser that takes input from outside: durations, change-window
 //! clocks, query templating, `analyze` input and cases, AdmissionReview documents, Prometheus
-//! query_range answers and the log miner. Never a panic; a pod name cannot break out of a query template. Bounded: a fixed number
+//! query_range answers and the log parser. Never a panic; a pod name cannot break out of a query template. Bounded: a fixed number
 //! of cases per property (proptest's default 256), inputs of bounded size.
 
 use graygate::analysis::backtest::parse_cases;
@@ -132,7 +132,7 @@ proptest! {
     }
 
     #[test]
-    fn the_log_miner_never_panics(lines in prop::collection::vec(".{0,80}", 0..40)) {
+    fn the_log_parser_never_panics(lines in prop::collection::vec(".{0,80}", 0..40)) {
         let mut m = Brain::new(Config::default());
         let ids: Vec<u32> = lines.iter().map(|l| m.add(l)).collect();
         let g = m.settle();

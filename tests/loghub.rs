@@ -152,28 +152,9 @@ type Scores = (Vec<String>, Vec<Vec<f64>>);
 
 /// The reference parsers' accuracy over their own grids, by name.
 fn anchors(dir: &std::path::Path) -> Option<BTreeMap<String, Scores>> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/logparsers/anchors.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(dir)
-        .args(SYSTEMS)
-        .output();
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        other => {
-            let why = match other {
-                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                Err(e) => e.to_string(),
-            };
-            assert!(
-                !in_ci(),
-                "CI=true but the reference parsers did not run (pip install -r scripts/logparsers/requirements.txt): {why}"
-            );
-            eprintln!("notice: the reference parsers did not run, so they are not shown: {why}");
-            return None;
-        }
-    };
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("anchors.py prints JSON");
+    let mut args = vec![dir.as_os_str().to_os_string()];
+    args.extend(SYSTEMS.iter().map(Into::into));
+    let v = support::run_reference("anchors.py", &args)?;
     let mut res = BTreeMap::new();
     for (name, rows) in v.as_object().expect("an object of parsers") {
         let rows = rows.as_array().expect("a list of settings");

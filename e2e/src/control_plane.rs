@@ -26,6 +26,25 @@ pub struct ControlPlane {
     /// (`etcdserver: request timed out`) in CI. Removed with the value.
     etcd_dir: Option<tempfile::TempDir>,
     children: Vec<(&'static str, Child)>,
+    /// The API server's flags, to start another one beside it.
+    apiserver_args: Vec<String>,
+}
+
+/// Another API server started beside the control plane's (see [`ControlPlane::start_apiserver`]);
+/// stopped when dropped.
+pub struct ExtraApiServer {
+    /// Its URL.
+    pub url: String,
+    /// Its log (stdout and stderr).
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Drop for ExtraApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for ControlPlane {
@@ -89,6 +108,7 @@ impl ControlPlane {
             dir,
             etcd_dir: None,
             children: Vec::new(),
+            apiserver_args: Vec::new(),
         };
         let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
         cp.etcd_dir = tempfile::Builder::new()
@@ -143,6 +163,7 @@ impl ControlPlane {
             "kube-apiserver",
             spawn("kube-apiserver", &binary("kube-apiserver")?, &apiserver, &d)?,
         ));
+        cp.apiserver_args = apiserver.to_vec();
         cp.url = format!("https://127.0.0.1:{secure}");
         std::fs::write(
             &cp.kubeconfig,
@@ -294,6 +315,87 @@ impl ControlPlane {
         let ok = kill(child.id(), sig)?.success();
         anyhow::ensure!(ok, "kill -{sig} {name} failed");
         Ok(())
+    }
+
+    /// The value of one of the API server's flags (`--etcd-servers`).
+    pub fn apiserver_flag(&self, name: &str) -> Option<String> {
+        self.apiserver_args.iter().find_map(|a| {
+            a.split_once('=')
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    /// Start another kube-apiserver beside the running one, as a canary of it: the same flags
+    /// (the same etcd, keys and tokens) with its own port and certificates, and `extra` flags
+    /// (`--name=value`) replacing those of the same name or added. Its log goes to
+    /// `NAME.log` in the control plane's folder. Returns once its `/readyz` answers `ok`, or
+    /// the error with the end of its log.
+    pub async fn start_apiserver(
+        &self,
+        name: &str,
+        extra: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<ExtraApiServer> {
+        let port = free_port()?;
+        let certs = self.dir.path().join(format!("{name}-certs"));
+        let mut args: Vec<String> = self.apiserver_args.clone();
+        let own = [
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", certs.display()),
+        ];
+        for flag in own.iter().chain(extra) {
+            let key = flag.split_once('=').map_or(flag.as_str(), |(k, _)| k);
+            args.retain(|a| a.split_once('=').map_or(a.as_str(), |(k, _)| k) != key);
+            args.push(flag.clone());
+        }
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(binary("kube-apiserver")?)
+            .args(&args)
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .context("starting another kube-apiserver")?;
+        let mut extra = ExtraApiServer {
+            url: format!("https://127.0.0.1:{port}"),
+            log,
+            child,
+        };
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let mut cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?;
+        cfg.cluster_url = extra.url.parse()?;
+        let client = kube::Client::try_from(cfg)?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = extra.child.try_wait()? {
+                bail!(
+                    "{name} exited ({status}); its log:\n{}",
+                    std::fs::read_to_string(&extra.log).unwrap_or_default()
+                );
+            }
+            let ready = match http::Request::get("/readyz").body(Vec::new()) {
+                Ok(req) => client
+                    .request_text(req)
+                    .await
+                    .is_ok_and(|body| body.trim() == "ok"),
+                Err(_) => false,
+            };
+            if ready {
+                return Ok(extra);
+            }
+            if start.elapsed() > timeout {
+                let text = std::fs::read_to_string(&extra.log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                bail!(
+                    "{name}: not ready after {timeout:?}; its log:\n{}",
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// The last lines of one component's log.

@@ -872,6 +872,16 @@ mod tests {
             .collect()
     }
 
+    /// Three control pods, 10 minutes and 600 requests each, with `per_pod` cache refreshes.
+    fn refreshing(per_pod: [usize; 3]) -> LogGroup {
+        let pods: Vec<(&str, Vec<String>)> = ["k1", "k2", "k3"]
+            .into_iter()
+            .zip(per_pod)
+            .map(|(p, n)| (p, spread(requests(600, p), refreshes(n))))
+            .collect();
+        timed(&pods, 600.0)
+    }
+
     #[test]
     fn a_statement_control_writes_steadily_and_the_change_group_never_writes_has_stopped() {
         // Three control pods and one canary, 10 minutes each, 600 requests a pod; control logs a
@@ -879,14 +889,7 @@ mod tests {
         // a quarter of the pod time and a quarter of the other lines (600 of 2,400): were it
         // refreshing as often, each of control's 300 refreshes (300 episodes, no dispersion
         // known) would have fallen in it with p = 1/4, so none did with p = 0.75^300.
-        let control = timed(
-            &[
-                ("k1", spread(requests(600, "k1"), refreshes(100))),
-                ("k2", spread(requests(600, "k2"), refreshes(100))),
-                ("k3", spread(requests(600, "k3"), refreshes(100))),
-            ],
-            600.0,
-        );
+        let control = refreshing([100, 100, 100]);
         let change = timed(&[("c1", requests(600, "c1"))], 600.0);
         let f = detect(&change, &control, &LogGroup::default(), &params());
         assert_eq!(f.len(), 1, "{f:?}");
@@ -915,27 +918,13 @@ mod tests {
         // The same control, but the canary served 20 requests in its 10 minutes: by pod time it
         // should have refreshed (p = 0.75^300), but per log line its share is 20 / 1,820 and
         // p = (1 - 20/1820)^300 = 0.036, above alpha 0.01. Too little traffic to tell.
-        let control = timed(
-            &[
-                ("k1", spread(requests(600, "k1"), refreshes(100))),
-                ("k2", spread(requests(600, "k2"), refreshes(100))),
-                ("k3", spread(requests(600, "k3"), refreshes(100))),
-            ],
-            600.0,
-        );
+        let control = refreshing([100, 100, 100]);
         let change = timed(&[("c1", requests(20, "c1"))], 600.0);
         assert!((1.0f64 - 20.0 / 1820.0).powi(300) > 0.01);
         let f = detect(&change, &control, &LogGroup::default(), &params());
         assert!(f.iter().all(|f| f.detector != "stopped"), "{f:?}");
         // And a statement control wrote only ten times: (3/4)^10 = 0.056, no finding either.
-        let control = timed(
-            &[
-                ("k1", spread(requests(600, "k1"), refreshes(4))),
-                ("k2", spread(requests(600, "k2"), refreshes(3))),
-                ("k3", spread(requests(600, "k3"), refreshes(3))),
-            ],
-            600.0,
-        );
+        let control = refreshing([4, 3, 3]);
         let change = timed(&[("c1", requests(600, "c1"))], 600.0);
         let f = detect(&change, &control, &LogGroup::default(), &params());
         assert!(f.iter().all(|f| f.detector != "stopped"), "{f:?}");

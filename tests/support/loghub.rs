@@ -73,3 +73,33 @@ pub fn raw(dir: &std::path::Path, system: &str) -> Vec<String> {
     }
     lines
 }
+
+/// Run one of the reference parsers' scripts (scripts/logparsers/NAME) with `args` and parse the
+/// JSON it prints. When it cannot run (logparser3 or drain3 missing), fails under CI=true and
+/// returns None elsewhere, with a notice.
+pub fn run_reference(name: &str, args: &[std::ffi::OsString]) -> Option<serde_json::Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/logparsers")
+        .join(name);
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            Some(serde_json::from_slice(&o.stdout).expect("the reference script prints JSON"))
+        }
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "CI=true but {name} did not run (pip install -r scripts/logparsers/requirements.txt): {why}"
+            );
+            eprintln!("notice: {name} did not run, so the reference is not shown: {why}");
+            None
+        }
+    }
+}
