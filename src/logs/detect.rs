@@ -883,6 +883,39 @@ mod tests {
     }
 
     #[test]
+    fn a_pods_own_name_in_its_lines_is_a_value() {
+        // Every request line names the pod that wrote it, mid-line. Three control pods and a
+        // canary: four names, fewer than Brain's six distinct words, so without knowing whose
+        // name it is the canary's every request line would be a template no reference wrote.
+        let lines = |pod: &str| -> Vec<String> {
+            (0..300)
+                .flat_map(|i| {
+                    [
+                        format!("INFO [http] GET /api/orders/{i} status=200 pod={pod} region=eu"),
+                        "INFO [cache] hit".to_string(),
+                    ]
+                })
+                .collect()
+        };
+        let names = [
+            "web-7d9f8c6b5-xkqpz",
+            "web-7d9f8c6b5-bvtrw",
+            "web-7d9f8c6b5-hmcsd",
+        ];
+        let control = timed(&names.map(|n| (n, lines(n))), 300.0);
+        let canary = "web-5c8b7d9f4-qwzjn";
+        let change = timed(&[(canary, lines(canary))], 300.0);
+        let f = detect(&change, &control, &LogGroup::default(), &params());
+        assert!(f.is_empty(), "{f:?}");
+        // The same lines under another pod key (a file named otherwise): the name is a word,
+        // the canary's requests a new template and control's a statement it stopped.
+        let change = timed(&[("c1", lines(canary))], 300.0);
+        let f = detect(&change, &control, &LogGroup::default(), &params());
+        let found: Vec<&str> = f.iter().map(|f| f.detector.as_str()).collect();
+        assert_eq!(found, ["new-template", "stopped"], "{f:?}");
+    }
+
+    #[test]
     fn a_statement_control_writes_steadily_and_the_change_group_never_writes_has_stopped() {
         // Three control pods and one canary, 10 minutes each, 600 requests a pod; control logs a
         // cache refresh after every sixth request (100 a pod), the canary never. The canary has
