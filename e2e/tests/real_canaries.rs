@@ -131,17 +131,20 @@ async fn judge_canaries(
             .insert(names[k].clone(), canary[canary_from[k]..].to_vec());
         change.seconds.insert(names[k].clone(), seconds);
         let mut control = LogGroup::default();
+        control.pods.insert(
+            "kube-apiserver-stable".into(),
+            reference[ref_from..ref_to].to_vec(),
+        );
         control
-            .pods
-            .insert("reference".into(), reference[ref_from..ref_to].to_vec());
-        control.seconds.insert("reference".into(), seconds);
+            .seconds
+            .insert("kube-apiserver-stable".into(), seconds);
         // Before: the running server's whole log until the window, its own start-up included,
         // each line at its klog time.
         let mut before = LogGroup::default();
         let text = reference[..ref_from].join("\n");
         timed_file(&text)
             .expect("the API server's log carries klog times")
-            .put(&mut before, "reference", true);
+            .put(&mut before, "kube-apiserver-stable", true);
         let findings = detect(&change, &control, &before, &params);
         out.push(Judged {
             name: names[k].clone(),

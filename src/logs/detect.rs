@@ -218,10 +218,9 @@ pub fn detect(
         totals[which] += 1;
         // The name of the pod that wrote a line is a value in it: pods of the change group have
         // names the reference never had.
-        let id = if !pod.is_empty() && line.contains(pod) {
-            parser.add(&line.replace(pod, "<*>"))
-        } else {
-            parser.add(line)
+        let id = match mask_name(line, pod) {
+            Some(masked) => parser.add(&masked),
+            None => parser.add(line),
         };
         let c = counts.entry(id).or_default();
         c.n[which] += 1;
@@ -521,6 +520,28 @@ pub fn detect(
             .reverse()
     });
     findings
+}
+
+/// `line` with every whole occurrence of `name` (not part of a longer name: no letter, digit,
+/// `-`, `.` or `_` on either side) replaced by `<*>`; None when there is none.
+fn mask_name(line: &str, name: &str) -> Option<String> {
+    if name.is_empty() || !line.contains(name) {
+        return None;
+    }
+    let part = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || "-._".contains(c));
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    let mut masked = false;
+    while let Some(i) = rest.find(name) {
+        let (before, after) = (&rest[..i], &rest[i + name.len()..]);
+        let whole = !part(before.chars().next_back()) && !part(after.chars().next());
+        out.push_str(before);
+        out.push_str(if whole { "<*>" } else { name });
+        masked |= whole;
+        rest = after;
+    }
+    out.push_str(rest);
+    masked.then_some(out)
 }
 
 /// A statement the control group writes steadily that the change group never wrote: the code
@@ -880,6 +901,19 @@ mod tests {
             .map(|(p, n)| (p, spread(requests(600, p), refreshes(n))))
             .collect();
         timed(&pods, 600.0)
+    }
+
+    #[test]
+    fn a_name_is_masked_where_it_stands_whole() {
+        assert_eq!(
+            mask_name("GET /api/v1/pods pod=pod x", "pod").as_deref(),
+            Some("GET /api/v1/pods <*>=<*> x")
+        );
+        assert_eq!(
+            mask_name("web-1-abc and web-1", "web-1"),
+            Some("web-1-abc and <*>".into())
+        );
+        assert_eq!(mask_name("podcast", "pod"), None);
     }
 
     #[test]
