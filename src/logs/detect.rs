@@ -57,10 +57,11 @@ impl LogGroup {
     /// Pod time observed: seconds where known, else one unit a pod; `unit` is the length of one
     /// unit in seconds (the mean of the known durations, or 1).
     fn exposure(&self, unit: f64) -> f64 {
+        // A float sum starts at -0.0: an empty group would read "-0.0 pod-minutes".
         self.pods
             .keys()
             .map(|p| self.seconds.get(p).map_or(unit, |s| s.max(0.0)))
-            .sum()
+            .fold(0.0, |a, b| a + b)
     }
 }
 
@@ -947,6 +948,12 @@ mod tests {
         let f = detect(&change, &control, &LogGroup::default(), &params());
         let found: Vec<&str> = f.iter().map(|f| f.detector.as_str()).collect();
         assert_eq!(found, ["new-template", "stopped"], "{f:?}");
+        assert!(
+            f[0].explanation
+                .contains("nor before the change (0.0 pod-minutes)"),
+            "{}",
+            f[0].explanation
+        );
     }
 
     #[test]
