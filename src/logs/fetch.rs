@@ -182,13 +182,16 @@ static FIELD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
     .unwrap_or_else(|_| std::process::abort())
 });
 
+/// Seconds since the epoch, to the nanosecond.
+fn epoch_seconds(t: Timestamp) -> f64 {
+    t.as_millisecond() as f64 / 1000.0 + f64::from(t.subsec_nanosecond() % 1_000_000) / 1e9
+}
+
 /// Seconds of a wall-clock time written as text (RFC 3339, or ISO 8601 with a space; without an
 /// offset it is taken as UTC, which changes no difference between lines of one file).
 fn iso_seconds(text: &str) -> Option<f64> {
     if let Ok(t) = text.parse::<Timestamp>() {
-        return Some(
-            t.as_millisecond() as f64 / 1000.0 + f64::from(t.subsec_nanosecond() % 1_000_000) / 1e9,
-        );
+        return Some(epoch_seconds(t));
     }
     let c = ISO.captures(text)?;
     let mut s = format!("{}T{}", &c[1], &c[2]);
@@ -209,7 +212,7 @@ fn iso_seconds(text: &str) -> Option<f64> {
             civil.to_zoned(tz).ok()?.timestamp()
         }
     };
-    Some(t.as_millisecond() as f64 / 1000.0 + f64::from(t.subsec_nanosecond() % 1_000_000) / 1e9)
+    Some(epoch_seconds(t))
 }
 
 /// When a line says it was written, in seconds on a scale shared by the lines of one file: the
@@ -226,9 +229,7 @@ pub fn line_time(line: &str) -> Option<f64> {
             .to_zoned(jiff::tz::TimeZone::UTC)
             .ok()?
             .timestamp();
-        return Some(
-            t.as_millisecond() as f64 / 1000.0 + f64::from(t.subsec_nanosecond() % 1_000_000) / 1e9,
-        );
+        return Some(epoch_seconds(t));
     }
     if let Some(c) = FIELD.captures(line) {
         if let Some(n) = c.get(2) {
