@@ -2,7 +2,9 @@
 //! the reference judges the datasets' READMEs describe, with every tunable default
 //! cross-validated across halves of the data (tuned on one half, measured on the other).
 
-use graygate::analysis::backtest::{Case, Confusion, parse_cases, ratio, replay};
+use graygate::analysis::backtest::{
+    Case, Confusion, FeedbackFrom, Replay, parse_cases, ratio, replay,
+};
 use graygate::analysis::judge::{GroupData, MetricData};
 use graygate::analysis::recorded::Tuning;
 use graygate::api::{AnalysisSpec, Verdict};
@@ -240,10 +242,10 @@ pub fn defaults() -> Tuning {
 }
 
 /// Verdicts of every case of every dataset under one tuning.
-fn verdicts(sets: &[Dataset], t: &Tuning, history: bool) -> Result<Vec<Vec<Verdict>>, String> {
+fn verdicts(sets: &[Dataset], t: &Tuning, mode: Replay) -> Result<Vec<Vec<Verdict>>, String> {
     sets.iter()
         .map(|d| {
-            Ok(replay(&d.spec, &d.cases, t, history)?
+            Ok(replay(&d.spec, &d.cases, t, mode)?
                 .into_iter()
                 .map(|r| r.verdict)
                 .collect())
@@ -284,10 +286,13 @@ pub struct Report {
     /// Per dataset: graygate with the defaults on every case.
     pub defaults: Vec<Confusion>,
     /// Per dataset: cross-validated (each half judged with the tuning chosen on the other),
-    /// cases replayed with their workload's history.
+    /// cases replayed with their workload's history as the operator keeps it without any
+    /// feedback: a case joins when graygate passed it. The figure a user meets.
     pub cross_validated: Vec<Confusion>,
     /// The same without history (each case judged alone).
     pub without_history: Vec<Confusion>,
+    /// The same replay with a person's feedback on every case graygate stopped.
+    pub with_feedback: Vec<Confusion>,
     /// Per fold: the tuning chosen on it.
     pub chosen: Vec<Tuning>,
     /// Per dataset, per reference judge: its confusion.
@@ -306,14 +311,11 @@ fn describe(t: &Tuning) -> String {
 
 /// Cross-validation: each half judged with the tuning chosen on the other; the confusion per
 /// dataset and the tuning chosen on each half.
-fn cross_validate(
-    sets: &[Dataset],
-    history: bool,
-) -> Result<(Vec<Confusion>, Vec<Tuning>), String> {
+fn cross_validate(sets: &[Dataset], mode: Replay) -> Result<(Vec<Confusion>, Vec<Tuning>), String> {
     let grid = grid();
     let all: Vec<Vec<Vec<Verdict>>> = grid
         .iter()
-        .map(|t| verdicts(sets, t, history))
+        .map(|t| verdicts(sets, t, mode))
         .collect::<Result<_, _>>()?;
     let mut cross_validated: Vec<Confusion> = sets.iter().map(|_| Confusion::default()).collect();
     let mut chosen = Vec::new();
@@ -339,9 +341,11 @@ fn cross_validate(
 
 /// Run the whole evaluation.
 pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
-    let (cross_validated, chosen) = cross_validate(sets, true)?;
-    let (without_history, _) = cross_validate(sets, false)?;
-    let default_verdicts = verdicts(sets, &defaults(), true)?;
+    let live = Replay::Feedback(FeedbackFrom::None);
+    let (cross_validated, chosen) = cross_validate(sets, live)?;
+    let (without_history, _) = cross_validate(sets, Replay::Alone)?;
+    let (with_feedback, _) = cross_validate(sets, Replay::Feedback(FeedbackFrom::EveryStopped))?;
+    let default_verdicts = verdicts(sets, &defaults(), live)?;
     let defaults: Vec<Confusion> = sets
         .iter()
         .zip(&default_verdicts)
@@ -387,11 +391,20 @@ pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
                 c.good_inconclusive
             )
         };
+        let replayed = sets[i].cases.iter().any(|c| c.workload.is_some());
         text.push_str(&row(
-            "**graygate, cross-validated** (each half judged with the settings chosen on the other)",
+            if replayed {
+                "**graygate, cross-validated**, replayed without feedback (a case joins its workload's history when graygate passed it, at its window's end)"
+            } else {
+                "**graygate, cross-validated** (each half judged with the settings chosen on the other)"
+            },
             &cross_validated[i],
         ));
-        if sets[i].cases.iter().any(|c| c.workload.is_some()) {
+        if replayed {
+            text.push_str(&row(
+                "graygate, cross-validated, replayed with feedback on every stopped case (`false-alarm` on good ones joins them)",
+                &with_feedback[i],
+            ));
             text.push_str(&row(
                 "graygate, cross-validated, without history (each case judged alone)",
                 &without_history[i],
@@ -416,6 +429,7 @@ pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
         defaults,
         cross_validated,
         without_history,
+        with_feedback,
         chosen,
         references,
         text,
