@@ -352,6 +352,17 @@ fn a_bad_case_line_exits_3_naming_the_line() {
 /// One labelled change of a workload whose young canary pods run `canary_factor` × the control's
 /// latency for the whole window (control pods at 100, 104 and 96 ms, 10 one-minute samples).
 fn slow_canary_case(i: usize, label: &str, canary_factor: f64, workload: bool) -> String {
+    slow_canary_case_with(i, label, canary_factor, workload, "")
+}
+
+/// [`slow_canary_case`] with more fields (`extra` ends with a comma).
+fn slow_canary_case_with(
+    i: usize,
+    label: &str,
+    canary_factor: f64,
+    workload: bool,
+    extra: &str,
+) -> String {
     let t0 = 1_700_000_000 + i as i64 * 3600;
     let series = |level: f64, wiggle: f64| {
         (0..10)
@@ -368,7 +379,7 @@ fn slow_canary_case(i: usize, label: &str, canary_factor: f64, workload: bool) -
         ""
     };
     format!(
-        r#"{{"id": "change-{i}", "label": "{label}", {workload}"window": [{t0}, {}], "metrics": {{"latency": {{"change": {{"jvm-v{i}-a": [{}]}}, "control": {{"jvm-a": [{}], "jvm-b": [{}], "jvm-c": [{}]}}}}}}}}"#,
+        r#"{{"id": "change-{i}", "label": "{label}", {workload}{extra}"window": [{t0}, {}], "metrics": {{"latency": {{"change": {{"jvm-v{i}-a": [{}]}}, "control": {{"jvm-a": [{}], "jvm-b": [{}], "jvm-c": [{}]}}}}}}}}"#,
         t0 + 600,
         series(100.0 * canary_factor, 0.03),
         series(100.0, 0.02),
@@ -386,11 +397,20 @@ fn a_replay_with_the_workload_learns_that_its_canaries_are_always_slower() {
         "metrics:\n- {name: latency, query: 'x{pod=~\"{{pods}}\"}', direction: increase}\n",
     )
     .unwrap();
-    // Six healthy releases whose canary runs 2.2× the control, then a bad one at 6×. The file
-    // lists them out of order: the replay goes by window start.
+    // Six healthy releases whose canary runs 2.2× the control, then a bad one at 6×. graygate
+    // fails the first three (nothing to learn from yet); a person marks them false alarms, so
+    // they join the workload's history. The file lists them out of order: the replay goes by
+    // window start.
     let cases = |workload: bool| {
         let mut lines: Vec<String> = (0..6)
-            .map(|i| slow_canary_case(i, "good", 2.2, workload))
+            .map(|i| {
+                let feedback = if i < 3 {
+                    r#""feedback": "false-alarm", "#
+                } else {
+                    ""
+                };
+                slow_canary_case_with(i, "good", 2.2, workload, feedback)
+            })
             .collect();
         lines.push(slow_canary_case(6, "bad", 6.0, workload));
         lines.reverse();
@@ -446,6 +466,87 @@ fn a_replay_with_the_workload_learns_that_its_canaries_are_always_slower() {
             && summary.contains("this one 5.94× — beyond"),
         "{summary}"
     );
+}
+
+/// `analyze --cases` on `lines` with the latency spec: per id, (verdict, historyRecords,
+/// joinedHistory).
+fn replay_cases(lines: &[String]) -> std::collections::BTreeMap<String, (String, u64, bool)> {
+    let dir = tempdir();
+    let spec = dir.join("spec.yaml");
+    std::fs::write(
+        &spec,
+        "metrics:\n- {name: latency, query: 'x{pod=~\"{{pods}}\"}', direction: increase}\n",
+    )
+    .unwrap();
+    let path = dir.join("cases.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let (code, out, err) = graygate(&[
+        "analyze",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--cases",
+        path.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                (
+                    r["verdict"].as_str().unwrap().to_string(),
+                    r["historyRecords"].as_u64().unwrap(),
+                    r["joinedHistory"].as_bool().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_replay_gates_history_by_verdict_and_feedback_never_by_label() {
+    // Without feedback, releases graygate failed never join: nothing is learnt, every 2.2×
+    // canary fails, good or not.
+    let unmarked: Vec<String> = (0..5)
+        .map(|i| slow_canary_case(i, "good", 2.2, true))
+        .collect();
+    let got = replay_cases(&unmarked);
+    for i in 0..5 {
+        assert_eq!(
+            got[&format!("change-{i}")],
+            ("Fail".to_string(), 0, false),
+            "{got:?}"
+        );
+    }
+    // Three false alarms join; then a bad change within what they showed passes, joins (its
+    // label only scores), and the next case is judged with it: four records, then five.
+    let mut lines: Vec<String> = (0..3)
+        .map(|i| slow_canary_case_with(i, "good", 2.2, true, r#""feedback": "false-alarm", "#))
+        .collect();
+    lines.push(slow_canary_case(3, "bad", 2.2, true));
+    lines.push(slow_canary_case(4, "good", 2.2, true));
+    lines.push(slow_canary_case(5, "good", 2.2, true));
+    let got = replay_cases(&lines);
+    assert_eq!(got["change-2"], ("Fail".to_string(), 2, true), "{got:?}");
+    assert_eq!(got["change-3"], ("Pass".to_string(), 3, true), "{got:?}");
+    assert_eq!(got["change-4"], ("Pass".to_string(), 4, true), "{got:?}");
+    assert_eq!(got["change-5"], ("Pass".to_string(), 5, true), "{got:?}");
+    // A passed change marked real-fault does not join.
+    lines[3] = slow_canary_case_with(3, "bad", 2.2, true, r#""feedback": "real-fault", "#);
+    let got = replay_cases(&lines);
+    assert_eq!(got["change-3"], ("Pass".to_string(), 3, false), "{got:?}");
+    assert_eq!(got["change-4"].1, 3, "{got:?}");
+    // A record is invisible to cases that start before its release ends: change-3 released
+    // after change-4's start (each case starts an hour after the one before).
+    lines[3] = slow_canary_case_with(3, "bad", 2.2, true, r#""released": 1700015000, "#);
+    let got = replay_cases(&lines);
+    assert_eq!(got["change-4"].1, 3, "{got:?}");
+    assert_eq!(got["change-5"].1, 5, "{got:?}");
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! the reference judges the datasets' READMEs describe, with every tunable default
 //! cross-validated across halves of the data (tuned on one half, measured on the other).
 
-use graygate::analysis::backtest::{Case, Confusion, parse_cases, ratio, replay};
+use graygate::analysis::backtest::{
+    Case, Confusion, FeedbackFrom, Replay, parse_cases, ratio, replay,
+};
 use graygate::analysis::judge::{GroupData, MetricData};
 use graygate::analysis::recorded::Tuning;
 use graygate::api::{AnalysisSpec, Verdict};
@@ -240,10 +242,10 @@ pub fn defaults() -> Tuning {
 }
 
 /// Verdicts of every case of every dataset under one tuning.
-fn verdicts(sets: &[Dataset], t: &Tuning, history: bool) -> Result<Vec<Vec<Verdict>>, String> {
+fn verdicts(sets: &[Dataset], t: &Tuning, mode: Replay) -> Result<Vec<Vec<Verdict>>, String> {
     sets.iter()
         .map(|d| {
-            Ok(replay(&d.spec, &d.cases, t, history)?
+            Ok(replay(&d.spec, &d.cases, t, mode)?
                 .into_iter()
                 .map(|r| r.verdict)
                 .collect())
@@ -264,11 +266,11 @@ fn confusion(d: &Dataset, verdicts: &[Verdict], fold: Option<usize>) -> Confusio
 
 /// How one tuning ranks on a fold: feasible first (every dataset's good-failed share within its
 /// target), then the mean share of bad failed, then the fewest good failed.
-fn rank(sets: &[Dataset], v: &[Vec<Verdict>], fold: usize) -> (bool, f64, f64) {
+fn rank(sets: &[Dataset], v: &[Vec<Verdict>], fold: Option<usize>) -> (bool, f64, f64) {
     let cs: Vec<Confusion> = sets
         .iter()
         .zip(v)
-        .map(|(d, v)| confusion(d, v, Some(fold)))
+        .map(|(d, v)| confusion(d, v, fold))
         .collect();
     let feasible = sets
         .iter()
@@ -284,12 +286,17 @@ pub struct Report {
     /// Per dataset: graygate with the defaults on every case.
     pub defaults: Vec<Confusion>,
     /// Per dataset: cross-validated (each half judged with the tuning chosen on the other),
-    /// cases replayed with their workload's history.
+    /// cases replayed with their workload's history as the operator keeps it without any
+    /// feedback: a case joins when graygate passed it. The figure a user meets.
     pub cross_validated: Vec<Confusion>,
     /// The same without history (each case judged alone).
     pub without_history: Vec<Confusion>,
+    /// The same replay with a person's feedback on every case graygate stopped.
+    pub with_feedback: Vec<Confusion>,
     /// Per fold: the tuning chosen on it.
     pub chosen: Vec<Tuning>,
+    /// The tuning the selection rule picks on all the data: what should ship.
+    pub on_all: Tuning,
     /// Per dataset, per reference judge: its confusion.
     pub references: Vec<Vec<(&'static str, Confusion)>>,
     /// The text for docs/performance.md.
@@ -306,42 +313,52 @@ fn describe(t: &Tuning) -> String {
 
 /// Cross-validation: each half judged with the tuning chosen on the other; the confusion per
 /// dataset and the tuning chosen on each half.
+/// The grid point the selection rule picks on `fold` (all the data with `None`).
+fn select(sets: &[Dataset], all: &[Vec<Vec<Verdict>>], fold: Option<usize>) -> Option<usize> {
+    (0..all.len()).max_by(|a, b| {
+        let (fa, ba, ga) = rank(sets, &all[*a], fold);
+        let (fb, bb, gb) = rank(sets, &all[*b], fold);
+        fa.cmp(&fb)
+            .then(ba.total_cmp(&bb))
+            .then(gb.total_cmp(&ga))
+            // Ties keep the earlier (smaller, more conservative) grid point.
+            .then(b.cmp(a))
+    })
+}
+
+/// Cross-validation: each half judged with the tuning chosen on the other; the confusion per
+/// dataset, the tuning chosen on each half, and the tuning the same rule picks on all the data
+/// (what the product should ship).
 fn cross_validate(
     sets: &[Dataset],
-    history: bool,
-) -> Result<(Vec<Confusion>, Vec<Tuning>), String> {
+    mode: Replay,
+) -> Result<(Vec<Confusion>, Vec<Tuning>, Tuning), String> {
     let grid = grid();
     let all: Vec<Vec<Vec<Verdict>>> = grid
         .iter()
-        .map(|t| verdicts(sets, t, history))
+        .map(|t| verdicts(sets, t, mode))
         .collect::<Result<_, _>>()?;
     let mut cross_validated: Vec<Confusion> = sets.iter().map(|_| Confusion::default()).collect();
     let mut chosen = Vec::new();
     for tune_on in [0, 1] {
-        let best = (0..grid.len())
-            .max_by(|a, b| {
-                let (fa, ba, ga) = rank(sets, &all[*a], tune_on);
-                let (fb, bb, gb) = rank(sets, &all[*b], tune_on);
-                fa.cmp(&fb)
-                    .then(ba.total_cmp(&bb))
-                    .then(gb.total_cmp(&ga))
-                    // Ties keep the earlier (smaller, more conservative) grid point.
-                    .then(b.cmp(a))
-            })
-            .ok_or("empty grid")?;
+        let best = select(sets, &all, Some(tune_on)).ok_or("empty grid")?;
         chosen.push(grid[best]);
         for (i, d) in sets.iter().enumerate() {
             cross_validated[i].add(&confusion(d, &all[best][i], Some(1 - tune_on)));
         }
     }
-    Ok((cross_validated, chosen))
+    let on_all = grid[select(sets, &all, None).ok_or("empty grid")?];
+    Ok((cross_validated, chosen, on_all))
 }
 
 /// Run the whole evaluation.
 pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
-    let (cross_validated, chosen) = cross_validate(sets, true)?;
-    let (without_history, _) = cross_validate(sets, false)?;
-    let default_verdicts = verdicts(sets, &defaults(), true)?;
+    let live = Replay::Feedback(FeedbackFrom::None);
+    let (cross_validated, chosen, on_all) = cross_validate(sets, live)?;
+    let (without_history, _, _) = cross_validate(sets, Replay::Alone)?;
+    let (with_feedback, _, _) = cross_validate(sets, Replay::Feedback(FeedbackFrom::EveryStopped))?;
+    let default_verdicts = verdicts(sets, &defaults(), live)?;
+    let selected_verdicts = verdicts(sets, &on_all, live)?;
     let defaults: Vec<Confusion> = sets
         .iter()
         .zip(&default_verdicts)
@@ -387,11 +404,20 @@ pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
                 c.good_inconclusive
             )
         };
+        let replayed = sets[i].cases.iter().any(|c| c.workload.is_some());
         text.push_str(&row(
-            "**graygate, cross-validated** (each half judged with the settings chosen on the other)",
+            if replayed {
+                "**graygate, cross-validated**, replayed without feedback (a case joins its workload's history when graygate passed it, at its window's end)"
+            } else {
+                "**graygate, cross-validated** (each half judged with the settings chosen on the other)"
+            },
             &cross_validated[i],
         ));
-        if sets[i].cases.iter().any(|c| c.workload.is_some()) {
+        if replayed {
+            text.push_str(&row(
+                "graygate, cross-validated, replayed with feedback on every stopped case (`false-alarm` on good ones joins them)",
+                &with_feedback[i],
+            ));
             text.push_str(&row(
                 "graygate, cross-validated, without history (each case judged alone)",
                 &without_history[i],
@@ -401,22 +427,29 @@ pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
             "graygate, shipped defaults (in-sample: chosen with these cases in view)",
             &defaults[i],
         ));
+        text.push_str(&row(
+            "graygate, the selection rule's pick on all the data (in-sample)",
+            &confusion(d, &selected_verdicts[i], None),
+        ));
         for (name, c) in &references[i] {
             text.push_str(&row(name, c));
         }
         text.push('\n');
     }
     text.push_str(&format!(
-        "Settings chosen on half 0: {}; on half 1: {}. Shipped defaults: {}.\n",
+        "Settings chosen on half 0: {}; on half 1: {}; by the same rule on all the data: {}. Shipped defaults: {}.\n",
         describe(&chosen[0]),
         describe(&chosen[1]),
+        describe(&on_all),
         describe(&self::defaults())
     ));
     Ok(Report {
         defaults,
         cross_validated,
         without_history,
+        with_feedback,
         chosen,
+        on_all,
         references,
         text,
     })

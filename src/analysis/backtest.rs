@@ -4,10 +4,15 @@
 //! `"fault"` and `"workload"`. Every case is judged exactly as production would judge it; the
 //! result is the confusion table a team reads before trusting its spec.
 //!
-//! Cases that name their `workload` are replayed in the order of their window's start, and each
-//! is judged with its workload's history: the earlier cases of the same workload labelled good
-//! (the releases a team kept), the last [`DEFAULT_KEEP`] of them, as the operator keeps the
-//! records of released changes.
+//! Cases that name their `workload` are replayed as the operator lives them: in the order of
+//! their window's start, each judged with its workload's history — the records of the earlier
+//! changes of the same workload that had been *released* by then, the last [`DEFAULT_KEEP`] of
+//! them. What joins is decided as the operator decides it, never by the `label` (which only
+//! scores): a change graygate passed joins (unless its `feedback` says `real-fault` or `drill`),
+//! a change graygate failed joins only with `feedback: false-alarm` (what `kubectl graygate
+//! feedback` records live), an inconclusive one never. A record joins at the release's end: the
+//! case's `released` time (Unix seconds) when given, else its window's end; a case that starts
+//! before then does not see it, nor do the other workloads (its neighbours for the prior).
 
 use crate::analysis::history::{DEFAULT_KEEP, History};
 use crate::analysis::input::{Recorded, recorded};
@@ -27,8 +32,12 @@ pub struct Case {
     pub bad: bool,
     /// The kind of fault, for bad changes that say.
     pub fault: Option<String>,
-    /// The workload it changed, when the file says: its earlier good cases are its history.
+    /// The workload it changed, when the file says: its earlier released cases are its history.
     pub workload: Option<String>,
+    /// What a person said of it after the fact (`feedback` in the file).
+    pub feedback: Option<crate::api::FeedbackVerdict>,
+    /// When it was released (`released`, Unix seconds): its record joins the history then.
+    pub released: Option<f64>,
     /// The recorded data.
     pub recorded: Recorded,
 }
@@ -68,6 +77,26 @@ pub fn parse_cases(text: &str) -> Result<Vec<Case>, String> {
                 ));
             }
         };
+        let feedback = match v.get("feedback") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(f)) => {
+                Some(crate::api::FeedbackVerdict::parse(f).ok_or_else(|| {
+                    format!("line {line}: feedback: {f:?} is not false-alarm, real-fault or drill")
+                })?)
+            }
+            Some(other) => {
+                return Err(format!(
+                    "line {line}: feedback: expected \"false-alarm\", \"real-fault\" or \"drill\", got {other}"
+                ));
+            }
+        };
+        let released =
+            match v.get("released") {
+                None | Some(Value::Null) => None,
+                Some(t) => Some(t.as_f64().filter(|t| t.is_finite()).ok_or_else(|| {
+                    format!("line {line}: released: expected Unix seconds, got {t}")
+                })?),
+            };
         let recorded = recorded(&v).map_err(|e| format!("line {line}: {e}"))?;
         out.push(Case {
             line,
@@ -75,6 +104,8 @@ pub fn parse_cases(text: &str) -> Result<Vec<Case>, String> {
             bad,
             fault,
             workload,
+            feedback,
+            released,
             recorded,
         });
     }
@@ -97,35 +128,86 @@ pub struct CaseResult {
     pub verdict: Verdict,
     /// The verdict's one-line summary.
     pub summary: String,
+    /// How many released changes of its workload it was judged with (0 alone).
+    pub history: usize,
+    /// Whether its record joined its workload's history (released, or a false alarm).
+    pub joined: bool,
 }
 
 /// Judge every case with the spec (and, for cross-validation, a tuning). Cases with a workload
-/// are judged in the order of their window's start with that workload's history; the results
-/// keep the file's order.
+/// are replayed with their workload's history, gated by verdict and the file's feedback; the
+/// results keep the file's order.
 pub fn run(
     spec: &AnalysisSpec,
     cases: &[Case],
     tuning: &Tuning,
 ) -> Result<Vec<CaseResult>, String> {
-    replay(spec, cases, tuning, true)
+    replay(spec, cases, tuning, Replay::Feedback(FeedbackFrom::File))
 }
 
-/// [`run`], with or without the workloads' history (the evaluation reports both).
+/// How a backtest treats the workloads' history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Each case judged alone, without history.
+    Alone,
+    /// In time order, a released record joining its workload's history at its release's end.
+    Feedback(FeedbackFrom),
+}
+
+/// Where the feedback on a case comes from in a replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedbackFrom {
+    /// Nobody gives any: only the cases graygate passed join.
+    None,
+    /// The file's `feedback` fields, as `kubectl graygate feedback` records them live.
+    File,
+    /// A person reviews every case graygate stopped and says what its label says (`false-alarm`
+    /// on a good one, `real-fault` on a bad one): the best feedback a team can give.
+    EveryStopped,
+}
+
+/// Whether a judged case's record joins its workload's history, as the operator decides it
+/// (`controller::history`): released (passed) unless marked `real-fault` or `drill`, or failed
+/// and marked `false-alarm`; inconclusive never (a person had to decide, and said nothing).
+pub fn joins(verdict: Verdict, feedback: Option<crate::api::FeedbackVerdict>) -> bool {
+    use crate::api::FeedbackVerdict::*;
+    match verdict {
+        Verdict::Pass => !matches!(feedback, Some(RealFault | Drill)),
+        Verdict::Fail => feedback == Some(FalseAlarm),
+        Verdict::Inconclusive => false,
+    }
+}
+
+/// [`run`] with the given treatment of history (the evaluation reports all three).
 pub fn replay(
     spec: &AnalysisSpec,
     cases: &[Case],
     tuning: &Tuning,
-    with_history: bool,
+    mode: Replay,
 ) -> Result<Vec<CaseResult>, String> {
     let start = |c: &Case| c.recorded.window.map_or(f64::NEG_INFINITY, |w| w.0);
     let mut order: Vec<usize> = (0..cases.len()).collect();
     order.sort_by(|a, b| start(&cases[*a]).total_cmp(&start(&cases[*b])));
     let mut histories: BTreeMap<&str, History> = BTreeMap::new();
+    // Records of released changes waiting for their release to end: (end, order, workload).
+    let mut pending: Vec<(f64, usize, &str, crate::analysis::history::Record)> = Vec::new();
     let mut results: Vec<Option<CaseResult>> = vec![None; cases.len()];
-    for i in order {
+    for (n, i) in order.into_iter().enumerate() {
         let c = &cases[i];
         let fail = |e: String| format!("line {} ({}): {}", c.line, c.id, e);
-        let workload = c.workload.as_deref().filter(|_| with_history);
+        let workload = c.workload.as_deref().filter(|_| mode != Replay::Alone);
+        // Releases that ended by this case's start join, in the order they ended.
+        pending.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let ready = pending.partition_point(|p| p.0 <= start(c));
+        for (_, _, w, record) in pending.drain(..ready) {
+            histories
+                .entry(w)
+                .or_insert_with(|| History {
+                    workload: w.to_string(),
+                    ..History::default()
+                })
+                .push(record, DEFAULT_KEEP);
+        }
         // The workload's own released changes, and its neighbours' (the other workloads of the
         // file, as the other workloads of a namespace) for the prior of their variance.
         let history = workload.and_then(|w| {
@@ -138,18 +220,30 @@ pub fn replay(
             Some(h)
         });
         let history = history.as_ref();
-        // A good case is a release the team kept: it becomes history for the next ones.
-        let record_as = (workload.is_some() && !c.bad).then_some(c.id.as_str());
+        let record_as = workload.map(|_| c.id.as_str());
         let (out, record) =
             judge_and_record(spec, c.recorded.clone(), tuning, history, record_as).map_err(fail)?;
-        if let (Some(w), Some(record)) = (workload, record) {
-            histories
-                .entry(w)
-                .or_insert_with(|| History {
-                    workload: w.to_string(),
-                    ..History::default()
+        let feedback = match mode {
+            Replay::Feedback(FeedbackFrom::File) => c.feedback,
+            Replay::Feedback(FeedbackFrom::EveryStopped) if out.verdict == Verdict::Fail => {
+                Some(if c.bad {
+                    crate::api::FeedbackVerdict::RealFault
+                } else {
+                    crate::api::FeedbackVerdict::FalseAlarm
                 })
-                .push(record, DEFAULT_KEEP);
+            }
+            _ => None,
+        };
+        let judged_with = history.map_or(0, |h| h.records.len());
+        let joined = workload.is_some() && joins(out.verdict, feedback);
+        if let (Some(w), Some(record), true) = (workload, record, joined)
+            && !record.is_empty()
+        {
+            let end = c
+                .released
+                .or(c.recorded.window.map(|w| w.1))
+                .unwrap_or(f64::NEG_INFINITY);
+            pending.push((end, n, w, record));
         }
         results[i] = Some(CaseResult {
             id: c.id.clone(),
@@ -157,6 +251,8 @@ pub fn replay(
             fault: c.fault.clone(),
             verdict: out.verdict,
             summary: out.summary,
+            history: judged_with,
+            joined,
         });
     }
     Ok(results.into_iter().flatten().collect())
@@ -308,6 +404,7 @@ pub fn json(results: &[CaseResult]) -> Value {
         "results": results.iter().map(|r| json!({
             "id": r.id, "label": if r.bad { "bad" } else { "good" }, "fault": r.fault,
             "verdict": r.verdict, "summary": r.summary,
+            "historyRecords": r.history, "joinedHistory": r.joined,
         })).collect::<Vec<_>>(),
     })
 }
