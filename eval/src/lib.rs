@@ -5,3 +5,4 @@
 
 pub mod real;
 pub mod synthetic;
+pub mod targets;

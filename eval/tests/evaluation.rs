@@ -2,6 +2,7 @@
 //! at least 95% of bad changes failed, at most 2% of good ones, and better than the baseline on both.
 
 use graygate_eval::synthetic::{evaluate, generate, report};
+use graygate_eval::targets::SYNTHETIC;
 
 #[test]
 fn default_judge_meets_its_targets_and_beats_the_baseline() {
@@ -17,8 +18,16 @@ fn default_judge_meets_its_targets_and_beats_the_baseline() {
     let good_blocked = share(false, |r| r.failed_default);
     let base_caught = share(true, |r| r.failed_baseline);
     let base_blocked = share(false, |r| r.failed_baseline);
-    assert!(bad_caught >= 0.95, "bad changes failed: {bad_caught}");
-    assert!(good_blocked <= 0.02, "good changes failed: {good_blocked}");
+    assert!(
+        bad_caught >= SYNTHETIC.bad_failed,
+        "bad changes failed: {bad_caught}, target {}",
+        SYNTHETIC.bad_failed
+    );
+    assert!(
+        good_blocked <= SYNTHETIC.good_failed,
+        "good changes failed: {good_blocked}, target {}",
+        SYNTHETIC.good_failed
+    );
     assert!(
         bad_caught > base_caught,
         "baseline catches {base_caught}, graygate {bad_caught}"
