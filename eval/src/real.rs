@@ -2,6 +2,7 @@
 //! the reference judges the datasets' READMEs describe, with every tunable default
 //! cross-validated across halves of the data (tuned on one half, measured on the other).
 
+use crate::targets::{self, Verdicts};
 use graygate::analysis::backtest::{
     Case, Confusion, FeedbackFrom, Replay, parse_cases, ratio, replay,
 };
@@ -10,11 +11,77 @@ use graygate::analysis::recorded::Tuning;
 use graygate::api::{AnalysisSpec, Verdict};
 use graygate::cli::analyze::load_spec;
 use graygate::detect::mann_whitney::{self, Alternative, Method};
-use graygate::detect::{is_worse, mean, median, peers};
+use graygate::detect::{fmt_num, is_worse, mean, median, peers};
 use std::path::Path;
 
-/// A reference judge: labelled case in, verdict out.
-pub type ReferenceJudge = fn(&Case, &AnalysisSpec) -> Verdict;
+/// A reference judge's score of a case: higher is more anomalous; `None` without data
+/// (inconclusive).
+pub type Score = fn(&Case, &AnalysisSpec) -> Option<f64>;
+
+/// A reference judge as its authors describe it: a score and the threshold it fails beyond.
+#[derive(Clone, Copy)]
+pub struct ReferenceJudge {
+    /// Its name in the tables.
+    pub name: &'static str,
+    /// Its score.
+    pub score: Score,
+    /// A case fails when its score is above this.
+    pub threshold: f64,
+    /// A threshold in the judge's own terms.
+    pub says: fn(f64) -> String,
+}
+
+impl ReferenceJudge {
+    /// Its verdict on a case at `threshold`.
+    pub fn verdict_at(&self, c: &Case, spec: &AnalysisSpec, threshold: f64) -> Verdict {
+        match (self.score)(c, spec) {
+            None => Verdict::Inconclusive,
+            Some(s) if s > threshold => Verdict::Fail,
+            Some(_) => Verdict::Pass,
+        }
+    }
+
+    /// Its verdict on a case at its own threshold.
+    pub fn verdict(&self, c: &Case, spec: &AnalysisSpec) -> Verdict {
+        self.verdict_at(c, spec, self.threshold)
+    }
+}
+
+/// A reference judge moved to another operating point: its threshold raised until it fails no
+/// more good changes than `good_failed`, the threshold (among its own scores) where it fails the
+/// most bad changes so. The confusion there and the threshold.
+pub fn matched(
+    judge: &ReferenceJudge,
+    cases: &[Case],
+    spec: &AnalysisSpec,
+    good_failed: usize,
+) -> (Confusion, f64) {
+    let scores: Vec<Option<f64>> = cases.iter().map(|c| (judge.score)(c, spec)).collect();
+    let mut candidates: Vec<f64> = scores.iter().flatten().copied().collect();
+    candidates.push(judge.threshold.min(f64::MAX));
+    candidates.push(f64::INFINITY);
+    candidates.sort_by(f64::total_cmp);
+    candidates.dedup();
+    let at = |t: f64| {
+        Confusion::of(cases.iter().zip(&scores).map(|(c, s)| {
+            let v = match s {
+                None => Verdict::Inconclusive,
+                Some(s) if *s > t => Verdict::Fail,
+                Some(_) => Verdict::Pass,
+            };
+            (c.bad, c.fault.as_deref(), v)
+        }))
+    };
+    // The lowest threshold that keeps within `good_failed` fails the most bad changes (failing
+    // is monotone in the threshold), so the first feasible candidate from below is the one.
+    for t in candidates {
+        let c = at(t);
+        if c.good_failed <= good_failed {
+            return (c, t);
+        }
+    }
+    (at(f64::INFINITY), f64::INFINITY)
+}
 
 /// One dataset of the evaluation.
 pub struct Dataset {
@@ -28,10 +95,12 @@ pub struct Dataset {
     pub folds: Vec<usize>,
     /// How the folds were made.
     pub folds_by: &'static str,
-    /// Reference judges with their names.
-    pub references: Vec<(&'static str, ReferenceJudge)>,
-    /// Targets: at least this share of bad failed, at most this share of good failed.
-    pub target: (f64, f64),
+    /// Reference judges.
+    pub references: Vec<ReferenceJudge>,
+    /// The asserted target ([`targets`](crate::targets)).
+    pub target: Verdicts,
+    /// A goal set but not met yet, reported beside the target.
+    pub goal: Option<Verdicts>,
 }
 
 /// Load the two datasets from `data` (the shared data folder) and the specs in `examples/backtest`.
@@ -60,13 +129,21 @@ pub fn datasets(data: &Path, examples: &Path) -> Result<Vec<Dataset>, String> {
             folds: day_folds,
             folds_by: "day: 2023-09-22 vs 2023-09-23",
             references: vec![
-                ("success-rate rule (mean ≥ 99% passes)", success_rate_rule),
-                (
-                    "Kayenta-style (MW 98%, HL 25%, score < 75 fails)",
-                    kayenta_style,
-                ),
+                ReferenceJudge {
+                    name: "success-rate rule (mean ≥ 99% passes)",
+                    score: success_rate_rule,
+                    threshold: -99.0,
+                    says: |t| format!("fails below a mean of {}%", fmt_num(-t)),
+                },
+                ReferenceJudge {
+                    name: "Kayenta-style (MW 98%, HL 25%, score < 75 fails)",
+                    score: kayenta_style,
+                    threshold: -0.75,
+                    says: |t| format!("fails below a score of {}", fmt_num(-t * 100.0)),
+                },
             ],
-            target: (0.60, 0.01),
+            target: targets::CHANGERCA,
+            goal: None,
         },
         Dataset {
             name: "kontrast",
@@ -75,10 +152,21 @@ pub fn datasets(data: &Path, examples: &Path) -> Result<Vec<Dataset>, String> {
             folds: pair_folds,
             folds_by: "even vs odd pairs",
             references: vec![
-                ("three-sigma on the median (MAD)", three_sigma_median),
-                ("Kolmogorov-Smirnov p < 0.01", kolmogorov_smirnov),
+                ReferenceJudge {
+                    name: "three-sigma on the median (MAD)",
+                    score: three_sigma_median,
+                    threshold: 3.0,
+                    says: |t| format!("fails beyond {} MADs", fmt_num(t)),
+                },
+                ReferenceJudge {
+                    name: "Kolmogorov-Smirnov p < 0.01",
+                    score: kolmogorov_smirnov,
+                    threshold: -0.01,
+                    says: |t| format!("fails at p < {}", fmt_num(-t)),
+                },
             ],
-            target: (0.82, 0.04),
+            target: targets::KONTRAST,
+            goal: Some(targets::KONTRAST_GOAL),
         },
     ])
 }
@@ -94,25 +182,21 @@ fn values(g: Option<&GroupData>) -> Vec<f64> {
     g.map(GroupData::values).unwrap_or_default()
 }
 
-/// Flagger's built-in check: the change group's mean success rate must be at least 99%.
-pub fn success_rate_rule(c: &Case, _: &AnalysisSpec) -> Verdict {
+/// Flagger's built-in check: the change group's mean success rate must be at least 99%. The
+/// score is minus the mean, so it fails above −99.
+pub fn success_rate_rule(c: &Case, _: &AnalysisSpec) -> Option<f64> {
     let v = plain(c, "SuccessRate")
         .map(|g| g.change.values())
         .unwrap_or_default();
-    if v.is_empty() {
-        Verdict::Inconclusive
-    } else if mean(&v) >= 99.0 {
-        Verdict::Pass
-    } else {
-        Verdict::Fail
-    }
+    (!v.is_empty()).then(|| -mean(&v))
 }
 
 /// Kayenta-style: per metric a two-sided Mann-Whitney test of pooled change vs control samples at
 /// 98% confidence; a metric fails when the difference is significant and its Hodges-Lehmann
 /// shift goes beyond 25% of the control median in the bad direction. The score is the share of
-/// metrics with data that pass; below 75 fails. No data at all is inconclusive.
-pub fn kayenta_style(c: &Case, spec: &AnalysisSpec) -> Verdict {
+/// metrics with data that pass; below 75 fails. No data at all is inconclusive. The score is
+/// minus the share that pass, so it fails above −0.75.
+pub fn kayenta_style(c: &Case, spec: &AnalysisSpec) -> Option<f64> {
     let (mut with_data, mut passed) = (0, 0);
     for m in spec.metrics.iter().flatten() {
         let Some(g) = plain(c, &m.name) else { continue };
@@ -134,13 +218,7 @@ pub fn kayenta_style(c: &Case, spec: &AnalysisSpec) -> Verdict {
             passed += 1;
         }
     }
-    if with_data == 0 {
-        Verdict::Inconclusive
-    } else if (passed as f64) / (with_data as f64) < 0.75 {
-        Verdict::Fail
-    } else {
-        Verdict::Pass
-    }
+    (with_data > 0).then(|| -(passed as f64) / (with_data as f64))
 }
 
 fn kpi(c: &Case) -> (Vec<f64>, Vec<f64>) {
@@ -151,18 +229,22 @@ fn kpi(c: &Case) -> (Vec<f64>, Vec<f64>) {
     )
 }
 
-/// The change median outside the reference median ± 3 × 1.4826 MAD fails.
-pub fn three_sigma_median(c: &Case, _: &AnalysisSpec) -> Verdict {
+/// The change median outside the reference median ± 3 × 1.4826 MAD fails. The score is the
+/// distance in those units (fails above 3).
+pub fn three_sigma_median(c: &Case, _: &AnalysisSpec) -> Option<f64> {
     let (x, r) = kpi(c);
     if x.is_empty() || r.is_empty() {
-        return Verdict::Inconclusive;
+        return None;
     }
     let (centre, scale) = graygate::detect::three_sigma::centre_scale(&r, true);
-    if (median(&x) - centre).abs() > 3.0 * scale {
-        Verdict::Fail
+    let d = (median(&x) - centre).abs();
+    Some(if scale > 0.0 {
+        d / scale
+    } else if d > 0.0 {
+        f64::INFINITY
     } else {
-        Verdict::Pass
-    }
+        0.0
+    })
 }
 
 /// Two-sample Kolmogorov-Smirnov statistic and its asymptotic two-sided p-value.
@@ -197,17 +279,14 @@ pub fn ks_two_sample(x: &[f64], y: &[f64]) -> (f64, f64) {
     (d, if lambda < 0.2 { 1.0 } else { p.clamp(0.0, 1.0) })
 }
 
-/// Any distribution difference at p < 0.01 fails.
-pub fn kolmogorov_smirnov(c: &Case, _: &AnalysisSpec) -> Verdict {
+/// Any distribution difference at p < 0.01 fails. The score is minus the p-value (fails above
+/// −0.01).
+pub fn kolmogorov_smirnov(c: &Case, _: &AnalysisSpec) -> Option<f64> {
     let (x, r) = kpi(c);
     if x.is_empty() || r.is_empty() {
-        return Verdict::Inconclusive;
+        return None;
     }
-    if ks_two_sample(&x, &r).1 < 0.01 {
-        Verdict::Fail
-    } else {
-        Verdict::Pass
-    }
+    Some(-ks_two_sample(&x, &r).1)
 }
 
 /// The grid cross-validation chooses from: the minimum effect of latency/other metrics, and the
@@ -216,7 +295,7 @@ pub fn grid() -> Vec<Tuning> {
     let mut out = Vec::new();
     for delta in [0.1, 0.25, 0.5, 1.0] {
         for far in [1.5, 2.0, 3.0] {
-            for far_samples in [1, 2, 3] {
+            for far_samples in [2, 3] {
                 for long in [3, 5, 10] {
                     out.push(Tuning {
                         value_min_delta: Some(delta),
@@ -275,7 +354,7 @@ fn rank(sets: &[Dataset], v: &[Vec<Verdict>], fold: Option<usize>) -> (bool, f64
     let feasible = sets
         .iter()
         .zip(&cs)
-        .all(|(d, c)| c.good_rate() <= d.target.1);
+        .all(|(d, c)| c.good_rate() <= d.target.good_failed);
     let bad = cs.iter().map(Confusion::bad_rate).sum::<f64>() / cs.len() as f64;
     let good = cs.iter().map(Confusion::good_rate).sum::<f64>();
     (feasible, bad, good)
@@ -297,8 +376,11 @@ pub struct Report {
     pub chosen: Vec<Tuning>,
     /// The tuning the selection rule picks on all the data: what should ship.
     pub on_all: Tuning,
-    /// Per dataset, per reference judge: its confusion.
+    /// Per dataset, per reference judge: its confusion at its own threshold.
     pub references: Vec<Vec<(&'static str, Confusion)>>,
+    /// Per dataset, per reference judge: its confusion and threshold when moved to fail no more
+    /// good changes than graygate cross-validated (the same operating point).
+    pub matched: Vec<Vec<(&'static str, Confusion, String)>>,
     /// The text for docs/performance.md.
     pub text: String,
 }
@@ -369,15 +451,28 @@ pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
         .map(|d| {
             d.references
                 .iter()
-                .map(|(name, judge)| {
+                .map(|r| {
                     (
-                        *name,
+                        r.name,
                         Confusion::of(
                             d.cases
                                 .iter()
-                                .map(|c| (c.bad, c.fault.as_deref(), judge(c, &d.spec))),
+                                .map(|c| (c.bad, c.fault.as_deref(), r.verdict(c, &d.spec))),
                         ),
                     )
+                })
+                .collect()
+        })
+        .collect();
+    let matched: Vec<Vec<(&'static str, Confusion, String)>> = sets
+        .iter()
+        .zip(&cross_validated)
+        .map(|(d, cv)| {
+            d.references
+                .iter()
+                .map(|r| {
+                    let (c, t) = self::matched(r, &d.cases, &d.spec, cv.good_failed);
+                    (r.name, c, (r.says)(t))
                 })
                 .collect()
         })
@@ -385,14 +480,21 @@ pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
     let mut text = String::new();
     for (i, d) in sets.iter().enumerate() {
         text.push_str(&format!(
-            "**{}** ({} cases: {} bad, {} good; folds by {}; target ≥ {:.0}% of bad failed, ≤ {:.0}% of good failed)\n\n",
+            "**{}** ({} cases: {} bad, {} good; folds by {}; target ≥ {:.0}% of bad failed, ≤ {:.0}% of good failed{})\n\n",
             d.name,
             d.cases.len(),
             defaults[i].bad,
             defaults[i].good,
             d.folds_by,
-            d.target.0 * 100.0,
-            d.target.1 * 100.0
+            d.target.bad_failed * 100.0,
+            d.target.good_failed * 100.0,
+            d.goal
+                .map(|g| format!(
+                    "; goal ≥ {:.0}% and ≤ {:.0}%, not asserted until met",
+                    g.bad_failed * 100.0,
+                    g.good_failed * 100.0
+                ))
+                .unwrap_or_default()
         ));
         text.push_str("| judge | bad failed | good failed | inconclusive (bad / good) |\n| --- | ---: | ---: | ---: |\n");
         let row = |name: &str, c: &Confusion| {
@@ -434,6 +536,14 @@ pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
         for (name, c) in &references[i] {
             text.push_str(&row(name, c));
         }
+        for (name, c, t) in &matched[i] {
+            text.push_str(&row(
+                &format!(
+                    "{name}, moved to graygate's cross-validated good-failed count: {t} (in-sample)"
+                ),
+                c,
+            ));
+        }
         text.push('\n');
     }
     text.push_str(&format!(
@@ -451,6 +561,7 @@ pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
         chosen,
         on_all,
         references,
+        matched,
         text,
     })
 }
@@ -458,6 +569,37 @@ pub fn evaluate(sets: &[Dataset]) -> Result<Report, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reference_moved_to_fewer_good_failures_fails_the_most_bad_it_can() {
+        // Scores are the line numbers: bad on lines 2, 4, 5; good on 1, 3, 6.
+        let labels = ["good", "bad", "good", "bad", "bad", "good"];
+        let text: String = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{{\"id\": \"c{i}\", \"label\": \"{l}\", \"metrics\": {{}}}}\n"))
+            .collect();
+        let cases = parse_cases(&text).unwrap();
+        let judge = ReferenceJudge {
+            name: "line",
+            score: |c, _| Some(c.line as f64),
+            threshold: 0.0,
+            says: |t| fmt_num(t),
+        };
+        let spec = AnalysisSpec::default();
+        // At its own threshold it fails everything.
+        let own = Confusion::of(cases.iter().map(|c| (c.bad, None, judge.verdict(c, &spec))));
+        assert_eq!((own.bad_failed, own.good_failed), (3, 3));
+        // No good failure allowed: above 6 only, nothing fails.
+        let (c, t) = matched(&judge, &cases, &spec, 0);
+        assert_eq!((c.bad_failed, c.good_failed, t), (0, 0, 6.0));
+        // One allowed: above 3 fails lines 4, 5 (bad) and 6 (good).
+        let (c, t) = matched(&judge, &cases, &spec, 1);
+        assert_eq!((c.bad_failed, c.good_failed, t), (2, 1, 3.0));
+        // Two: above 1 fails all bad and goods 3, 6.
+        let (c, t) = matched(&judge, &cases, &spec, 2);
+        assert_eq!((c.bad_failed, c.good_failed, t), (3, 2, 1.0));
+    }
 
     #[test]
     fn ks_matches_scipy_limiting_distribution() {
