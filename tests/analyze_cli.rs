@@ -390,13 +390,6 @@ fn slow_canary_case_with(
 
 #[test]
 fn a_replay_with_the_workload_learns_that_its_canaries_are_always_slower() {
-    let dir = tempdir();
-    let spec = dir.join("spec.yaml");
-    std::fs::write(
-        &spec,
-        "metrics:\n- {name: latency, query: 'x{pod=~\"{{pods}}\"}', direction: increase}\n",
-    )
-    .unwrap();
     // Six healthy releases whose canary runs 2.2× the control, then a bad one at 6×. graygate
     // fails the first three (nothing to learn from yet); a person marks them false alarms, so
     // they join the workload's history. The file lists them out of order: the replay goes by
@@ -414,23 +407,8 @@ fn a_replay_with_the_workload_learns_that_its_canaries_are_always_slower() {
             .collect();
         lines.push(slow_canary_case(6, "bad", 6.0, workload));
         lines.reverse();
-        let path = dir.join(format!("cases-{workload}.jsonl"));
-        std::fs::write(&path, lines.join("\n")).unwrap();
-        let (code, out, err) = graygate(&[
-            "analyze",
-            "--spec",
-            spec.to_str().unwrap(),
-            "--cases",
-            path.to_str().unwrap(),
-            "--output",
-            "json",
-        ]);
-        assert_eq!(code, 0, "{out}{err}");
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["results"]
-            .as_array()
-            .unwrap()
-            .iter()
+        analyze_latency_cases(&lines)
+            .into_iter()
             .map(|r| {
                 (
                     r["id"].as_str().unwrap().to_string(),
@@ -468,9 +446,8 @@ fn a_replay_with_the_workload_learns_that_its_canaries_are_always_slower() {
     );
 }
 
-/// `analyze --cases` on `lines` with the latency spec: per id, (verdict, historyRecords,
-/// joinedHistory).
-fn replay_cases(lines: &[String]) -> std::collections::BTreeMap<String, (String, u64, bool)> {
+/// `analyze --cases --output json` on `lines` with a latency spec: the results.
+fn analyze_latency_cases(lines: &[String]) -> Vec<serde_json::Value> {
     let dir = tempdir();
     let spec = dir.join("spec.yaml");
     std::fs::write(
@@ -491,9 +468,13 @@ fn replay_cases(lines: &[String]) -> std::collections::BTreeMap<String, (String,
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["results"]
-        .as_array()
-        .unwrap()
+    v["results"].as_array().unwrap().clone()
+}
+
+/// `analyze --cases` on `lines` with the latency spec: per id, (verdict, historyRecords,
+/// joinedHistory).
+fn replay_cases(lines: &[String]) -> std::collections::BTreeMap<String, (String, u64, bool)> {
+    analyze_latency_cases(lines)
         .iter()
         .map(|r| {
             (
