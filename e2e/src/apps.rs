@@ -217,7 +217,22 @@ impl Apps {
 
     /// A container started in a pod.
     pub fn start(&self, ns: &str, pod: &str, container: &str, image: &str) {
-        let profile = self.profile_for(image);
+        self.start_with(ns, pod, container, image, None);
+    }
+
+    /// A container started in a pod, its profile chosen by its configuration (`profile`, when a
+    /// profile has that name) or else by its image.
+    pub fn start_with(
+        &self,
+        ns: &str,
+        pod: &str,
+        container: &str,
+        image: &str,
+        profile: Option<&str>,
+    ) {
+        let profile = profile
+            .and_then(|p| self.profiles.get(p).cloned())
+            .unwrap_or_else(|| self.profile_for(image));
         let mut pods = self.lock();
         let key = (ns.to_string(), pod.to_string());
         let seed = self.seed ^ fxhash(pod);
@@ -247,6 +262,44 @@ impl Apps {
             app.profile.name
         );
         app.logs.push_back((now, line));
+    }
+
+    /// A running application reloads its configuration and behaves as profile `name` from now
+    /// on. False when it is not running or no profile has that name.
+    pub fn set_profile(&self, ns: &str, pod: &str, name: &str) -> bool {
+        let Some(profile) = self.profiles.get(name).cloned() else {
+            return false;
+        };
+        let mut pods = self.lock();
+        let Some(app) = pods.get_mut(&(ns.to_string(), pod.to_string())) else {
+            return false;
+        };
+        if app.profile.name != profile.name {
+            let now = jiff::Timestamp::now();
+            let line = format!(
+                "{} INFO  [config] configuration reloaded: profile {} (was {})",
+                fmt_ts(now),
+                profile.name,
+                app.profile.name
+            );
+            app.logs.push_back((now, line));
+            app.profile = profile;
+        }
+        true
+    }
+
+    /// The profile a running pod behaves as.
+    pub fn profile_of(&self, ns: &str, pod: &str) -> Option<String> {
+        self.lock()
+            .get(&(ns.to_string(), pod.to_string()))
+            .map(|a| a.profile.name.clone())
+    }
+
+    /// Whether a running pod's profile ever becomes Ready.
+    pub fn is_ready(&self, ns: &str, pod: &str) -> Option<bool> {
+        self.lock()
+            .get(&(ns.to_string(), pod.to_string()))
+            .map(|a| a.profile.ready)
     }
 
     /// A pod is gone.

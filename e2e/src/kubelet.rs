@@ -3,15 +3,24 @@
 //! application (`crate::apps`), reports Running / Ready / restarts the way a kubelet does, finishes
 //! deletions, and serves the kubelet API's `containerLogs` over TLS so that `pods/log` requests
 //! reach it through the real API server's proxy.
+//!
+//! It gives containers their ConfigMaps and Secrets as a kubelet does (`crate::podconfig`):
+//! the environment once at start (a missing key or object keeps the container waiting with
+//! `CreateContainerConfigError`, a missing mounted object with `ContainerCreating`), mounted files
+//! re-read every [`PodTiming::config_sync`] while it runs. A profile named by a mounted `profile`
+//! file (or the `APP_PROFILE` variable at start) selects the application's behaviour, so a
+//! config edit shows in each pod's metrics and logs when that pod sees it. The service-account
+//! token volume (`kube-api-access-*`) is not served: the stand-in has no tokens to give.
 
 use crate::apps::Apps;
 use crate::control_plane::free_port;
+use crate::podconfig::{self, Objects};
 use anyhow::Context;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, ConfigMap, Node, ObjectReference, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
@@ -33,6 +42,9 @@ pub struct PodTiming {
     pub ready: Duration,
     /// From deletion to gone.
     pub terminate: Duration,
+    /// How often a running pod's mounted ConfigMaps and Secrets are re-read (a real kubelet:
+    /// its sync period plus its cache's time to live, about a minute).
+    pub config_sync: Duration,
 }
 
 impl Default for PodTiming {
@@ -41,6 +53,7 @@ impl Default for PodTiming {
             start: Duration::from_millis(300),
             ready: Duration::from_millis(700),
             terminate: Duration::from_millis(300),
+            config_sync: Duration::from_secs(1),
         }
     }
 }
@@ -52,6 +65,112 @@ struct PodState {
     ready: bool,
     restarts: u64,
     terminating_since: Option<Instant>,
+    /// The profile its mounted `profile` file named when last read, and when that was.
+    file_profile: Option<String>,
+    synced_at: Option<Instant>,
+    /// Why its container cannot start, as last reported.
+    config_error: Option<String>,
+}
+
+/// The kubelet's view of the cluster's ConfigMaps and Secrets.
+#[derive(Clone)]
+struct Config {
+    config_maps: reflector::Store<ConfigMap>,
+    secrets: reflector::Store<Secret>,
+}
+
+impl Config {
+    /// One namespace's objects.
+    fn objects(&self, ns: &str) -> Objects {
+        let in_ns = |m: &kube::api::ObjectMeta| m.namespace.as_deref() == Some(ns);
+        Objects {
+            config_maps: self
+                .config_maps
+                .state()
+                .into_iter()
+                .filter(|c| in_ns(&c.metadata))
+                .filter_map(|c| Some((c.metadata.name.clone()?, (*c).clone())))
+                .collect(),
+            secrets: self
+                .secrets
+                .state()
+                .into_iter()
+                .filter(|c| in_ns(&c.metadata))
+                .filter_map(|c| Some((c.metadata.name.clone()?, (*c).clone())))
+                .collect(),
+        }
+    }
+}
+
+/// Watch every object of a kind into a store.
+fn watch_all<K>(client: &kube::Client) -> (reflector::Store<K>, JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let api: Api<K> = Api::all(client.clone());
+    let task = tokio::spawn(async move {
+        let stream = reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .applied_objects();
+        futures::pin_mut!(stream);
+        while stream.next().await.is_some() {}
+    });
+    (reader, task)
+}
+
+/// Whether a pod's container reads any ConfigMap or Secret (the service-account token volume
+/// aside), so that the kubelet must look them up.
+fn reads_config(p: &Pod, c: &k8s_openapi::api::core::v1::Container) -> bool {
+    let env = c.env_from.as_ref().is_some_and(|e| !e.is_empty())
+        || c.env.iter().flatten().any(|e| {
+            e.value_from
+                .as_ref()
+                .is_some_and(|f| f.config_map_key_ref.is_some() || f.secret_key_ref.is_some())
+        });
+    env || !config_mounts(p, c).is_empty()
+}
+
+/// The container with the service-account token volume's mount left out.
+fn config_mounts(
+    p: &Pod,
+    c: &k8s_openapi::api::core::v1::Container,
+) -> Vec<k8s_openapi::api::core::v1::VolumeMount> {
+    let volumes = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| !m.name.starts_with("kube-api-access-"))
+        .filter(|m| {
+            volumes.iter().any(|v| {
+                v.name == m.name
+                    && (v.config_map.is_some() || v.secret.is_some() || v.projected.is_some())
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// A pod's mounted files, the token volume left out.
+fn files_of(
+    p: &Pod,
+    c: &k8s_openapi::api::core::v1::Container,
+    objects: &Objects,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut c = c.clone();
+    c.volume_mounts = Some(config_mounts(p, &c));
+    podconfig::mounted_files(p, &c, objects)
 }
 
 /// Start the kubelet: its TLS API (certificate and key in PEM files; the API server does not
@@ -66,6 +185,12 @@ pub async fn start(
     let port = free_port()?;
     let server = serve_api(apps.clone(), port, cert, key).await?;
     register_node(&client, port).await?;
+    let (config_maps, cm_watch) = watch_all::<ConfigMap>(&client);
+    let (secrets, secret_watch) = watch_all::<Secret>(&client);
+    let config = Config {
+        config_maps,
+        secrets,
+    };
     let pods: Api<Pod> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
     let watch = tokio::spawn(async move {
@@ -77,6 +202,8 @@ pub async fn start(
     });
     let run = tokio::spawn(async move {
         let _ = reader.wait_until_ready().await;
+        let _ = config.config_maps.wait_until_ready().await;
+        let _ = config.secrets.wait_until_ready().await;
         let mut state: HashMap<String, PodState> = HashMap::new();
         loop {
             let pods = reader.state();
@@ -84,12 +211,12 @@ pub async fn start(
                 pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
             state.retain(|uid, _| live.contains(uid));
             for p in pods {
-                step(&client, &apps, timing, &mut state, &p).await;
+                step(&client, &apps, &config, timing, &mut state, &p).await;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    Ok(vec![server, watch, run])
+    Ok(vec![server, watch, cm_watch, secret_watch, run])
 }
 
 async fn register_node(client: &kube::Client, port: u16) -> anyhow::Result<()> {
@@ -120,6 +247,7 @@ async fn register_node(client: &kube::Client, port: u16) -> anyhow::Result<()> {
 async fn step(
     client: &kube::Client,
     apps: &Apps,
+    config: &Config,
     timing: PodTiming,
     state: &mut HashMap<String, PodState>,
     p: &Pod,
@@ -185,16 +313,65 @@ async fn step(
     }
     let bound_at = *st.bound_at.get_or_insert(now);
     let age = now.duration_since(bound_at);
-    let ready_profile = apps.is_ready_profile(&image);
     let t = jiff::Timestamp::now().to_string();
+    let configured = reads_config(p, container);
+    if st.started
+        && configured
+        && st
+            .synced_at
+            .is_none_or(|s| now.duration_since(s) >= timing.config_sync)
+    {
+        // Mounted files follow their objects while the container runs; the environment does not.
+        st.synced_at = Some(now);
+        if let Ok(files) = files_of(p, container, &config.objects(ns)) {
+            let named = podconfig::profile_from_files(&files);
+            if named.is_some() && named != st.file_profile {
+                if let Some(n) = &named {
+                    apps.set_profile(ns, name, n);
+                }
+                st.file_profile = named;
+            }
+        }
+    }
     let status = if !st.started {
         if age < timing.start {
             return;
         }
-        apps.start(ns, name, &container.name, &image);
+        let mut profile = None;
+        if configured {
+            let objects = config.objects(ns);
+            let env = podconfig::environment(p, container, &objects)
+                .map_err(|e| ("CreateContainerConfigError", format!("Error: {e}")));
+            let files = files_of(p, container, &objects).map_err(|e| ("ContainerCreating", e));
+            match (env, files) {
+                (Ok(env), Ok(files)) => {
+                    st.file_profile = podconfig::profile_from_files(&files);
+                    st.synced_at = Some(now);
+                    profile = st
+                        .file_profile
+                        .clone()
+                        .or_else(|| env.get(podconfig::PROFILE_ENV).cloned());
+                    st.config_error = None;
+                }
+                (Err((reason, message)), _) | (_, Err((reason, message))) => {
+                    if st.config_error.as_deref() != Some(message.as_str()) {
+                        st.config_error = Some(message.clone());
+                        let status = waiting_status(&container.name, &image, reason, &message, &t);
+                        let _ = api
+                            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                            .await;
+                    }
+                    return;
+                }
+            }
+        }
+        apps.start_with(ns, name, &container.name, &image, profile.as_deref());
         st.started = true;
         pod_status(&container.name, &image, false, 0, &t, false)
-    } else if ready_profile {
+    } else if apps
+        .is_ready(ns, name)
+        .unwrap_or_else(|| apps.is_ready_profile(&image))
+    {
         if st.ready || age < timing.start + timing.ready {
             return;
         }
@@ -211,6 +388,26 @@ async fn step(
     let _ = api
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await;
+}
+
+/// A pod whose container cannot start yet: `reason` and `message` as a kubelet reports them.
+fn waiting_status(
+    container: &str,
+    image: &str,
+    reason: &str,
+    message: &str,
+    now: &str,
+) -> serde_json::Value {
+    json!({"status": {
+        "phase": "Pending", "hostIP": "127.0.0.1", "qosClass": "BestEffort", "startTime": now,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": now},
+            {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": now}],
+        "containerStatuses": [{"name": container, "image": image, "imageID": "", "ready": false,
+            "restartCount": 0, "started": false,
+            "state": {"waiting": {"reason": reason, "message": message}}}]}})
 }
 
 fn pod_status(

@@ -7,6 +7,7 @@ pub mod appserver;
 pub mod control_plane;
 pub mod faults;
 pub mod kubelet;
+pub mod podconfig;
 pub mod prom;
 pub mod proxy;
 pub mod soak;
