@@ -1,8 +1,10 @@
 //! Verdict quality on real labelled changes from ../shared/data (ChangeRCA gray releases and
 //! Kontrast KPI changes), cross-validated across halves, beside the reference judges.
+//! Asserts the targets of eval/src/targets.rs, that graygate beats every reference judge on both
+//! rates, and that the shipped defaults are what the selection rule picks on all the data.
 //! Fails under CI=true when the data is missing; elsewhere skips with a notice.
 
-use graygate_eval::real::{datasets, evaluate};
+use graygate_eval::real::{datasets, defaults, evaluate};
 use std::path::Path;
 
 #[test]
@@ -24,6 +26,14 @@ fn cross_validated_verdicts_meet_the_targets_on_real_changes() {
     let sets = datasets(&data, &root.join("../examples/backtest")).unwrap();
     let report = evaluate(&sets).unwrap();
     println!("{}", report.text);
+    // What ships is what was measured: the selection rule's pick on all the data.
+    assert_eq!(
+        report.on_all,
+        defaults(),
+        "the selection rule picks {:?} on all the data, the product ships {:?}",
+        report.on_all,
+        defaults()
+    );
     for (i, d) in sets.iter().enumerate() {
         let cv = &report.cross_validated[i];
         assert!(
