@@ -109,4 +109,70 @@ async fn the_real_control_plane_serves_the_crd_and_runs_deployments() {
     let err = reject("  batches: []\n").await;
     assert!(err.contains("spec.batches"), "{err}");
     assert!(!err.contains("index out of bounds"), "{err}");
+
+    // The Gateway API CRDs the traffic scenarios need (printed from the gateway-api crate,
+    // e2e/crds/gateway-api.yaml) install cleanly, and an HTTPRoute with two weighted backends is
+    // stored as written; the schema still refuses a weight that is not a number.
+    let out = std::process::Command::new("kubectl")
+        .args(["apply", "-f"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/gateway-api.yaml"))
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("warning"), "{stderr}");
+    for name in [
+        "gatewayclasses.gateway.networking.k8s.io",
+        "gateways.gateway.networking.k8s.io",
+        "httproutes.gateway.networking.k8s.io",
+    ] {
+        eventually(
+            "a Gateway API CRD to be established",
+            Duration::from_secs(60),
+            || async {
+                crds.get(name).await.is_ok_and(|c| {
+                    c.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+            },
+        )
+        .await;
+    }
+    let routes: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "shop",
+        &ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+            "httproutes",
+        ),
+    );
+    let route: DynamicObject = yaml(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web}\nspec:\n  parentRefs: [{name: shop-gateway}]\n  rules:\n  - matches: [{headers: [{name: x-canary, value: always}]}]\n    backendRefs: [{name: web-canary, port: 80}]\n  - backendRefs: [{name: web-stable, port: 80, weight: 95}, {name: web-canary, port: 80, weight: 5}]\n",
+    );
+    routes.create(&PostParams::default(), &route).await.unwrap();
+    let stored = routes.get("web").await.unwrap();
+    let weights: Vec<i64> = stored.data["spec"]["rules"][1]["backendRefs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["weight"].as_i64().unwrap())
+        .collect();
+    assert_eq!(weights, [95, 5]);
+    assert_eq!(
+        stored.data["spec"]["rules"][0]["matches"][0]["headers"][0]["value"],
+        "always"
+    );
+    let mut bad = route.clone();
+    bad.metadata.name = Some("web-bad".into());
+    bad.data["spec"]["rules"][1]["backendRefs"][0]["weight"] = "lots".into();
+    let err = routes
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("weight"), "{err}");
 }
