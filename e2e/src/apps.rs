@@ -146,6 +146,9 @@ struct PodApp {
     rng: StdRng,
     seq: u64,
     started: std::time::Instant,
+    /// Requests a second sent to it by the stand-in data plane, when a route reaches it;
+    /// otherwise it serves its profile's own rate.
+    routed_rps: Option<f64>,
 }
 
 /// Every running simulated application.
@@ -252,6 +255,7 @@ impl Apps {
             rng: StdRng::seed_from_u64(seed),
             seq: 0,
             started: std::time::Instant::now(),
+            routed_rps: None,
         });
         let now = jiff::Timestamp::now();
         let line = format!(
@@ -293,6 +297,21 @@ impl Apps {
         self.lock()
             .get(&(ns.to_string(), pod.to_string()))
             .map(|a| a.profile.name.clone())
+    }
+
+    /// The stand-in data plane sends a pod `rps` requests a second (`None`: it serves its
+    /// profile's own rate again).
+    pub fn set_routed_rate(&self, ns: &str, pod: &str, rps: Option<f64>) {
+        if let Some(app) = self.lock().get_mut(&(ns.to_string(), pod.to_string())) {
+            app.routed_rps = rps;
+        }
+    }
+
+    /// Requests a running pod has served so far (ok and errors).
+    pub fn served(&self, ns: &str, pod: &str) -> Option<u64> {
+        self.lock()
+            .get(&(ns.to_string(), pod.to_string()))
+            .map(|a| a.ok + a.errors)
     }
 
     /// Whether a running pod's profile ever becomes Ready.
@@ -490,7 +509,8 @@ fn simulate(app: &mut PodApp, pod: &str, dt: f64, daily: f64, now: jiff::Timesta
     } else {
         1.0
     };
-    let lambda = (p.requests_per_second * daily * jitter * dt).max(0.0);
+    let rate = app.routed_rps.unwrap_or(p.requests_per_second * daily);
+    let lambda = (rate * jitter * dt).max(0.0);
     let n = if lambda > 0.0 {
         Poisson::new(lambda)
             .map(|d| d.sample(&mut app.rng) as u64)

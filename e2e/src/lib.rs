@@ -5,6 +5,7 @@
 pub mod apps;
 pub mod appserver;
 pub mod control_plane;
+pub mod dataplane;
 pub mod faults;
 pub mod kubelet;
 pub mod podconfig;
