@@ -764,6 +764,19 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                 )
                 .await?;
             }
+            // The older changes are told first that this template supersedes them: a newer
+            // change created before that would find one of them still active and report itself
+            // Blocked, a Warning for what is routine.
+            if policy.spec.on_newer_change == OnNewerChange::Supersede {
+                supersede(
+                    ctx,
+                    ns,
+                    &of_workload,
+                    &cr_name,
+                    &format!("{SUPERSEDED_BY} {cr_name}"),
+                )
+                .await?;
+            }
             let existing = of_workload.iter().find(|c| c.name_any() == cr_name);
             match existing {
                 None => {
@@ -850,16 +863,6 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                         p => format!("ChangeRequest {cr_name} is {}", p.as_str()),
                     });
                 }
-            }
-            if policy.spec.on_newer_change == OnNewerChange::Supersede {
-                supersede(
-                    ctx,
-                    ns,
-                    &of_workload,
-                    &cr_name,
-                    &format!("{SUPERSEDED_BY} {cr_name}"),
-                )
-                .await?;
             }
         } else {
             // Not held: a template different from the last one seen, with no change of graygate's
