@@ -149,8 +149,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// Watch every object of a kind into a store.
-fn watch<K>(api: Api<K>, dt: K::DynamicType) -> (reflector::Store<K>, JoinHandle<()>)
+/// Watch the objects `api` lists into a store kept current in the background (for the
+/// stand-ins: the kubelet and this data plane).
+pub fn watch<K>(api: Api<K>, dt: K::DynamicType) -> (reflector::Store<K>, JoinHandle<()>)
 where
     K: kube::Resource
         + Clone

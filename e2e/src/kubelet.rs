@@ -14,15 +14,15 @@
 
 use crate::apps::Apps;
 use crate::control_plane::free_port;
+use crate::dataplane::watch;
 use crate::podconfig::{self, Objects};
 use anyhow::Context;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, ConfigMap, Node, ObjectReference, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::reflector;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -102,29 +102,6 @@ impl Config {
     }
 }
 
-/// Watch every object of a kind into a store.
-fn watch_all<K>(client: &kube::Client) -> (reflector::Store<K>, JoinHandle<()>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let api: Api<K> = Api::all(client.clone());
-    let task = tokio::spawn(async move {
-        let stream = reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff()
-            .applied_objects();
-        futures::pin_mut!(stream);
-        while stream.next().await.is_some() {}
-    });
-    (reader, task)
-}
-
 /// Whether a pod's container reads any ConfigMap or Secret (the service-account token volume
 /// aside), so that the kubelet must look them up.
 fn reads_config(p: &Pod, c: &k8s_openapi::api::core::v1::Container) -> bool {
@@ -185,21 +162,13 @@ pub async fn start(
     let port = free_port()?;
     let server = serve_api(apps.clone(), port, cert, key).await?;
     register_node(&client, port).await?;
-    let (config_maps, cm_watch) = watch_all::<ConfigMap>(&client);
-    let (secrets, secret_watch) = watch_all::<Secret>(&client);
+    let (config_maps, cm_watch) = watch(Api::<ConfigMap>::all(client.clone()), ());
+    let (secrets, secret_watch) = watch(Api::<Secret>::all(client.clone()), ());
     let config = Config {
         config_maps,
         secrets,
     };
-    let pods: Api<Pod> = Api::all(client.clone());
-    let (reader, writer) = reflector::store();
-    let watch = tokio::spawn(async move {
-        let stream = reflector(writer, watcher(pods, watcher::Config::default()))
-            .default_backoff()
-            .applied_objects();
-        futures::pin_mut!(stream);
-        while stream.next().await.is_some() {}
-    });
+    let (reader, pod_watch) = watch(Api::<Pod>::all(client.clone()), ());
     let run = tokio::spawn(async move {
         let _ = reader.wait_until_ready().await;
         let _ = config.config_maps.wait_until_ready().await;
@@ -216,7 +185,7 @@ pub async fn start(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    Ok(vec![server, watch, cm_watch, secret_watch, run])
+    Ok(vec![server, pod_watch, cm_watch, secret_watch, run])
 }
 
 async fn register_node(client: &kube::Client, port: u16) -> anyhow::Result<()> {

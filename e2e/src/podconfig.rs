@@ -32,42 +32,27 @@ pub struct Objects {
     pub secrets: BTreeMap<String, Secret>,
 }
 
-/// One key of a ConfigMap (`data` or `binaryData`) or a Secret (`data`, decoded, or
-/// `stringData`), as text; `Ok(None)` when the object exists but lacks the key.
+/// One key of a ConfigMap or Secret, as text; `Ok(None)` when the object exists but lacks the
+/// key, an error naming the object when it does not exist.
 fn key_of(
     objects: &Objects,
     secret: bool,
     name: &str,
     key: &str,
 ) -> Result<Option<String>, String> {
-    if secret {
-        let s = objects
-            .secrets
-            .get(name)
-            .ok_or_else(|| format!("secret \"{name}\" not found"))?;
-        Ok(s.data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .or_else(|| s.string_data.as_ref().and_then(|d| d.get(key).cloned())))
-    } else {
-        let c = objects
-            .config_maps
-            .get(name)
-            .ok_or_else(|| format!("configmap \"{name}\" not found"))?;
-        Ok(c.data
-            .as_ref()
-            .and_then(|d| d.get(key).cloned())
-            .or_else(|| {
-                c.binary_data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            }))
-    }
+    let mut keys = all_keys(objects, secret, name).ok_or_else(|| not_found(secret, name))?;
+    Ok(keys.remove(key))
 }
 
-/// Every key of a ConfigMap or Secret, as text; `Ok(None)` when it does not exist.
+/// The kubelet's words for an object that does not exist.
+fn not_found(secret: bool, name: &str) -> String {
+    format!(
+        "{} \"{name}\" not found",
+        if secret { "secret" } else { "configmap" }
+    )
+}
+
+/// Every key of a ConfigMap or Secret, as text; `None` when it does not exist.
 fn all_keys(objects: &Objects, secret: bool, name: &str) -> Option<BTreeMap<String, String>> {
     if secret {
         let s = objects.secrets.get(name)?;
@@ -150,12 +135,7 @@ pub fn environment(
                 }
             }
             None if optional => {}
-            None => {
-                return Err(format!(
-                    "{} \"{name}\" not found",
-                    if secret { "secret" } else { "configmap" }
-                ));
-            }
+            None => return Err(not_found(secret, &name)),
         }
     }
     for var in container.env.iter().flatten() {
@@ -260,9 +240,9 @@ pub fn mounted_files(
                     continue;
                 }
                 return Err(format!(
-                    "MountVolume.SetUp failed for volume \"{}\": {} \"{name}\" not found",
+                    "MountVolume.SetUp failed for volume \"{}\": {}",
                     v.name,
-                    if secret { "secret" } else { "configmap" }
+                    not_found(secret, &name)
                 ));
             };
             let files: Vec<(String, String)> = match &items {

@@ -10,6 +10,24 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use std::time::Duration;
 
+/// Wait until the API server says the CRD `name` is established (it can be used).
+async fn established(crds: &Api<CustomResourceDefinition>, name: &str) {
+    eventually(
+        "a CRD to be established",
+        Duration::from_secs(60),
+        || async {
+            crds.get(name).await.is_ok_and(|c| {
+                c.status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            })
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_control_plane_serves_the_crd_and_runs_deployments() {
     graygate::install_crypto_provider();
@@ -31,20 +49,7 @@ async fn the_real_control_plane_serves_the_crd_and_runs_deployments() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.to_lowercase().contains("warning"), "{stderr}");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    eventually(
-        "the CRD to be established",
-        Duration::from_secs(60),
-        || async {
-            crds.get("changerequests.graygate.io").await.is_ok_and(|c| {
-                c.status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-        },
-    )
-    .await;
+    established(&crds, "changerequests.graygate.io").await;
 
     cp.deployment("shop", "web", 2, "shop/web:healthy")
         .await
@@ -127,20 +132,7 @@ async fn the_real_control_plane_serves_the_crd_and_runs_deployments() {
         "gateways.gateway.networking.k8s.io",
         "httproutes.gateway.networking.k8s.io",
     ] {
-        eventually(
-            "a Gateway API CRD to be established",
-            Duration::from_secs(60),
-            || async {
-                crds.get(name).await.is_ok_and(|c| {
-                    c.status
-                        .and_then(|s| s.conditions)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-            },
-        )
-        .await;
+        established(&crds, name).await;
     }
     let routes: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
