@@ -2,6 +2,9 @@
 //! matches on the real API server, as a conformant gateway does: the requests each pod's
 //! application serves follow the weights, and the testers' header reaches the canary only.
 
+mod common;
+
+use common::{deployment_yaml, wait_deployment_ready};
 use graygate_e2e::dataplane::{self, Traffic};
 use graygate_e2e::world::{World, WorldOptions};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -61,21 +64,12 @@ async fn weights_and_header_matches_split_the_requests_pods_serve() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut objects = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n");
+    let mut objects = String::new();
     for (name, replicas) in [("web-stable", 3), ("web-canary", 1)] {
+        objects.push_str("---\n");
+        objects.push_str(&deployment_yaml(NS, name, replicas));
         objects.push_str(&format!(
             r#"---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: {NS}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      containers: [{{name: app, image: "shop/web:healthy"}}]
----
 apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: {NS}}}
@@ -111,19 +105,8 @@ spec:
     ))
     .await
     .unwrap();
-    for (name, n) in [("web-stable", 3), ("web-canary", 1)] {
-        w.wait_for(
-            "the Deployments to be ready",
-            Duration::from_secs(60),
-            || async {
-                let d: Api<Deployment> = Api::namespaced(w.client.clone(), NS);
-                let ready = d.get(name).await?.status.and_then(|s| s.ready_replicas);
-                Ok((ready == Some(n)).then_some(()))
-            },
-        )
-        .await
-        .unwrap();
-    }
+    wait_deployment_ready(&w, NS, "web-stable", 3).await;
+    wait_deployment_ready(&w, NS, "web-canary", 1).await;
     let (dp, _tasks) = dataplane::start(
         w.client.clone(),
         w.apps.clone(),
