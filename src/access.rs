@@ -81,9 +81,9 @@ pub const OPERATOR_ACCESS: &[Access] = &[
     Access {
         group: "apps",
         resource: "controllerrevisions",
-        verbs: &["get"],
+        verbs: &["get", "list", "watch"],
         scope: Scope::Watched,
-        why: "the template a held StatefulSet's pods run (its current revision)",
+        why: "the template a held StatefulSet's pods run (its current revision); the ConfigMaps and Secrets its revisions use",
     },
     Access {
         group: "apps",
@@ -123,9 +123,16 @@ pub const OPERATOR_ACCESS: &[Access] = &[
     Access {
         group: "",
         resource: "secrets",
-        verbs: &["get"],
+        verbs: &["get", "list", "watch", "patch"],
         scope: Scope::Watched,
-        why: "the Prometheus bearer token named by analysis.prometheus.bearerTokenSecret",
+        why: "the Prometheus bearer token named by analysis.prometheus.bearerTokenSecret; keep the Secrets guarded pods use from deletion while they need them (metadata only: list and watch read no data)",
+    },
+    Access {
+        group: "",
+        resource: "configmaps",
+        verbs: &["list", "watch", "patch"],
+        scope: Scope::Watched,
+        why: "keep the ConfigMaps guarded pods use from deletion while they need them (finalizer graygate.io/in-use; metadata only)",
     },
     Access {
         group: "",
@@ -317,10 +324,9 @@ mod tests {
         )
         .unwrap();
         assert!(allowed(&no).is_none());
-        let no = classify("GET", "/api/v1/namespaces/shop/secrets", "").unwrap();
-        assert!(
-            allowed(&no).is_none(),
-            "secrets are read by name, never listed"
-        );
+        let no = classify("DELETE", "/api/v1/namespaces/shop/secrets/db", "").unwrap();
+        assert!(allowed(&no).is_none(), "secrets are never deleted");
+        let no = classify("POST", "/api/v1/namespaces/shop/configmaps", "").unwrap();
+        assert!(allowed(&no).is_none(), "configmaps are never created");
     }
 }

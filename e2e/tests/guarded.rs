@@ -12,36 +12,6 @@ use kube::api::ListParams;
 use std::process::Command;
 use std::time::Duration;
 
-fn kubectl(w: &World, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    use std::io::Write;
-    let mut cmd = Command::new("kubectl");
-    cmd.arg(format!("--kubeconfig={}", w.admin_kubeconfig.display()))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl runs");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    } else {
-        drop(child.stdin.take());
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 fn manifest(ns: &str, image: &str, replicas: i32) -> String {
     format!(
         r#"

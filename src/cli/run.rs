@@ -570,6 +570,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = policy_stop.wait_for(|s| *s).await;
         },
     ));
+    let mut keeper_stop = ctl_stop_rx.clone();
+    let keeper = tokio::spawn(crate::guard::keep::run(
+        ctx.clone(),
+        args.namespaces.clone(),
+        async move {
+            let _ = keeper_stop.wait_for(|s| *s).await;
+        },
+    ));
     let events = ctx.clone();
     let controller = tokio::spawn(run_controller(
         ctx,
@@ -594,6 +602,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::warn!("controller did not stop within 20s");
         }
         policies.abort();
+        keeper.abort();
         // The Events of the last reconciles, written while the Lease is still ours.
         if !events.flush_events(Duration::from_secs(5)).await {
             tracing::warn!("some Events were still unwritten after 5s");
@@ -603,6 +612,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         fence.revoke();
         controller.abort();
         policies.abort();
+        keeper.abort();
     }
     lease_task.abort();
     metrics.leader.set(0);

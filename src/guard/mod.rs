@@ -2,6 +2,7 @@
 //! the ChangePolicy controller that turns each held template into a ChangeRequest.
 
 pub mod certs;
+pub mod keep;
 pub mod policy;
 pub mod webhook;
 

@@ -166,7 +166,7 @@ struct Changed {
     policy: bool,
 }
 
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+pub(crate) struct AbortOnDrop(pub(crate) Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -424,3 +424,35 @@ pub fn docs_block(file: &str, marker: &str) -> String {
     let body = after.split_once("```sh\n").expect("a sh block").1;
     body.split_once("```").unwrap().0.to_string()
 }
+
+/// Run kubectl as the cluster admin with `args` (and `stdin`); whether it succeeded, and what
+/// it printed (stdout, then stderr).
+pub fn kubectl(w: &World, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new("kubectl");
+    cmd.arg(format!("--kubeconfig={}", w.admin_kubeconfig.display()))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

@@ -1,0 +1,323 @@
+//! Config changes of guarded workloads on the real control plane.
+//!
+//! A kustomize-style rename (`configMapGenerator` gives every version of a ConfigMap a new name):
+//! Git changes the template to the new name and a prune deletes the old object in the same sync.
+//! The old pods, their restarts and a rollback still need the old object; graygate's finalizer
+//! keeps it until nothing does. The application's profile comes from the mounted ConfigMap, so
+//! what each pod does shows which object it was started from.
+
+mod common;
+
+use common::*;
+use graygate::api::{ChangeRequest, Phase};
+use graygate::guard::keep::FINALIZER;
+use graygate_e2e::world::{World, WorldOptions};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+const NS: &str = "cfg-rename";
+
+/// The ConfigMap `name` whose `profile` key chooses what the application does.
+fn config(name: &str, profile: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {NS}}}\ndata: {{profile: {profile}}}\n"
+    )
+}
+
+/// The Deployment `web`, 4 pods mounting the ConfigMap `config` at /etc/web.
+fn web(config: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      volumes: [{{name: config, configMap: {{name: {config}}}}}]
+      containers:
+      - name: app
+        image: shop/web:1.0
+        volumeMounts: [{{name: config, mountPath: /etc/web}}]
+"#
+    )
+}
+
+fn policy() -> String {
+    format!(
+        r#"
+apiVersion: graygate.io/v1alpha1
+kind: ChangePolicy
+metadata: {{name: web-policy, namespace: {NS}}}
+spec:
+  workloads: {{names: [web]}}
+  change:
+    batches:
+    - {{replicas: 1, bake: 25s}}
+    - {{percent: 50, bake: 4s}}
+    - {{percent: 100, bake: 2s}}
+"#
+    )
+}
+
+async fn configmap(w: &World, name: &str) -> Option<ConfigMap> {
+    Api::<ConfigMap>::namespaced(w.client.clone(), NS)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+fn kept(cm: &ConfigMap) -> bool {
+    cm.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+}
+
+async fn wait_kept(w: &World, name: &str, want: bool) {
+    w.wait_for(
+        &format!("ConfigMap {name} with the finalizer: {want}"),
+        LONG,
+        || async {
+            Ok(configmap(w, name)
+                .await
+                .filter(|cm| kept(cm) == want)
+                .map(|_| ()))
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn wait_gone(w: &World, name: &str) {
+    w.wait_for(&format!("ConfigMap {name} deleted"), LONG, || async {
+        Ok(configmap(w, name).await.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+async fn pods(w: &World) -> Vec<Pod> {
+    Api::<Pod>::namespaced(w.client.clone(), NS)
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+fn mounted(p: &Pod) -> String {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .and_then(|v| v.first())
+        .and_then(|v| v.config_map.as_ref())
+        .map(|c| c.name.clone())
+        .unwrap_or_default()
+}
+
+/// Wait until exactly `n` pods run, all started from ConfigMap `config` and serving.
+async fn wait_pods_on(w: &World, config: &str, n: usize) {
+    w.wait_for(&format!("{n} pods on {config}"), LONG, || async {
+        let all = pods(w).await;
+        let ok = all.len() == n
+            && all.iter().all(|p| {
+                mounted(p) == config
+                    && p.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|name| w.apps.is_ready(NS, name) == Some(true))
+            });
+        Ok(ok.then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+/// Delete one pod started from ConfigMap `old`; wait until its replacement, started from the
+/// same ConfigMap, serves with `profile`.
+async fn restart_one_old_pod(w: &World, old: &str, profile: &str) {
+    let before: Vec<String> = pods(w)
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    let victim = pods(w)
+        .await
+        .into_iter()
+        .find(|p| mounted(p) == old)
+        .and_then(|p| p.metadata.name)
+        .unwrap_or_else(|| panic!("no pod mounts {old}"));
+    Api::<Pod>::namespaced(w.client.clone(), NS)
+        .delete(&victim, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let new = w
+        .wait_for("the restarted old pod serving", LONG, || async {
+            Ok(pods(w).await.into_iter().find_map(|p| {
+                let name = p.metadata.name.clone()?;
+                (!before.contains(&name)
+                    && mounted(&p) == old
+                    && w.apps.is_ready(NS, &name) == Some(true))
+                .then_some(name)
+            }))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        w.apps.profile_of(NS, &new).as_deref(),
+        Some(profile),
+        "{new} started from {old}"
+    );
+}
+
+async fn wait_phase(w: &World, name: &str, want: Phase) {
+    w.wait_phase(NS, name, want, LONG).await.unwrap();
+}
+
+/// `kubectl apply` as a GitOps sync or kustomize sends it.
+fn apply(w: &World, yaml: &str) {
+    let (ok, out) = kubectl(w, &["apply", "-f", "-"], Some(yaml));
+    assert!(ok, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_configmap_outlives_its_prune_until_the_change_ends() {
+    let w = world_with_webhook(WorldOptions::default()).await;
+    apply(
+        &w,
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\n{}---\n{}",
+            config("web-config-v1", "healthy"),
+            web("web-config-v1")
+        ),
+    );
+    wait_deployment_ready(&w, NS, "web", 4).await;
+    w.apply(&policy()).await.unwrap();
+    wait_labelled_guarded(&w, NS, "web").await;
+    // A guarded workload's ConfigMap is kept from the start: the prune of a rename comes in the
+    // same sync as the template change.
+    wait_kept(&w, "web-config-v1", true).await;
+
+    // Git: the generator's new name, and the old object pruned, in one sync.
+    apply(
+        &w,
+        &format!(
+            "{}---\n{}",
+            config("web-config-v2", "latency"),
+            web("web-config-v2")
+        ),
+    );
+    let first = generated_change(&w, NS, &[]).await;
+    Api::<ConfigMap>::namespaced(w.client.clone(), NS)
+        .delete("web-config-v1", &DeleteParams::default())
+        .await
+        .unwrap();
+    let v1 = configmap(&w, "web-config-v1")
+        .await
+        .expect("the pruned ConfigMap waits for the change");
+    assert!(v1.metadata.deletion_timestamp.is_some());
+    // An old pod that restarts mid-change starts from the old ConfigMap, as before the prune.
+    restart_one_old_pod(&w, "web-config-v1", "healthy").await;
+    let events = events_of(&w, "web-config-v1").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("DeletionWaits") && e.contains("Deployment/web")),
+        "{events:#?}"
+    );
+
+    wait_phase(&w, &first, Phase::Succeeded).await;
+    wait_deployment_ready(&w, NS, "web", 4).await;
+    // Released: no pod needs v1 any more, and the prune completes.
+    wait_gone(&w, "web-config-v1").await;
+    for p in pods(&w).await {
+        assert_eq!(mounted(&p), "web-config-v2");
+    }
+    assert!(kept(&configmap(&w, "web-config-v2").await.unwrap()));
+
+    // A rename that is rolled back: the old object, pruned meanwhile, is what the pods go back to.
+    apply(
+        &w,
+        &format!(
+            "{}---\n{}",
+            config("web-config-v3", "errors"),
+            web("web-config-v3")
+        ),
+    );
+    let second = generated_change(&w, NS, std::slice::from_ref(&first)).await;
+    Api::<ConfigMap>::namespaced(w.client.clone(), NS)
+        .delete("web-config-v2", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_kept(&w, "web-config-v3", true).await;
+    wait_phase(&w, &second, Phase::Progressing).await;
+    Api::<ChangeRequest>::namespaced(w.client.clone(), NS)
+        .patch(
+            &second,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"graygate.io/abort": "test"}}})),
+        )
+        .await
+        .unwrap();
+    wait_phase(&w, &second, Phase::RolledBack).await;
+    // Held on the failed template, the Deployment is not "updated": count the serving pods.
+    wait_pods_on(&w, "web-config-v2", 4).await;
+    // Every pod is on v2 again, and v2 stays while they run it, deletion pending.
+    restart_one_old_pod(&w, "web-config-v2", "latency").await;
+    for p in pods(&w).await {
+        assert_eq!(mounted(&p), "web-config-v2");
+        let name = p.metadata.name.unwrap();
+        assert_eq!(w.apps.profile_of(NS, &name).as_deref(), Some("latency"));
+    }
+    let v2 = configmap(&w, "web-config-v2").await.unwrap();
+    assert!(kept(&v2) && v2.metadata.deletion_timestamp.is_some());
+
+    // Git goes back to v3's predecessor by name: v3 is referenced by nothing and is let go.
+    apply(&w, &web("web-config-v2"));
+    wait_kept(&w, "web-config-v3", false).await;
+    assert_within_rbac(&w);
+
+    // graygate uninstalled while it keeps v2: the documented commands let go of it, and the
+    // deletion waiting since the prune completes.
+    w.kill_graygate();
+    let block = docs_block("gitops.md", "remove-in-use-finalizers");
+    let run = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &block])
+        .env("KUBECONFIG", &w.admin_kubeconfig)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    wait_gone(&w, "web-config-v2").await;
+}
+
+/// Every Event about the ConfigMap `name`, as "reason: note".
+async fn events_of(w: &World, name: &str) -> Vec<String> {
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(w.client.clone(), NS);
+    w.wait_for("an Event about the ConfigMap", LONG, || async {
+        let evs: Vec<String> = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(name))
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default()
+                )
+            })
+            .collect();
+        Ok((!evs.is_empty()).then_some(evs))
+    })
+    .await
+    .unwrap()
+}
