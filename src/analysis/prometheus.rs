@@ -5,7 +5,7 @@ use super::defaults::default_metrics;
 use super::history::History;
 use super::judge::{self, GroupData, Groups, Metric, MetricData};
 use super::promapi::{Prom, PromError};
-use super::template::{escape_literal, pods_regex, promql_duration, render};
+use super::template::{escape_literal, pods_regex, promql_duration, promql_string, render};
 use super::{Analyzer, JudgeRequest};
 use crate::api::{AnalysisSpec, FieldError, Finding, MetricSpec, TargetKind, Verdict};
 use crate::controller::state::Judgement;
@@ -193,7 +193,7 @@ async fn resolve_metrics(
     for (i, (m, series)) in default_metrics().into_iter().enumerate() {
         let probe = format!(
             "count({series}{{namespace=\"{}\"}})",
-            escape_literal(&plan.namespace).replace("\\\\", "\\")
+            promql_string(&plan.namespace)
         );
         let exists = range(
             prom,
@@ -226,10 +226,7 @@ async fn resolve_metrics(
 
 fn vars(plan: &QueryPlan, w: &GroupWindow) -> BTreeMap<&'static str, String> {
     [
-        (
-            "namespace",
-            escape_literal(&plan.namespace).replace("\\\\", "\\"),
-        ),
+        ("namespace", promql_string(&plan.namespace)),
         ("pods", w.pods.clone()),
         ("group", w.group.to_string()),
         ("target", plan.target.clone()),

@@ -73,6 +73,22 @@ pub fn escape_literal(s: &str) -> String {
     out
 }
 
+/// A literal inside a PromQL double-quoted string, for an equality matcher (`namespace="…"`):
+/// only the string's own escapes. (An RE2 escape such as `\-` there is a PromQL parse error:
+/// "unknown escape sequence".)
+pub fn promql_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Render a duration as PromQL writes it (`45s`, `5m`, `1h30m`).
 pub fn promql_duration(ms: i64) -> String {
     let secs = (ms / 1000).max(1);
@@ -93,6 +109,15 @@ pub fn promql_duration(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_equality_literal_keeps_dashes_and_escapes_only_what_a_promql_string_needs() {
+        // A namespace such as shop-prod: RE2's `\-` inside a PromQL string does not parse.
+        assert_eq!(promql_string("shop-prod"), "shop-prod");
+        assert_eq!(promql_string("a.b_c"), "a.b_c");
+        assert_eq!(promql_string(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(promql_string("a\nb"), "a\\u000ab");
+    }
 
     fn vars() -> BTreeMap<&'static str, String> {
         [
