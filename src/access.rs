@@ -123,16 +123,16 @@ pub const OPERATOR_ACCESS: &[Access] = &[
     Access {
         group: "",
         resource: "secrets",
-        verbs: &["get", "list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
         scope: Scope::Watched,
-        why: "the Prometheus bearer token named by analysis.prometheus.bearerTokenSecret; keep the Secrets guarded pods use from deletion while they need them (metadata only: list and watch read no data)",
+        why: "the Prometheus bearer token named by analysis.prometheus.bearerTokenSecret; keep the Secrets guarded pods use from deletion while they need them (metadata only: list and watch read no data); a config change's copies, and its new contents at promotion",
     },
     Access {
         group: "",
         resource: "configmaps",
-        verbs: &["list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
         scope: Scope::Watched,
-        why: "keep the ConfigMaps guarded pods use from deletion while they need them (finalizer graygate.io/in-use; metadata only)",
+        why: "keep the ConfigMaps guarded pods use from deletion while they need them (finalizer graygate.io/in-use; metadata only); a config change's copies, and its new contents at promotion",
     },
     Access {
         group: "",
@@ -324,9 +324,15 @@ mod tests {
         )
         .unwrap();
         assert!(allowed(&no).is_none());
-        let no = classify("DELETE", "/api/v1/namespaces/shop/secrets/db", "").unwrap();
-        assert!(allowed(&no).is_none(), "secrets are never deleted");
-        let no = classify("POST", "/api/v1/namespaces/shop/configmaps", "").unwrap();
-        assert!(allowed(&no).is_none(), "configmaps are never created");
+        let no = classify("PUT", "/api/v1/namespaces/shop/configmaps/web", "").unwrap();
+        assert!(
+            allowed(&no).is_none(),
+            "configmaps are never replaced whole"
+        );
+        let no = classify("DELETE", "/api/v1/namespaces/shop/secrets", "").unwrap();
+        assert!(
+            allowed(&no).is_none(),
+            "secrets are never deleted as a collection"
+        );
     }
 }

@@ -53,6 +53,9 @@ pub struct WorkloadObs {
     pub live_replicas: Option<i32>,
     /// The autoscaler that owns the target's replica count, as `Kind/name`.
     pub autoscaler: Option<String>,
+    /// Before a config change starts: an object of `spec.config` (or its `from`) that does not
+    /// exist, as (field, message).
+    pub config_missing: Option<(String, String)>,
 }
 
 /// The analysis window of a judgement that is due now.

@@ -66,7 +66,11 @@ spec:
 }
 
 async fn configmap(w: &World, name: &str) -> Option<ConfigMap> {
-    Api::<ConfigMap>::namespaced(w.client.clone(), NS)
+    configmap_in(w, NS, name).await
+}
+
+async fn configmap_in(w: &World, ns: &str, name: &str) -> Option<ConfigMap> {
+    Api::<ConfigMap>::namespaced(w.client.clone(), ns)
         .get_opt(name)
         .await
         .unwrap()
@@ -103,8 +107,13 @@ async fn wait_gone(w: &World, name: &str) {
 }
 
 async fn pods(w: &World) -> Vec<Pod> {
-    Api::<Pod>::namespaced(w.client.clone(), NS)
-        .list(&ListParams::default().labels("app=web"))
+    pods_in(w, NS, "app=web").await
+}
+
+/// The pods of `ns` matching `selector` that are not being deleted.
+async fn pods_in(w: &World, ns: &str, selector: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(w.client.clone(), ns)
+        .list(&ListParams::default().labels(selector))
         .await
         .unwrap()
         .items
@@ -320,4 +329,201 @@ async fn events_of(w: &World, name: &str) -> Vec<String> {
     })
     .await
     .unwrap()
+}
+
+const EXPLICIT: &str = "cfg-explicit";
+
+/// A ChangeRequest of `web` that sets `profile` in its ConfigMap `web-config`.
+fn config_change(name: &str, profile: &str, rest: &str) -> String {
+    change_yaml(
+        EXPLICIT,
+        name,
+        &format!(
+            "target: {{kind: Deployment, name: web}}\nconfig: [{{configMap: web-config, data: {{profile: {profile}}}}}]\n{rest}"
+        ),
+    )
+}
+
+/// The profile each serving pod of `selector` runs, by pod.
+async fn profiles(w: &World, selector: &str) -> Vec<(String, String)> {
+    pods_in(w, EXPLICIT, selector)
+        .await
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.metadata.name?;
+            let profile = w.apps.profile_of(EXPLICIT, &name)?;
+            Some((name, profile))
+        })
+        .collect()
+}
+
+/// Wait until the pods of `selector` are `n`, each serving with `profile`.
+async fn wait_profiles(w: &World, selector: &str, n: usize, profile: &str) {
+    w.wait_for(
+        &format!("{n} pods of {selector} on {profile}"),
+        LONG,
+        || async {
+            let got = profiles(w, selector).await;
+            Ok((got.len() == n && got.iter().all(|(_, p)| p == profile)).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// The copies a change made that still exist.
+async fn copies_of(w: &World, change: &str) -> Vec<String> {
+    let sel = format!("graygate.io/change={change}");
+    let mut out: Vec<String> = Api::<ConfigMap>::namespaced(w.client.clone(), EXPLICIT)
+        .list(&ListParams::default().labels(&sel))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    out.extend(
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(w.client.clone(), EXPLICIT)
+            .list(&ListParams::default().labels(&sel))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|c| c.metadata.name),
+    );
+    out
+}
+
+async fn profile_key(w: &World) -> String {
+    configmap_in(w, EXPLICIT, "web-config")
+        .await
+        .and_then(|c| c.data)
+        .and_then(|d| d.get("profile").cloned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_config_change_goes_out_in_batches_and_a_bad_one_is_rolled_back() {
+    let w = world(WorldOptions {
+        prometheus: true,
+        ..Default::default()
+    })
+    .await;
+    let web = web("web-config").replace(NS, EXPLICIT);
+    w.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {EXPLICIT}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: web-config, namespace: {EXPLICIT}}}\ndata: {{profile: healthy}}\n---\n{web}"
+    ))
+    .await
+    .unwrap();
+    wait_deployment_ready(&w, EXPLICIT, "web", 4).await;
+    // A background for the analysis.
+    tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+
+    // A config that makes the application fail: only the canary pod sees it, and it is rolled
+    // back in the first batch.
+    w.apply(&config_change(
+        "bad",
+        "errors",
+        "analysis: {interval: 5s, failureLimit: 2}\nbatches:\n- {replicas: 1, bake: 60s}\n- {percent: 100, bake: 10s}",
+    ))
+    .await
+    .unwrap();
+    wait_profiles(&w, "graygate.io/change=bad", 1, "errors").await;
+    let old: Vec<(String, String)> = profiles(&w, "app=web,!graygate.io/change").await;
+    assert!(
+        !old.is_empty() && old.iter().all(|(_, p)| p == "healthy"),
+        "the pods outside the batch keep the old data: {old:?}"
+    );
+    assert_eq!(
+        profile_key(&w).await,
+        "healthy",
+        "the ConfigMap is untouched"
+    );
+    let cr = w
+        .wait_phase(EXPLICIT, "bad", Phase::RolledBack, LONG)
+        .await
+        .unwrap();
+    let st = cr.status.unwrap();
+    assert_eq!(st.current_batch, 1, "{:?}", st.message);
+    assert!(
+        st.batches[0]
+            .findings
+            .iter()
+            .any(|f| f.metric == "error-ratio" && f.outcome == Some(graygate::api::Verdict::Fail)),
+        "{:#?}",
+        st.batches[0].findings
+    );
+    wait_profiles(&w, "app=web", 4, "healthy").await;
+    assert_eq!(profile_key(&w).await, "healthy");
+    assert_eq!(copies_of(&w, "bad").await, Vec::<String>::new());
+
+    // A good config: the canary first, then every pod restarts onto the new contents, which are
+    // now the ConfigMap's own.
+    w.apply(&config_change(
+        "good",
+        "noisy-but-healthy",
+        "batches:\n- {replicas: 1, bake: 8s}\n- {percent: 100, bake: 2s}",
+    ))
+    .await
+    .unwrap();
+    wait_profiles(&w, "graygate.io/change=good", 1, "noisy-but-healthy").await;
+    assert_eq!(profile_key(&w).await, "healthy", "not before promotion");
+    w.wait_phase(EXPLICIT, "good", Phase::Succeeded, LONG)
+        .await
+        .unwrap();
+    assert_eq!(profile_key(&w).await, "noisy-but-healthy");
+    wait_deployment_ready(&w, EXPLICIT, "web", 4).await;
+    wait_profiles(&w, "app=web", 4, "noisy-but-healthy").await;
+    let d = deployment(&w, EXPLICIT, "web").await.unwrap();
+    let template = d.spec.unwrap().template;
+    assert!(
+        template
+            .metadata
+            .and_then(|m| m.annotations)
+            .is_some_and(|a| a.contains_key(graygate::rollout::config::ANN_CONFIG)),
+        "the promoted template restarts every pod onto the new contents"
+    );
+    assert_eq!(
+        template.spec.unwrap().volumes.unwrap()[0]
+            .config_map
+            .as_ref()
+            .unwrap()
+            .name,
+        "web-config",
+        "the Deployment names the ConfigMap itself, not a copy"
+    );
+    assert_eq!(copies_of(&w, "good").await, Vec::<String>::new());
+
+    // Mistakes: invalid, naming the field; nothing made, nothing touched.
+    for (name, config, says) in [
+        (
+            "wrong",
+            "{configMap: other, data: {a: b}}",
+            "spec.config[0].configMap: the target's pod template does not use ConfigMap other (it uses: web-config)",
+        ),
+        (
+            "nosource",
+            "{configMap: web-config, from: web-config-next}",
+            "spec.config[0].from: ConfigMap web-config-next does not exist",
+        ),
+    ] {
+        w.apply(&change_yaml(
+            EXPLICIT,
+            name,
+            &format!(
+                "target: {{kind: Deployment, name: web}}\nconfig: [{config}]\nbatches: [{{percent: 100}}]"
+            ),
+        ))
+        .await
+        .unwrap();
+        let cr = w
+            .wait_phase(EXPLICIT, name, Phase::Invalid, LONG)
+            .await
+            .unwrap();
+        assert_eq!(cr.status.unwrap().message.as_deref(), Some(says));
+        assert_eq!(copies_of(&w, name).await, Vec::<String>::new());
+        let canary = format!("web-canary-{name}");
+        assert!(deployment(&w, EXPLICIT, &canary).await.is_none());
+    }
+    assert_within_rbac(&w);
 }

@@ -83,7 +83,7 @@ pub fn post_params(manager: &str) -> kube::api::PostParams {
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("(has(self.images) && size(self.images) > 0) || has(self.patch) || has(self.template)").message("set images, patch or template: the change must alter the pod template"),
+    validation = Rule::new("(has(self.images) && size(self.images) > 0) || has(self.patch) || has(self.template) || (has(self.config) && size(self.config) > 0)").message("set images, patch, template or config: the change must alter the pod template or its configuration"),
     validation = Rule::new("size(self.batches) == 0 || !has(self.batches[size(self.batches) - 1].percent) || self.batches[size(self.batches) - 1].percent == 100").message("the last batch must reach 100%")
 )]
 pub struct ChangeRequestSpec {
@@ -101,6 +101,12 @@ pub struct ChangeRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub template: Option<serde_json::Value>,
+    /// New contents for ConfigMaps and Secrets the target's template uses, rolled out in the same
+    /// batches as the rest of the change: canary pods start from graygate's immutable copies of
+    /// the new contents, the old pods keep the objects they use, and on success graygate writes
+    /// the new contents into the objects themselves. Deployments only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config: Vec<ConfigChange>,
     /// Set on the changes graygate generates for a guarded workload: the ChangePolicy's name. The
     /// workload already holds the new template, held by graygate's admission webhook; on success
     /// graygate releases it (no template is written), on failure the old pods keep running and
@@ -160,6 +166,25 @@ impl std::fmt::Display for TargetRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}/{}", self.kind, self.name)
     }
+}
+
+/// New contents for one ConfigMap or Secret of the target (`spec.config[]`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigChange {
+    /// The ConfigMap the target's template uses (set this or `secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    /// The Secret the target's template uses (set this or `configMap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Keys to set on the ConfigMap, merged with the keys it has (ConfigMaps only: a Secret's
+    /// values do not belong in a ChangeRequest).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+    /// Or: take the whole contents of this object (same kind, same namespace) instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// Kinds of workload graygate can change.

@@ -125,7 +125,7 @@ fn is_name_segment(s: &str) -> bool {
 
 /// Whether `s` is a DNS subdomain (a label key's prefix, a workload name): lowercase labels
 /// joined by dots, at most 253 characters.
-fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253
         && s.split('.').all(|part| {
             is_segment(part.as_bytes(), |c| {

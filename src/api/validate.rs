@@ -1,6 +1,7 @@
 //! Checks of a ChangeRequest spec that need no cluster. Each error names the field at fault.
 
-use super::{ChangeRequestSpec, Duration};
+use super::policy::is_dns_subdomain;
+use super::{ChangeRequestSpec, Duration, TargetKind};
 use crate::rollout::{plan::check_batches, template::check_patch};
 
 /// A spec field that is wrong, and why.
@@ -44,6 +45,93 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with(['-', '.'])
 }
 
+/// `config[]`: one object each (a ConfigMap or a Secret, named once), and one source of contents.
+fn check_config(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
+    if spec.config.is_empty() {
+        return Ok(());
+    }
+    if spec.target.kind == TargetKind::StatefulSet {
+        return Err(FieldError::new(
+            "config",
+            "config changes roll out on Deployments only; give a StatefulSet's ConfigMap a new name per version instead (see docs/gitops.md, Config changes)",
+        ));
+    }
+    if spec.policy.is_some() {
+        return Err(FieldError::new(
+            "config",
+            "a guarded workload's change carries its template only",
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in spec.config.iter().enumerate() {
+        let (field, kind, name) = match (&c.config_map, &c.secret) {
+            (Some(n), None) => ("configMap", "ConfigMap", n),
+            (None, Some(n)) => ("secret", "Secret", n),
+            _ => {
+                return Err(FieldError::new(
+                    format!("config[{i}]"),
+                    "set exactly one of configMap and secret",
+                ));
+            }
+        };
+        if !is_dns_subdomain(name) {
+            return Err(FieldError::new(
+                format!("config[{i}].{field}"),
+                format!("{name:?} is not a valid object name"),
+            ));
+        }
+        if !seen.insert((kind, name.clone())) {
+            return Err(FieldError::new(
+                format!("config[{i}].{field}"),
+                format!("{kind} {name} is named twice: give all its keys in one entry"),
+            ));
+        }
+        if kind == "Secret" && !c.data.is_empty() {
+            return Err(FieldError::new(
+                format!("config[{i}].data"),
+                "a Secret's values do not belong in a ChangeRequest (anyone who can read it would read them): put them in a Secret and name it in from",
+            ));
+        }
+        match (&c.from, c.data.is_empty()) {
+            (Some(from), true) => {
+                if !is_dns_subdomain(from) {
+                    return Err(FieldError::new(
+                        format!("config[{i}].from"),
+                        format!("{from:?} is not a valid object name"),
+                    ));
+                }
+                if from == name {
+                    return Err(FieldError::new(
+                        format!("config[{i}].from"),
+                        format!("{kind} {name} cannot be its own source"),
+                    ));
+                }
+            }
+            (None, false) => {}
+            _ => {
+                return Err(FieldError::new(
+                    format!("config[{i}]"),
+                    "set exactly one of data and from",
+                ));
+            }
+        }
+        for key in c.data.keys() {
+            let ok = !key.is_empty()
+                && key.len() <= 253
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !ok {
+                return Err(FieldError::new(
+                    format!("config[{i}].data.{key}"),
+                    "a key is made of letters, digits, '-', '_' and '.'",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Check everything in the spec that does not depend on the cluster.
 pub fn check_spec(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
     if !is_dns_label(&spec.target.name) {
@@ -52,12 +140,17 @@ pub fn check_spec(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
             format!("{:?} is not a valid object name", spec.target.name),
         ));
     }
-    if spec.images.is_empty() && spec.patch.is_none() && spec.template.is_none() {
+    if spec.images.is_empty()
+        && spec.patch.is_none()
+        && spec.template.is_none()
+        && spec.config.is_empty()
+    {
         return Err(FieldError::new(
             "images",
-            "set images, patch or template: the change must alter the pod template",
+            "set images, patch, template or config: the change must alter the pod template or its configuration",
         ));
     }
+    check_config(spec)?;
     if let Some(t) = &spec.template
         && !t.get("spec").is_some_and(|s| s.is_object())
     {
@@ -286,6 +379,97 @@ mod tests {
 
     fn spec(yaml: &str) -> ChangeRequestSpec {
         serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_config_change_is_checked_entry_by_entry_and_the_error_names_the_field() {
+        let with = |target: &str, config: &str| {
+            check_spec(&spec(&format!(
+                "target: {{kind: {target}, name: web}}\nconfig: {config}\nbatches: [{{percent: 100}}]"
+            )))
+        };
+        with(
+            "Deployment",
+            "[{configMap: web-config, data: {LOG_LEVEL: debug}}]",
+        )
+        .unwrap();
+        with(
+            "Deployment",
+            "[{secret: web-db, from: web-db-v2}, {configMap: flags, from: flags-v2}]",
+        )
+        .unwrap();
+        for (target, config, field, says) in [
+            (
+                "StatefulSet",
+                "[{configMap: c, data: {a: b}}]",
+                "config",
+                "Deployments only",
+            ),
+            (
+                "Deployment",
+                "[{data: {a: b}}]",
+                "config[0]",
+                "one of configMap and secret",
+            ),
+            (
+                "Deployment",
+                "[{configMap: c, secret: s, data: {a: b}}]",
+                "config[0]",
+                "one of configMap and secret",
+            ),
+            (
+                "Deployment",
+                "[{configMap: c}]",
+                "config[0]",
+                "one of data and from",
+            ),
+            (
+                "Deployment",
+                "[{configMap: c, data: {a: b}, from: d}]",
+                "config[0]",
+                "one of data and from",
+            ),
+            (
+                "Deployment",
+                "[{secret: s, data: {password: x}}]",
+                "config[0].data",
+                "do not belong",
+            ),
+            (
+                "Deployment",
+                "[{configMap: Bad_Name, data: {a: b}}]",
+                "config[0].configMap",
+                "not a valid object name",
+            ),
+            (
+                "Deployment",
+                "[{secret: s, from: s}]",
+                "config[0].from",
+                "its own source",
+            ),
+            (
+                "Deployment",
+                "[{configMap: c, data: {\"a b\": x}}]",
+                "config[0].data.a b",
+                "a key is made of",
+            ),
+            (
+                "Deployment",
+                "[{configMap: c, data: {a: b}}, {configMap: c, data: {d: e}}]",
+                "config[1].configMap",
+                "named twice",
+            ),
+        ] {
+            let e = with(target, config).unwrap_err();
+            assert_eq!(e.field, field, "{config}: {e}");
+            assert!(e.message.contains(says), "{config}: {e}");
+        }
+        // A ConfigMap and a Secret may share a name: they are different objects.
+        with(
+            "Deployment",
+            "[{configMap: c, data: {a: b}}, {secret: c, from: d}]",
+        )
+        .unwrap();
     }
 
     const GOOD: &str = r#"

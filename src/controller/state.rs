@@ -958,6 +958,12 @@ impl Machine<'_> {
                 return;
             }
         };
+        // Then the objects a config change names must exist (that they are the template's own
+        // was checked just above).
+        if let Some((field, message)) = &w.config_missing {
+            self.invalid(FieldError::new(field.clone(), message.clone()));
+            return;
+        }
         if !w.healthy {
             self.set_phase(
                 Phase::Pending,

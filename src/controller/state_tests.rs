@@ -29,6 +29,7 @@ fn workload(reached: bool, ready: i32) -> WorkloadObs {
         step_reached: reached,
         live_replicas: None,
         autoscaler: None,
+        config_missing: None,
     }
 }
 
@@ -183,6 +184,31 @@ fn invalid_spec_touches_nothing_and_names_the_field() {
     let d2 = decide("chg", &s, &d.status, &obs(5));
     assert_eq!(d2.status.phase, Phase::Invalid);
     assert!(d2.notes.is_empty());
+}
+
+#[test]
+fn a_config_change_whose_object_is_missing_is_invalid_before_anything_starts() {
+    let s = spec(
+        "target: {kind: Deployment, name: web}\nconfig: [{secret: web-db, from: web-db-v2}]\nbatches: [{percent: 100}]",
+    );
+    let mut o = obs(0);
+    o.workload = Some(WorkloadObs {
+        config_missing: Some((
+            "config[0].from".into(),
+            "Secret web-db-v2 does not exist".into(),
+        )),
+        template: json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [
+            {"name": "app", "image": "web:1", "envFrom": [{"secretRef": {"name": "web-db"}}]}
+        ]}}),
+        ..workload(false, 0)
+    });
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &o);
+    assert_eq!(d.status.phase, Phase::Invalid);
+    assert!(d.actions.is_empty());
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("spec.config[0].from: Secret web-db-v2 does not exist")
+    );
 }
 
 #[test]

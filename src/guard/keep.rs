@@ -23,6 +23,7 @@
 
 use crate::api::{ChangeRequest, TargetKind};
 use crate::controller::reconcile::Context;
+pub use crate::rollout::config::{ConfigKind, ConfigRef, config_refs};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
@@ -44,71 +45,6 @@ const RESYNC: Duration = Duration::from_secs(60);
 const RETRY: Duration = Duration::from_secs(2);
 /// Watch events that arrive together are handled in one pass.
 const DEBOUNCE: Duration = Duration::from_millis(200);
-
-/// The two kinds of object that carry a workload's configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ConfigKind {
-    ConfigMap,
-    Secret,
-}
-
-impl ConfigKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConfigKind::ConfigMap => "ConfigMap",
-            ConfigKind::Secret => "Secret",
-        }
-    }
-}
-
-/// A ConfigMap or Secret by kind and name (in the template's namespace).
-pub type ConfigRef = (ConfigKind, String);
-
-/// Every ConfigMap and Secret a pod template refers to: volumes (`configMap`, `secret`, and the
-/// sources of `projected`), and each container's `env[].valueFrom` and `envFrom` (init and
-/// ephemeral containers too).
-pub fn config_refs(template: &Value) -> BTreeSet<ConfigRef> {
-    let mut out = BTreeSet::new();
-    let mut add = |kind: ConfigKind, name: Option<&Value>| {
-        if let Some(n) = name.and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            out.insert((kind, n.to_string()));
-        }
-    };
-    let spec = template.get("spec").unwrap_or(&Value::Null);
-    let list = |v: &Value, key: &str| -> Vec<Value> {
-        v.get(key)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
-    for vol in list(spec, "volumes") {
-        add(ConfigKind::ConfigMap, vol.pointer("/configMap/name"));
-        add(ConfigKind::Secret, vol.pointer("/secret/secretName"));
-        for src in list(vol.get("projected").unwrap_or(&Value::Null), "sources") {
-            add(ConfigKind::ConfigMap, src.pointer("/configMap/name"));
-            add(ConfigKind::Secret, src.pointer("/secret/name"));
-        }
-    }
-    for group in ["initContainers", "containers", "ephemeralContainers"] {
-        for c in list(spec, group) {
-            for e in list(&c, "env") {
-                add(
-                    ConfigKind::ConfigMap,
-                    e.pointer("/valueFrom/configMapKeyRef/name"),
-                );
-                add(
-                    ConfigKind::Secret,
-                    e.pointer("/valueFrom/secretKeyRef/name"),
-                );
-            }
-            for e in list(&c, "envFrom") {
-                add(ConfigKind::ConfigMap, e.pointer("/configMapRef/name"));
-                add(ConfigKind::Secret, e.pointer("/secretRef/name"));
-            }
-        }
-    }
-    out
-}
 
 /// A workload as the keeper reads it.
 pub struct WorkloadView {

@@ -1017,6 +1017,7 @@ pub fn spec_for(
         images: BTreeMap::new(),
         patch: None,
         template: Some(template),
+        config: Vec::new(),
         policy: Some(policy.name_any()),
         batches: c.batches.clone(),
         on_anomaly: c.on_anomaly,

@@ -77,7 +77,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
                 let new_template = ctx.new_template_for(&target)?;
                 let template_ok = same_template(
                     &template_of(&c.spec.as_ref().map(|s| &s.template))?,
-                    &new_template,
+                    &super::config::canary_template(&new_template, ctx.cr),
                 );
                 let stable_ok = replicas == stable_wanted(*changed)
                     && total == replicas
@@ -140,6 +140,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         step_reached,
         live_replicas: autoscaler.as_ref().map(|_| replicas),
         autoscaler,
+        config_missing: None,
     }))
 }
 
@@ -166,7 +167,14 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     match step {
         Step::Batch { changed } => {
             let new_template = ctx.new_template_for(&target)?;
-            let canary_template = with_label(&new_template, LABEL_CHANGE, &ctx.cr.name_any());
+            // A config change's canary starts from graygate's copies of the new contents.
+            if !ctx.cr.spec.config.is_empty() {
+                super::config::ensure_copies(ctx).await?;
+            }
+            let canary_template = super::config::canary_template(
+                &with_label(&new_template, LABEL_CHANGE, &ctx.cr.name_any()),
+                ctx.cr,
+            );
             let canary_available = match &canary {
                 None => {
                     create_owned(
@@ -221,6 +229,10 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
             let rolled =
                 caught_up && total == replicas && updated == replicas && available == replicas;
             if !same_template(&template, &new_template) {
+                // The objects get the contents the canary ran before any pod restarts onto them.
+                if !ctx.cr.spec.config.is_empty() {
+                    super::config::promote(ctx).await?;
+                }
                 write_template(ctx, &api, &target, &new_template, "promotion").await?;
             } else if replicas != n_total {
                 if rolled {
@@ -228,11 +240,18 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                     scale(&api, &target, n_total).await?;
                 }
             } else if rolled && canary.is_some() {
+                super::config::remove_copies(ctx).await?;
                 ctx.fence.check()?;
                 super::delete_in_background(&api, &canary_name).await?;
             }
         }
         Step::Restore => {
+            // A config change: objects graygate gave new contents get their old ones back, and
+            // the copies go before the canary (a change that has ended is not looked at again).
+            if !ctx.cr.spec.config.is_empty() {
+                super::config::restore(ctx).await?;
+                super::config::remove_copies(ctx).await?;
+            }
             if canary.is_some() {
                 ctx.fence.check()?;
                 super::delete_in_background(&api, &canary_name).await?;

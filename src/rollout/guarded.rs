@@ -213,6 +213,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         // The Deployment (and an autoscaler) own the replica count: batches follow it.
         live_replicas: Some(replicas),
         autoscaler: super::autoscaler(ctx).await?,
+        config_missing: None,
         replicas,
         healthy,
         unhealthy_reason,

@@ -1,6 +1,7 @@
 //! Workload strategies and the pure pieces they share.
 
 pub mod baseline;
+pub mod config;
 pub mod deployment;
 pub mod guarded;
 pub mod plan;
@@ -261,6 +262,13 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         TargetKind::Deployment => deployment::observe(ctx, step).await?,
         TargetKind::StatefulSet => statefulset::observe(ctx, step).await?,
     };
+    // A config change that has not started: every object it names must exist.
+    if let Some(o) = obs.as_mut()
+        && !ctx.cr.spec.config.is_empty()
+        && step.is_none()
+    {
+        o.config_missing = config::missing(ctx).await?;
+    }
     // A batch with a fresh baseline bakes once the baseline is ready too; the change ends
     // once it is gone.
     if let Some(o) = obs.as_mut()

@@ -119,6 +119,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
     Ok(Some(WorkloadObs {
         live_replicas: None,
         autoscaler: None,
+        config_missing: None,
         replicas,
         healthy,
         unhealthy_reason,

@@ -77,6 +77,25 @@ pub fn apply_spec(
     spec: &crate::api::ChangeRequestSpec,
     selector: &BTreeMap<String, String>,
 ) -> Result<Value, FieldError> {
+    if spec.config.is_empty() {
+        return apply_template_change(base, spec, selector);
+    }
+    // A config change: the objects must be the target's; its template carries the change's
+    // mark, so that every pod restarts onto the new contents at promotion.
+    super::config::check_used(base, spec)?;
+    let changed = if spec.template.is_none() && spec.images.is_empty() && spec.patch.is_none() {
+        base.clone()
+    } else {
+        apply_template_change(base, spec, selector)?
+    };
+    Ok(super::config::mark(&changed, spec))
+}
+
+fn apply_template_change(
+    base: &Value,
+    spec: &crate::api::ChangeRequestSpec,
+    selector: &BTreeMap<String, String>,
+) -> Result<Value, FieldError> {
     let Some(whole) = &spec.template else {
         return apply_change(base, &spec.images, spec.patch.as_ref(), selector);
     };
