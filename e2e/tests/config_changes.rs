@@ -333,6 +333,35 @@ async fn events_of(w: &World, name: &str) -> Vec<String> {
 
 const EXPLICIT: &str = "cfg-explicit";
 
+/// The Deployment `api`, 2 pods whose profile comes from the Secret `api-env` through `env`, and
+/// the Secret `api-env-v2` with the values of the next version.
+const API: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: api-env, namespace: cfg-explicit}
+stringData: {APP_PROFILE: healthy}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: api-env-v2, namespace: cfg-explicit}
+stringData: {APP_PROFILE: noisy-but-healthy}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: cfg-explicit}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers:
+      - name: app
+        image: shop/api:1.0
+        env:
+        - {name: APP_PROFILE, valueFrom: {secretKeyRef: {name: api-env, key: APP_PROFILE}}}
+"#;
+
 /// A ChangeRequest of `web` that sets `profile` in its ConfigMap `web-config`.
 fn config_change(name: &str, profile: &str, rest: &str) -> String {
     change_yaml(
@@ -411,11 +440,12 @@ async fn an_explicit_config_change_goes_out_in_batches_and_a_bad_one_is_rolled_b
     .await;
     let web = web("web-config").replace(NS, EXPLICIT);
     w.apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {EXPLICIT}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: web-config, namespace: {EXPLICIT}}}\ndata: {{profile: healthy}}\n---\n{web}"
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {EXPLICIT}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: web-config, namespace: {EXPLICIT}}}\ndata: {{profile: healthy}}\n---\n{web}---\n{API}"
     ))
     .await
     .unwrap();
     wait_deployment_ready(&w, EXPLICIT, "web", 4).await;
+    wait_deployment_ready(&w, EXPLICIT, "api", 2).await;
     // A background for the analysis.
     tokio::time::sleep(std::time::Duration::from_secs(20)).await;
 
@@ -493,6 +523,37 @@ async fn an_explicit_config_change_goes_out_in_batches_and_a_bad_one_is_rolled_b
         "the Deployment names the ConfigMap itself, not a copy"
     );
     assert_eq!(copies_of(&w, "good").await, Vec::<String>::new());
+
+    // A Secret read through `env`, its new values in a Secret made beside it (never in the
+    // ChangeRequest): the canary starts with them, the old pods keep theirs until promotion.
+    w.apply(&change_yaml(
+        EXPLICIT,
+        "api-secret",
+        "target: {kind: Deployment, name: api}\nconfig: [{secret: api-env, from: api-env-v2}]\nbatches:\n- {replicas: 1, bake: 6s}\n- {percent: 100, bake: 2s}",
+    ))
+    .await
+    .unwrap();
+    wait_profiles(&w, "graygate.io/change=api-secret", 1, "noisy-but-healthy").await;
+    let old = profiles(&w, "app=api,!graygate.io/change").await;
+    assert!(
+        !old.is_empty() && old.iter().all(|(_, p)| p == "healthy"),
+        "{old:?}"
+    );
+    w.wait_phase(EXPLICIT, "api-secret", Phase::Succeeded, LONG)
+        .await
+        .unwrap();
+    wait_deployment_ready(&w, EXPLICIT, "api", 2).await;
+    wait_profiles(&w, "app=api", 2, "noisy-but-healthy").await;
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(w.client.clone(), EXPLICIT)
+        .get("api-env")
+        .await
+        .unwrap();
+    assert_eq!(
+        secret.data.unwrap()["APP_PROFILE"].0,
+        b"noisy-but-healthy".to_vec(),
+        "the Secret itself holds what the canary ran"
+    );
+    assert_eq!(copies_of(&w, "api-secret").await, Vec::<String>::new());
 
     // Mistakes: invalid, naming the field; nothing made, nothing touched.
     for (name, config, says) in [
