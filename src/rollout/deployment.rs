@@ -167,16 +167,13 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     match step {
         Step::Batch { changed } => {
             let new_template = ctx.new_template_for(&target)?;
-            // A config change's canary starts from graygate's copies of the new contents.
-            if !ctx.cr.spec.config.is_empty() {
-                super::config::ensure_copies(ctx).await?;
-            }
             let canary_template = super::config::canary_template(
                 &with_label(&new_template, LABEL_CHANGE, &ctx.cr.name_any()),
                 ctx.cr,
             );
             let canary_available = match &canary {
                 None => {
+                    ensure_copies(ctx).await?;
                     create_owned(
                         ctx,
                         &api,
@@ -191,7 +188,11 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 Some(c) => {
                     let (c_spec, _, _, c_avail, _) = counts(c);
                     let current = template_of(&c.spec.as_ref().map(|s| &s.template))?;
-                    if c_spec != *changed || !same_template(&current, &canary_template) {
+                    let same = same_template(&current, &canary_template);
+                    if !same {
+                        ensure_copies(ctx).await?;
+                    }
+                    if c_spec != *changed || !same {
                         let patch = fenced_json(
                             c,
                             json!([
@@ -272,6 +273,16 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// A config change's canary starts from graygate's copies of the new contents: made before the
+/// canary's template names them, so a canary already on its template has them (no read per
+/// reconcile).
+async fn ensure_copies(ctx: &Ctx<'_>) -> Result<(), Error> {
+    if ctx.cr.spec.config.is_empty() {
+        return Ok(());
+    }
+    super::config::ensure_copies(ctx).await
 }
 
 /// Write `template` into the target (only the version it was read at), and check that it took.
