@@ -396,7 +396,10 @@ impl World {
             for h in hooks {
                 h["clientConfig"] =
                     serde_json::json!({"url": format!("https://127.0.0.1:{port}/mutate")});
-                h["failurePolicy"] = serde_json::json!(failure_policy);
+                // The chart's choice is for workloads; pods are always Ignore.
+                if h["name"] == "workloads.graygate.io" {
+                    h["failurePolicy"] = serde_json::json!(failure_policy);
+                }
             }
         }
         self.create(cfg).await?;

@@ -122,6 +122,8 @@ async fn pods_in(w: &World, ns: &str, selector: &str) -> Vec<Pod> {
         .collect()
 }
 
+/// The ConfigMap a pod mounts, as its spec names it (a copy graygate pinned it to, or the
+/// object).
 fn mounted(p: &Pod) -> String {
     p.spec
         .as_ref()
@@ -132,13 +134,22 @@ fn mounted(p: &Pod) -> String {
         .unwrap_or_default()
 }
 
+/// The ConfigMap a pod reads the contents of: the object, or the object of the copy it mounts.
+fn source(p: &Pod) -> String {
+    let m = mounted(p);
+    match m.rsplit_once("-gg-") {
+        Some((object, _)) => object.to_string(),
+        None => m,
+    }
+}
+
 /// Wait until exactly `n` pods run, all started from ConfigMap `config` and serving.
 async fn wait_pods_on(w: &World, config: &str, n: usize) {
     w.wait_for(&format!("{n} pods on {config}"), LONG, || async {
         let all = pods(w).await;
         let ok = all.len() == n
             && all.iter().all(|p| {
-                mounted(p) == config
+                source(p) == config
                     && p.metadata
                         .name
                         .as_deref()
@@ -161,7 +172,7 @@ async fn restart_one_old_pod(w: &World, old: &str, profile: &str) {
     let victim = pods(w)
         .await
         .into_iter()
-        .find(|p| mounted(p) == old)
+        .find(|p| source(p) == old)
         .and_then(|p| p.metadata.name)
         .unwrap_or_else(|| panic!("no pod mounts {old}"));
     Api::<Pod>::namespaced(w.client.clone(), NS)
@@ -173,7 +184,7 @@ async fn restart_one_old_pod(w: &World, old: &str, profile: &str) {
             Ok(pods(w).await.into_iter().find_map(|p| {
                 let name = p.metadata.name.clone()?;
                 (!before.contains(&name)
-                    && mounted(&p) == old
+                    && source(&p) == old
                     && w.apps.is_ready(NS, &name) == Some(true))
                 .then_some(name)
             }))
@@ -214,6 +225,10 @@ async fn a_renamed_configmap_outlives_its_prune_until_the_change_ends() {
     // A guarded workload's ConfigMap is kept from the start: the prune of a rename comes in the
     // same sync as the template change.
     wait_kept(&w, "web-config-v1", true).await;
+    // Guarding pins its pods to a copy of v1: a change of its own.
+    let pin = generated_change(&w, NS, &[]).await;
+    wait_phase(&w, &pin, Phase::Succeeded).await;
+    wait_pods_on(&w, "web-config-v1", 4).await;
 
     // Git: the generator's new name, and the old object pruned, in one sync.
     apply(
@@ -224,7 +239,7 @@ async fn a_renamed_configmap_outlives_its_prune_until_the_change_ends() {
             web("web-config-v2")
         ),
     );
-    let first = generated_change(&w, NS, &[]).await;
+    let first = generated_change(&w, NS, std::slice::from_ref(&pin)).await;
     Api::<ConfigMap>::namespaced(w.client.clone(), NS)
         .delete("web-config-v1", &DeleteParams::default())
         .await
@@ -248,7 +263,7 @@ async fn a_renamed_configmap_outlives_its_prune_until_the_change_ends() {
     // Released: no pod needs v1 any more, and the prune completes.
     wait_gone(&w, "web-config-v1").await;
     for p in pods(&w).await {
-        assert_eq!(mounted(&p), "web-config-v2");
+        assert_eq!(source(&p), "web-config-v2");
     }
     assert!(kept(&configmap(&w, "web-config-v2").await.unwrap()));
 
@@ -261,7 +276,7 @@ async fn a_renamed_configmap_outlives_its_prune_until_the_change_ends() {
             web("web-config-v3")
         ),
     );
-    let second = generated_change(&w, NS, std::slice::from_ref(&first)).await;
+    let second = generated_change(&w, NS, &[pin.clone(), first.clone()]).await;
     Api::<ConfigMap>::namespaced(w.client.clone(), NS)
         .delete("web-config-v2", &DeleteParams::default())
         .await
@@ -282,7 +297,7 @@ async fn a_renamed_configmap_outlives_its_prune_until_the_change_ends() {
     // Every pod is on v2 again, and v2 stays while they run it, deletion pending.
     restart_one_old_pod(&w, "web-config-v2", "latency").await;
     for p in pods(&w).await {
-        assert_eq!(mounted(&p), "web-config-v2");
+        assert_eq!(source(&p), "web-config-v2");
         let name = p.metadata.name.unwrap();
         assert_eq!(w.apps.profile_of(NS, &name).as_deref(), Some("latency"));
     }
@@ -587,4 +602,218 @@ async fn an_explicit_config_change_goes_out_in_batches_and_a_bad_one_is_rolled_b
         assert!(deployment(&w, EXPLICIT, &canary).await.is_none());
     }
     assert_within_rbac(&w);
+}
+
+const INPLACE: &str = "cfg-inplace";
+
+/// The ConfigMap `web-config` of `cfg-inplace`, its `profile` key as given (what Git applies).
+fn web_config(profile: &str) -> String {
+    config("web-config", profile).replace(NS, INPLACE)
+}
+
+/// The ConfigMaps of `cfg-inplace` graygate pinned pods to, by name.
+async fn pinned_copies(w: &World) -> Vec<String> {
+    Api::<ConfigMap>::namespaced(w.client.clone(), INPLACE)
+        .list(&ListParams::default().labels(graygate::guard::pin::LABEL_PINNED_COPY))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .filter_map(|c| c.metadata.name)
+        .collect()
+}
+
+/// Each serving pod of `web` in `cfg-inplace`: its name, the ConfigMap it mounts and the profile
+/// it runs.
+async fn inplace_pods(w: &World) -> Vec<(String, String, String)> {
+    pods_in(w, INPLACE, "app=web")
+        .await
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.metadata.name.clone()?;
+            let profile = w.apps.profile_of(INPLACE, &name)?;
+            Some((name, mounted(&p), profile))
+        })
+        .collect()
+}
+
+/// The pods of a guarded change's canary ReplicaSet, named after the change, and the others.
+type Split = (Vec<(String, String, String)>, Vec<(String, String, String)>);
+
+async fn split(w: &World, change: &str) -> Split {
+    inplace_pods(w)
+        .await
+        .into_iter()
+        .partition(|(name, _, _)| name.starts_with(&format!("{change}-")))
+}
+
+/// Wait until `n` pods of `web` serve `profile` from a pinned copy of `web-config` (of the
+/// change's canary when `change` is given, else of all of them).
+async fn wait_inplace(w: &World, change: Option<&str>, n: usize, profile: &str) {
+    w.wait_for(
+        &format!("{n} pods of {change:?} on {profile}"),
+        LONG,
+        || async {
+            let got = match change {
+                Some(c) => split(w, c).await.0,
+                None => inplace_pods(w).await,
+            };
+            Ok((got.len() == n
+                && got
+                    .iter()
+                    .all(|(_, m, p)| p == profile && m.starts_with("web-config-gg-")))
+            .then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// A ConfigMap edited in place on a guarded Deployment: the pods read immutable copies (pinned
+/// when the policy first guards it), so the edit reaches the canary first; a bad edit is rolled
+/// back with every pod on the old data while the ConfigMap keeps what was applied, reverting
+/// the edit releases the workload at once, and a good one goes out in batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_edited_in_place_goes_out_in_batches_and_a_bad_edit_is_rolled_back() {
+    let w = world_with_webhook(WorldOptions {
+        prometheus: true,
+        ..Default::default()
+    })
+    .await;
+    apply(
+        &w,
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {INPLACE}}}\n---\n{}---\n{}",
+            web_config("healthy"),
+            web("web-config").replace(NS, INPLACE)
+        ),
+    );
+    wait_deployment_ready(&w, INPLACE, "web", 4).await;
+    // Analysed, with a last batch long enough for a judgement of pods that just started.
+    let policy = format!(
+        r#"
+apiVersion: graygate.io/v1alpha1
+kind: ChangePolicy
+metadata: {{name: web-policy, namespace: {INPLACE}}}
+spec:
+  workloads: {{names: [web]}}
+  change:
+    analysis: {{interval: 5s, failureLimit: 2}}
+    batches:
+    - {{replicas: 1, bake: 30s}}
+    - {{percent: 100, bake: 20s}}
+"#
+    );
+    apply(&w, &policy);
+    wait_labelled_guarded(&w, INPLACE, "web").await;
+
+    // Guarding pins the pods to a copy of what they read: a change of its own, in batches.
+    let pin = generated_change(&w, INPLACE, &[]).await;
+    wait_phase_in(&w, INPLACE, &pin, Phase::Succeeded).await;
+    wait_inplace(&w, None, 4, "healthy").await;
+    assert_eq!(pinned_copies(&w).await.len(), 1);
+
+    // An edit in place that makes the application fail.
+    apply(&w, &web_config("errors"));
+    let bad = generated_change(&w, INPLACE, std::slice::from_ref(&pin)).await;
+    wait_inplace(&w, Some(&bad), 1, "errors").await;
+    // The pods outside the batch keep the old data, well past a kubelet's sync of the volume.
+    for _ in 0..3 {
+        let old = split(&w, &bad).await.1;
+        assert!(
+            old.len() >= 3 && old.iter().all(|(_, _, p)| p == "healthy"),
+            "{old:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    }
+    let cr = w
+        .wait_phase(INPLACE, &bad, Phase::RolledBack, LONG)
+        .await
+        .unwrap();
+    let st = cr.status.unwrap();
+    assert_eq!(st.current_batch, 1, "{:?}", st.message);
+    assert!(
+        st.batches[0]
+            .findings
+            .iter()
+            .any(|f| f.metric == "error-ratio" && f.outcome == Some(graygate::api::Verdict::Fail)),
+        "{:#?}",
+        st.batches[0].findings
+    );
+    wait_inplace(&w, None, 4, "healthy").await;
+    // Git stays the truth: the ConfigMap keeps what was applied.
+    let cm = configmap_in(&w, INPLACE, "web-config").await.unwrap();
+    assert_eq!(cm.data.unwrap()["profile"], "errors");
+    let events = events_in(&w, INPLACE, "web").await;
+    assert!(
+        events.iter().any(|e| e.contains("ConfigChanged")
+            && e.contains("ConfigMap web-config changed (keys: profile)")),
+        "{events:#?}"
+    );
+
+    // Reverting the edit is a revert of the template: released at once, no change.
+    apply(&w, &web_config("healthy"));
+    w.wait_for("the hold lifted", LONG, || async {
+        let d = deployment(&w, INPLACE, "web").await.unwrap();
+        Ok((d.spec.unwrap().paused != Some(true)).then_some(()))
+    })
+    .await
+    .unwrap();
+    wait_deployment_ready(&w, INPLACE, "web", 4).await;
+    wait_inplace(&w, None, 4, "healthy").await;
+
+    // A good edit: the canary first, then every pod.
+    apply(&w, &web_config("noisy-but-healthy"));
+    let known = [pin.clone(), bad.clone()];
+    let good = generated_change(&w, INPLACE, &known).await;
+    wait_inplace(&w, Some(&good), 1, "noisy-but-healthy").await;
+    let old = split(&w, &good).await.1;
+    assert!(old.iter().all(|(_, _, p)| p == "healthy"), "{old:?}");
+    wait_phase_in(&w, INPLACE, &good, Phase::Succeeded).await;
+    wait_deployment_ready(&w, INPLACE, "web", 4).await;
+    wait_inplace(&w, None, 4, "noisy-but-healthy").await;
+    let all: Vec<String> = Api::<ChangeRequest>::namespaced(w.client.clone(), INPLACE)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert_eq!(
+        all.len(),
+        3,
+        "one change per edit, none for the revert: {all:?}"
+    );
+    // Nothing graygate made is left but the copy the pods read.
+    w.wait_for("the copies no pod reads deleted", LONG, || async {
+        Ok((pinned_copies(&w).await.len() == 1).then_some(()))
+    })
+    .await
+    .unwrap();
+    assert_within_rbac(&w);
+}
+
+async fn wait_phase_in(w: &World, ns: &str, name: &str, want: Phase) {
+    w.wait_phase(ns, name, want, LONG).await.unwrap();
+}
+
+/// Every Event about the object `name` of `ns`, as "reason: note".
+async fn events_in(w: &World, ns: &str, name: &str) -> Vec<String> {
+    Api::<k8s_openapi::api::core::v1::Event>::namespaced(w.client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default()
+            )
+        })
+        .collect()
 }

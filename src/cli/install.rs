@@ -118,6 +118,20 @@ pub fn objects(args: &InstallArgs) -> Result<Vec<Value>, String> {
                            "resources": ["deployments", "statefulsets"], "scope": "Namespaced"}],
                 "objectSelector": {"matchExpressions": [
                     {"key": crate::api::LABEL_GUARDED_BY, "operator": "Exists"}]},
+            }, {
+                // New pods of a pinned template read graygate's copies of their config. Always
+                // Ignore: without graygate a pod reads the objects rather than not starting.
+                "name": "pods.graygate.io",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Ignore",
+                "timeoutSeconds": 5,
+                "reinvocationPolicy": "IfNeeded",
+                "clientConfig": {"url": url},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                           "resources": ["pods"], "scope": "Namespaced"}],
+                "objectSelector": {"matchExpressions": [
+                    {"key": crate::guard::pin::LABEL_PINNED, "operator": "Exists"}]},
             }],
         }));
     }

@@ -29,12 +29,11 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet, Sta
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use kube::api::{ApiResource, DynamicObject, Patch};
 use kube::core::PartialObjectMeta as PartialObjectMetadata;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The finalizer graygate keeps on a ConfigMap or Secret that pods it guards still need.
@@ -46,15 +45,83 @@ const RETRY: Duration = Duration::from_secs(2);
 /// Watch events that arrive together are handled in one pass.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// A workload as the keeper reads it.
+/// A workload as the keeper reads it: which ConfigMaps and Secrets its templates name, not the
+/// templates themselves (only its own template is kept, for a change that has not started).
 pub struct WorkloadView {
     pub namespace: String,
     pub kind: TargetKind,
     pub name: String,
     /// Labelled `graygate.io/guarded-by`.
     pub guarded: bool,
-    /// Its `spec.template`, and every other template its pods run or a rollback returns to.
-    pub templates: Vec<Value>,
+    /// What its `spec.template` names, and every other template its pods run or a rollback
+    /// returns to.
+    pub refs: BTreeSet<ConfigRef>,
+    /// Its `spec.template`: the base of a change that has not recorded its stable template yet.
+    pub template: Option<Value>,
+}
+
+/// A ChangeRequest that has not ended, as the keeper reads it.
+pub struct ChangeView {
+    pub namespace: String,
+    pub target: (TargetKind, String),
+    /// How the Event names it.
+    pub who: String,
+    pub needs: ChangeNeeds,
+}
+
+/// What a change that has not ended needs, besides its target's own templates.
+pub enum ChangeNeeds {
+    /// Started: what the template before the change and the one it rolls out name.
+    Refs(BTreeSet<ConfigRef>),
+    /// Not started: read against the target's template when it is needed.
+    Pending(Box<crate::api::ChangeRequestSpec>),
+}
+
+/// What a template names: its ConfigMaps and Secrets, and the copies its pods read of them
+/// (see [`super::pin`]).
+pub fn template_refs(template: &Value) -> BTreeSet<ConfigRef> {
+    let mut out = config_refs(template);
+    out.extend(
+        super::pin::pins_of(template)
+            .into_iter()
+            .map(|((kind, _), copy)| (kind, copy)),
+    );
+    out
+}
+
+/// What the template before a change and the template it rolls out name.
+fn change_refs(base: &Value, spec: &crate::api::ChangeRequestSpec) -> BTreeSet<ConfigRef> {
+    let mut out = template_refs(base);
+    if let Ok(new) = crate::rollout::template::apply_spec(base, spec, &BTreeMap::new()) {
+        out.extend(template_refs(&new));
+    }
+    out
+}
+
+impl ChangeView {
+    /// Nothing for a change that has ended: it needs nothing.
+    pub fn of(cr: &ChangeRequest) -> Option<ChangeView> {
+        let status = cr.status.as_ref();
+        if status.is_some_and(|s| s.phase.is_terminal()) {
+            return None;
+        }
+        let target = &cr.spec.target;
+        let needs = match status.and_then(|s| s.stable_template.as_ref()) {
+            Some(base) => ChangeNeeds::Refs(change_refs(base, &cr.spec)),
+            None => ChangeNeeds::Pending(Box::new(cr.spec.clone())),
+        };
+        Some(ChangeView {
+            namespace: cr.namespace()?,
+            target: (target.kind, target.name.clone()),
+            who: format!(
+                "{:?}/{} (ChangeRequest {})",
+                target.kind,
+                target.name,
+                cr.name_any()
+            ),
+            needs,
+        })
+    }
 }
 
 /// Which ConfigMaps and Secrets are needed, each with who needs it (for the Event that says why
@@ -62,69 +129,51 @@ pub struct WorkloadView {
 pub type Needed = BTreeMap<(String, ConfigRef), BTreeSet<String>>;
 
 /// What the workloads and ChangeRequests need (see the module's documentation).
-pub fn needed(workloads: &[WorkloadView], changes: &[ChangeRequest]) -> Needed {
+pub fn needed(workloads: &[WorkloadView], changes: &[ChangeView]) -> Needed {
     let mut out = Needed::new();
-    let mut add = |ns: &str, template: &Value, who: &str| {
-        for r in config_refs(template) {
-            out.entry((ns.to_string(), r))
+    let mut add = |ns: &str, refs: &BTreeSet<ConfigRef>, who: &str| {
+        for r in refs {
+            out.entry((ns.to_string(), r.clone()))
                 .or_default()
                 .insert(who.to_string());
         }
     };
-    let find = |ns: &str, kind: TargetKind, name: &str| {
-        workloads
-            .iter()
-            .find(|w| w.namespace == ns && w.kind == kind && w.name == name)
-    };
     for w in workloads.iter().filter(|w| w.guarded) {
-        let who = format!("{:?}/{}", w.kind, w.name);
-        for t in &w.templates {
-            add(&w.namespace, t, &who);
-        }
+        add(&w.namespace, &w.refs, &format!("{:?}/{}", w.kind, w.name));
     }
-    for cr in changes {
-        let status = cr.status.clone().unwrap_or_default();
-        if status.phase.is_terminal() {
-            continue;
-        }
-        let Some(ns) = cr.namespace() else { continue };
-        let target = &cr.spec.target;
-        let who = format!(
-            "{:?}/{} (ChangeRequest {})",
-            target.kind,
-            target.name,
-            cr.name_any()
-        );
-        let workload = find(&ns, target.kind, &target.name);
+    for c in changes {
+        let workload = workloads
+            .iter()
+            .find(|w| w.namespace == c.namespace && (w.kind, &w.name) == (c.target.0, &c.target.1));
         if let Some(w) = workload {
-            for t in &w.templates {
-                add(&ns, t, &who);
-            }
+            add(&c.namespace, &w.refs, &c.who);
         }
-        let base = status
-            .stable_template
-            .clone()
-            .or_else(|| workload.and_then(|w| w.templates.first().cloned()));
-        if let Some(base) = base {
-            add(&ns, &base, &who);
-            if let Ok(new) = crate::rollout::template::apply_spec(&base, &cr.spec, &BTreeMap::new())
-            {
-                add(&ns, &new, &who);
+        match &c.needs {
+            ChangeNeeds::Refs(refs) => add(&c.namespace, refs, &c.who),
+            ChangeNeeds::Pending(spec) => {
+                // Not started: the target's template stands for the stable one.
+                if let Some(base) = workload.and_then(|w| w.template.as_ref()) {
+                    add(&c.namespace, &change_refs(base, spec), &c.who);
+                } else if let Some(whole) = &spec.template {
+                    add(&c.namespace, &template_refs(whole), &c.who);
+                }
             }
-        } else if let Some(whole) = &cr.spec.template {
-            add(&ns, whole, &who);
         }
     }
     out
 }
 
 /// One ConfigMap or Secret as the keeper sees it.
+#[derive(Clone)]
 pub struct Held {
     pub namespace: String,
     pub config: ConfigRef,
     pub has_finalizer: bool,
     pub deleting: bool,
     pub uid: String,
+    /// A copy graygate pinned pods to (labelled `graygate.io/pinned-copy`), and since when it
+    /// exists: deleted once nothing needs it.
+    pub pinned_copy: Option<jiff::Timestamp>,
 }
 
 /// A write the keeper makes.
@@ -134,11 +183,17 @@ pub enum Step {
     Keep(String, ConfigRef),
     /// Remove it: nothing needs the object any more.
     Free(String, ConfigRef),
+    /// Delete a pinned copy nothing needs.
+    Delete(String, ConfigRef),
 }
+
+/// A pinned copy is made a moment before the template that names it is written: younger than
+/// this, one that nothing names is left alone.
+const COPY_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The writes that make every object's finalizer match `needed`. A finalizer cannot be added to
 /// an object already being deleted (the API server refuses it), so such an object is left alone.
-pub fn plan(objects: &[Held], needed: &Needed) -> Vec<Step> {
+pub fn plan(objects: &[Held], needed: &Needed, now: jiff::Timestamp) -> Vec<Step> {
     let mut out = Vec::new();
     for o in objects {
         let want = needed.contains_key(&(o.namespace.clone(), o.config.clone()));
@@ -147,159 +202,246 @@ pub fn plan(objects: &[Held], needed: &Needed) -> Vec<Step> {
         } else if !want && o.has_finalizer {
             out.push(Step::Free(o.namespace.clone(), o.config.clone()));
         }
+        let old = |t: jiff::Timestamp| {
+            now.duration_since(t) >= jiff::SignedDuration::try_from(COPY_GRACE).unwrap_or_default()
+        };
+        if !want && !o.deleting && o.pinned_copy.is_some_and(old) {
+            out.push(Step::Delete(o.namespace.clone(), o.config.clone()));
+        }
     }
     out
 }
 
-/// The stores the keeper reads.
+/// What the keeper keeps of each object of one kind, by namespace and name: a summary of a few
+/// fields, never the object (a fleet's workloads, ReplicaSets and ChangeRequests, statuses and
+/// all, would double graygate's memory). `ready` once the first list has arrived.
+struct Shelf<T> {
+    ready: bool,
+    items: HashMap<(String, String), T>,
+    /// A list in progress (after `Init`): it replaces `items` when it is done.
+    relist: Option<HashMap<(String, String), T>>,
+}
+
+type Shared<T> = Arc<Mutex<Shelf<T>>>;
+
+/// Watch `stream` into a shelf of summaries (`summary` gives none for an object the keeper has no
+/// use for), and say on `tx` whenever something changed.
+fn shelve<K, T>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    summary: impl Fn(&K) -> Option<T> + Send + 'static,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+    handles: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Shared<T>
+where
+    K: Resource + Send + 'static,
+    T: Send + 'static,
+{
+    let shelf: Shared<T> = Arc::new(Mutex::new(Shelf {
+        ready: false,
+        items: HashMap::new(),
+        relist: None,
+    }));
+    let out = shelf.clone();
+    let key = |o: &K| {
+        (
+            o.meta().namespace.clone().unwrap_or_default(),
+            o.meta().name.clone().unwrap_or_default(),
+        )
+    };
+    let stream = stream.default_backoff();
+    handles.push(tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            let changed = {
+                let mut s = shelf.lock().unwrap_or_else(|e| e.into_inner());
+                match ev {
+                    Ok(watcher::Event::Init) => {
+                        s.relist = Some(HashMap::new());
+                        false
+                    }
+                    Ok(watcher::Event::InitApply(o)) => {
+                        if let Some(t) = summary(&o) {
+                            s.relist.get_or_insert_default().insert(key(&o), t);
+                        }
+                        false
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        s.items = s.relist.take().unwrap_or_default();
+                        s.ready = true;
+                        true
+                    }
+                    Ok(watcher::Event::Apply(o)) => {
+                        match summary(&o) {
+                            Some(t) => s.items.insert(key(&o), t),
+                            None => s.items.remove(&key(&o)),
+                        };
+                        true
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
+                        s.items.remove(&key(&o));
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "config keeper watch");
+                        false
+                    }
+                }
+            };
+            if changed && tx.send(()).is_err() {
+                return;
+            }
+        }
+    }));
+    out
+}
+
+fn read<T>(s: &Shared<T>) -> std::sync::MutexGuard<'_, Shelf<T>> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A Deployment or StatefulSet as the keeper keeps it.
+struct WorkloadSummary {
+    uid: String,
+    guarded: bool,
+    refs: BTreeSet<ConfigRef>,
+    template: Option<Value>,
+    /// A StatefulSet's current and update revisions.
+    revisions: Vec<String>,
+}
+
+fn workload_summary<K: Resource>(
+    o: &K,
+    template: Option<Value>,
+    revisions: Vec<String>,
+) -> WorkloadSummary {
+    WorkloadSummary {
+        uid: o.meta().uid.clone().unwrap_or_default(),
+        guarded: o
+            .meta()
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(crate::api::LABEL_GUARDED_BY)),
+        refs: template.as_ref().map(template_refs).unwrap_or_default(),
+        template,
+        revisions,
+    }
+}
+
+/// The ConfigMaps and Secrets of one scope, as the keeper sees them.
+type Objects = Shared<Held>;
+
+/// The shelves the keeper reads, for one scope.
 struct Stores {
-    deployments: Store<Deployment>,
-    replicasets: Store<ReplicaSet>,
-    sets: Store<StatefulSet>,
-    revisions: Store<ControllerRevision>,
-    changes: Store<DynamicObject>,
-    configmaps: Store<PartialObjectMetadata<ConfigMap>>,
-    secrets: Store<PartialObjectMetadata<Secret>>,
+    deployments: Shared<WorkloadSummary>,
+    /// Of each ReplicaSet that keeps pods: its owner's uid and what its template names.
+    replicasets: Shared<(String, BTreeSet<ConfigRef>)>,
+    sets: Shared<WorkloadSummary>,
+    /// What each ControllerRevision's template names.
+    revisions: Shared<BTreeSet<ConfigRef>>,
+    changes: Shared<ChangeView>,
+    configmaps: Objects,
+    secrets: Objects,
 }
 
 impl Stores {
-    async fn ready(&self) {
-        let _ = self.deployments.wait_until_ready().await;
-        let _ = self.replicasets.wait_until_ready().await;
-        let _ = self.sets.wait_until_ready().await;
-        let _ = self.revisions.wait_until_ready().await;
-        let _ = self.changes.wait_until_ready().await;
-        let _ = self.configmaps.wait_until_ready().await;
-        let _ = self.secrets.wait_until_ready().await;
+    fn ready(&self) -> bool {
+        read(&self.deployments).ready
+            && read(&self.replicasets).ready
+            && read(&self.sets).ready
+            && read(&self.revisions).ready
+            && read(&self.changes).ready
+            && read(&self.configmaps).ready
+            && read(&self.secrets).ready
     }
 
     fn workloads(&self) -> Vec<WorkloadView> {
-        let guarded =
-            |labels: &BTreeMap<String, String>| labels.contains_key(crate::api::LABEL_GUARDED_BY);
         let mut out = Vec::new();
-        let replicasets = self.replicasets.state();
-        for d in self.deployments.state() {
-            let Some(uid) = d.uid() else { continue };
-            let mut templates: Vec<Value> = Vec::new();
-            if let Some(t) = d.spec.as_ref().map(|s| &s.template) {
-                templates.extend(serde_json::to_value(t).ok());
-            }
-            for rs in replicasets.iter().filter(|rs| {
-                rs.owner_references().iter().any(|o| o.uid == uid)
-                    && rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) > 0
-            }) {
-                if let Some(t) = rs.spec.as_ref().and_then(|s| s.template.as_ref()) {
-                    templates.extend(serde_json::to_value(t).ok());
-                }
-            }
+        let mut by_owner: HashMap<String, BTreeSet<ConfigRef>> = HashMap::new();
+        for (owner, refs) in read(&self.replicasets).items.values() {
+            by_owner
+                .entry(owner.clone())
+                .or_default()
+                .extend(refs.iter().cloned());
+        }
+        for ((ns, name), d) in &read(&self.deployments).items {
+            let mut refs = d.refs.clone();
+            refs.extend(by_owner.get(&d.uid).into_iter().flatten().cloned());
             out.push(WorkloadView {
-                namespace: d.namespace().unwrap_or_default(),
+                namespace: ns.clone(),
                 kind: TargetKind::Deployment,
-                name: d.name_any(),
-                guarded: guarded(d.labels()),
-                templates,
+                name: name.clone(),
+                guarded: d.guarded,
+                refs,
+                template: d.template.clone(),
             });
         }
-        for s in self.sets.state() {
-            let ns = s.namespace().unwrap_or_default();
-            let mut templates: Vec<Value> = Vec::new();
-            if let Some(t) = s.spec.as_ref().map(|s| &s.template) {
-                templates.extend(serde_json::to_value(t).ok());
-            }
-            let st = s.status.clone().unwrap_or_default();
-            for rev in [st.current_revision, st.update_revision]
-                .into_iter()
-                .flatten()
-            {
-                let r = self
-                    .revisions
-                    .get(&reflector::ObjectRef::new(&rev).within(&ns));
-                if let Some(t) = r
-                    .and_then(|r| r.data.clone())
-                    .and_then(|d| d.0.pointer("/spec/template").cloned())
-                {
-                    templates.push(t);
-                }
+        let revisions = read(&self.revisions);
+        for ((ns, name), s) in &read(&self.sets).items {
+            let mut refs = s.refs.clone();
+            for rev in &s.revisions {
+                refs.extend(
+                    revisions
+                        .items
+                        .get(&(ns.clone(), rev.clone()))
+                        .into_iter()
+                        .flatten()
+                        .cloned(),
+                );
             }
             out.push(WorkloadView {
-                namespace: ns,
+                namespace: ns.clone(),
                 kind: TargetKind::StatefulSet,
-                name: s.name_any(),
-                guarded: guarded(s.labels()),
-                templates,
+                name: name.clone(),
+                guarded: s.guarded,
+                refs,
+                template: s.template.clone(),
             });
         }
         out
     }
 
-    fn changes(&self) -> Vec<ChangeRequest> {
-        self.changes
-            .state()
-            .iter()
-            .filter_map(|o| serde_json::to_value(o.as_ref()).ok())
-            // A ChangeRequest that cannot be read is Invalid: it needs nothing.
-            .filter_map(|v| serde_json::from_value(v).ok())
+    fn changes(&self) -> Vec<ChangeView> {
+        read(&self.changes)
+            .items
+            .values()
+            .map(|c| ChangeView {
+                namespace: c.namespace.clone(),
+                target: c.target.clone(),
+                who: c.who.clone(),
+                needs: match &c.needs {
+                    ChangeNeeds::Refs(r) => ChangeNeeds::Refs(r.clone()),
+                    ChangeNeeds::Pending(s) => ChangeNeeds::Pending(s.clone()),
+                },
+            })
             .collect()
     }
 
     fn objects(&self) -> Vec<Held> {
-        fn held<K: Resource>(o: &PartialObjectMetadata<K>, kind: ConfigKind) -> Held {
-            Held {
-                namespace: o.namespace().unwrap_or_default(),
-                config: (kind, o.name_any()),
-                has_finalizer: o.finalizers().iter().any(|f| f == FINALIZER),
-                deleting: o.meta().deletion_timestamp.is_some(),
-                uid: o.uid().unwrap_or_default(),
-            }
-        }
-        let mut out: Vec<Held> = self
-            .configmaps
-            .state()
-            .iter()
-            .map(|o| held(o.as_ref(), ConfigKind::ConfigMap))
-            .collect();
-        out.extend(
-            self.secrets
-                .state()
-                .iter()
-                .map(|o| held(o.as_ref(), ConfigKind::Secret)),
-        );
+        let mut out: Vec<Held> = read(&self.configmaps).items.values().cloned().collect();
+        out.extend(read(&self.secrets).items.values().cloned());
         out
     }
 }
 
-/// Watch `api` into a store, and say on `tx` whenever something changed.
-fn reflect<K>(
-    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    tx: tokio::sync::mpsc::UnboundedSender<()>,
-    handles: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = stream.default_backoff().reflect(writer);
-    handles.push(tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => {
-                    if tx.send(()).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "config keeper watch"),
-            }
-        }
-    }));
-    store
+fn held<K: Resource>(o: &PartialObjectMetadata<K>, kind: ConfigKind) -> Held {
+    Held {
+        namespace: o.namespace().unwrap_or_default(),
+        config: (kind, o.name_any()),
+        has_finalizer: o.finalizers().iter().any(|f| f == FINALIZER),
+        deleting: o.meta().deletion_timestamp.is_some(),
+        uid: o.uid().unwrap_or_default(),
+        pinned_copy: o
+            .labels()
+            .contains_key(super::pin::LABEL_PINNED_COPY)
+            .then(|| o.meta().creation_timestamp.as_ref().map(|t| t.0))
+            .flatten(),
+    }
 }
 
 /// Run until `shutdown`: keep the finalizer on exactly the ConfigMaps and Secrets that are
 /// needed, after every change a watch reports (events that come together are handled in one
-/// pass) and every [`RESYNC`]. Nothing is written before every store has listed once: an object
-/// missing from a store that has not listed would look unneeded.
+/// pass) and every [`RESYNC`]. Nothing is written before every shelf has listed once: an object
+/// missing from a shelf that has not listed would look unneeded.
 pub async fn run(
     ctx: Arc<Context>,
     namespaces: Vec<String>,
@@ -313,8 +455,6 @@ pub async fn run(
     } else {
         namespaces.iter().cloned().map(Some).collect()
     };
-    // One store per kind holds every scope: each scope's watch writes into its own store, so
-    // the keeper reads them all.
     let mut all: Vec<Stores> = Vec::new();
     for scope in &scopes {
         fn api<K>(client: &kube::Client, ns: &Option<String>) -> Api<K>
@@ -328,66 +468,117 @@ pub async fn run(
         }
         let c = &ctx.client;
         let cfg = || watcher::Config::default().any_semantic();
+        // ChangeRequests are read untyped, then each on its own: one that cannot be read is
+        // Invalid and needs nothing, and must not stop the others being read.
         let ar = ApiResource::erase::<ChangeRequest>(&());
         let changes: Api<DynamicObject> = match scope {
             Some(ns) => Api::namespaced_with(c.clone(), ns, &ar),
             None => Api::all_with(c.clone(), &ar),
         };
-        let changes_writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
-        let changes_store = changes_writer.as_reader();
-        let changes_stream = watcher(changes, cfg())
-            .default_backoff()
-            .reflect(changes_writer);
-        let ctx_tx = tx.clone();
-        handles.push(tokio::spawn(async move {
-            futures::pin_mut!(changes_stream);
-            while let Some(ev) = changes_stream.next().await {
-                if matches!(ev, Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)))
-                    && ctx_tx.send(()).is_err()
-                {
-                    return;
-                }
-            }
-        }));
+        let template_of = |t: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+            t.and_then(|t| serde_json::to_value(t).ok())
+        };
         all.push(Stores {
-            deployments: reflect(
+            deployments: shelve(
                 watcher(api::<Deployment>(c, scope), cfg()),
+                move |d: &Deployment| {
+                    Some(workload_summary(
+                        d,
+                        template_of(d.spec.as_ref().map(|s| &s.template)),
+                        Vec::new(),
+                    ))
+                },
                 tx.clone(),
                 &mut handles,
             ),
-            replicasets: reflect(
+            replicasets: shelve(
                 watcher(api::<ReplicaSet>(c, scope), cfg()),
+                move |rs: &ReplicaSet| {
+                    let spec = rs.spec.as_ref()?;
+                    if spec.replicas.unwrap_or(1) == 0 {
+                        return None;
+                    }
+                    let owner = rs
+                        .owner_references()
+                        .iter()
+                        .find(|o| o.controller == Some(true))?;
+                    Some((
+                        owner.uid.clone(),
+                        template_of(spec.template.as_ref())
+                            .as_ref()
+                            .map(template_refs)
+                            .unwrap_or_default(),
+                    ))
+                },
                 tx.clone(),
                 &mut handles,
             ),
-            sets: reflect(
+            sets: shelve(
                 watcher(api::<StatefulSet>(c, scope), cfg()),
+                move |s: &StatefulSet| {
+                    let st = s.status.clone().unwrap_or_default();
+                    let revisions = [st.current_revision, st.update_revision]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    Some(workload_summary(
+                        s,
+                        template_of(s.spec.as_ref().map(|s| &s.template)),
+                        revisions,
+                    ))
+                },
                 tx.clone(),
                 &mut handles,
             ),
-            revisions: reflect(
+            revisions: shelve(
                 watcher(api::<ControllerRevision>(c, scope), cfg()),
+                |r: &ControllerRevision| {
+                    r.data
+                        .as_ref()?
+                        .0
+                        .pointer("/spec/template")
+                        .map(template_refs)
+                },
                 tx.clone(),
                 &mut handles,
             ),
-            changes: changes_store,
-            configmaps: reflect(
+            changes: shelve(
+                watcher(changes, cfg()),
+                |o: &DynamicObject| {
+                    let ended = o
+                        .data
+                        .pointer("/status/phase")
+                        .and_then(|p| serde_json::from_value::<crate::api::Phase>(p.clone()).ok())
+                        .is_some_and(|p| p.is_terminal());
+                    if ended {
+                        return None;
+                    }
+                    let cr: ChangeRequest =
+                        serde_json::from_value(serde_json::to_value(o).ok()?).ok()?;
+                    ChangeView::of(&cr)
+                },
+                tx.clone(),
+                &mut handles,
+            ),
+            configmaps: shelve(
                 watcher(api::<PartialObjectMetadata<ConfigMap>>(c, scope), cfg()),
+                |o: &PartialObjectMetadata<ConfigMap>| Some(held(o, ConfigKind::ConfigMap)),
                 tx.clone(),
                 &mut handles,
             ),
-            secrets: reflect(
+            secrets: shelve(
                 watcher(api::<PartialObjectMetadata<Secret>>(c, scope), cfg()),
+                |o: &PartialObjectMetadata<Secret>| Some(held(o, ConfigKind::Secret)),
                 tx.clone(),
                 &mut handles,
             ),
         });
     }
     let _stop = super::policy::AbortOnDrop(handles);
-    for s in &all {
+    while !all.iter().all(Stores::ready) {
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = s.ready() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
     let mut resync = tokio::time::interval(RESYNC);
@@ -422,7 +613,7 @@ async fn pass(ctx: &Context, all: &[Stores], told: &mut BTreeSet<String>) -> boo
         let changes = s.changes();
         let need = needed(&workloads, &changes);
         let objects = s.objects();
-        for step in plan(&objects, &need) {
+        for step in plan(&objects, &need, jiff::Timestamp::now()) {
             if let Err(e) = write(ctx, &step).await {
                 tracing::warn!(error = %e, ?step, "config keeper write");
                 ok = false;
@@ -443,9 +634,31 @@ async fn pass(ctx: &Context, all: &[Stores], told: &mut BTreeSet<String>) -> boo
 }
 
 async fn write(ctx: &Context, step: &Step) -> anyhow::Result<()> {
+    if let Step::Delete(ns, (kind, name)) = step {
+        ctx.fence.check()?;
+        let dp = kube::api::DeleteParams::default();
+        let res = match kind {
+            ConfigKind::ConfigMap => Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+                .delete(name, &dp)
+                .await
+                .map(|_| ()),
+            ConfigKind::Secret => Api::<Secret>::namespaced(ctx.client.clone(), ns)
+                .delete(name, &dp)
+                .await
+                .map(|_| ()),
+        };
+        return match res {
+            Ok(()) => {
+                tracing::info!(namespace = %ns, kind = kind.as_str(), name = %name, "config keeper: pinned copy no longer needed, deleted");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+    }
     let (ns, (kind, name), patch) = match step {
         Step::Keep(ns, r) => (ns, r, json!({"metadata": {"finalizers": [FINALIZER]}})),
-        Step::Free(ns, r) => (
+        Step::Free(ns, r) | Step::Delete(ns, r) => (
             ns,
             r,
             json!({"metadata": {"$deleteFromPrimitiveList/finalizers": [FINALIZER]}}),
@@ -479,9 +692,8 @@ fn kept_event(ctx: &Context, o: &Held, users: &[&str]) {
         return;
     }
     let (kind, name) = &o.config;
-    let api_version = "v1";
     let reference = ObjectReference {
-        api_version: Some(api_version.into()),
+        api_version: Some("v1".into()),
         kind: Some(kind.as_str().into()),
         namespace: Some(o.namespace.clone()),
         name: Some(name.clone()),
@@ -572,11 +784,13 @@ mod tests {
             kind: TargetKind::Deployment,
             name: "web".into(),
             guarded,
-            templates,
+            refs: templates.iter().flat_map(template_refs).collect(),
+            template: templates.first().cloned(),
         }
     }
 
-    fn change(phase: &str, stable: Option<Value>, new: Value) -> ChangeRequest {
+    /// The change as the keeper keeps it, if it keeps it at all.
+    fn change(phase: &str, stable: Option<Value>, new: Value) -> Vec<ChangeView> {
         let mut status = json!({"phase": phase});
         if let Some(s) = stable {
             status["stableTemplate"] = s;
@@ -592,6 +806,7 @@ mod tests {
             },
             "status": status,
         }))
+        .map(|cr: ChangeRequest| ChangeView::of(&cr).into_iter().collect())
         .unwrap()
     }
 
@@ -621,7 +836,7 @@ mod tests {
     fn a_running_change_needs_both_templates_and_an_ended_one_nothing() {
         let w = view(false, vec![template()]);
         let running = change("Progressing", Some(template()), renamed("web-config-def"));
-        let n = needed(std::slice::from_ref(&w), &[running]);
+        let n = needed(std::slice::from_ref(&w), &running);
         assert!(n.contains_key(&key("web-config-abc")));
         assert!(n.contains_key(&key("web-config-def")));
         assert!(
@@ -631,11 +846,12 @@ mod tests {
         );
         // Not started yet: the target's template stands for the stable one.
         let pending = change("Pending", None, renamed("web-config-def"));
-        let n = needed(std::slice::from_ref(&w), &[pending]);
+        let n = needed(std::slice::from_ref(&w), &pending);
         assert!(n.contains_key(&key("web-config-abc")) && n.contains_key(&key("web-config-def")));
         for ended in ["Succeeded", "RolledBack", "Superseded", "Failed", "Invalid"] {
             let c = change(ended, Some(template()), renamed("web-config-def"));
-            assert!(needed(std::slice::from_ref(&w), &[c]).is_empty(), "{ended}");
+            assert!(c.is_empty(), "{ended}");
+            assert!(needed(std::slice::from_ref(&w), &c).is_empty(), "{ended}");
         }
     }
 
@@ -647,6 +863,7 @@ mod tests {
             has_finalizer: has,
             deleting,
             uid: name.into(),
+            pinned_copy: None,
         };
         let need = needed(&[view(true, vec![template()])], &[]);
         let steps = plan(
@@ -658,6 +875,7 @@ mod tests {
                 obj("shared", false, true),
             ],
             &need,
+            jiff::Timestamp::now(),
         );
         assert_eq!(
             steps,
@@ -667,6 +885,51 @@ mod tests {
                     (ConfigKind::ConfigMap, "web-config-abc".into())
                 ),
                 Step::Free("shop".into(), (ConfigKind::ConfigMap, "old".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pinned_copy_is_needed_while_a_template_names_it_and_deleted_after() {
+        let pins: BTreeMap<ConfigRef, String> = [(
+            (ConfigKind::ConfigMap, "web-config-abc".to_string()),
+            "web-config-abc-gg-1".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let pinned = super::super::pin::with_pins(&template(), &pins);
+        let need = needed(&[view(true, vec![pinned])], &[]);
+        assert!(need.contains_key(&key("web-config-abc-gg-1")));
+        let now = jiff::Timestamp::now();
+        let copy = |name: &str, age: i64| Held {
+            namespace: "shop".into(),
+            config: (ConfigKind::ConfigMap, name.into()),
+            has_finalizer: false,
+            deleting: false,
+            uid: name.into(),
+            pinned_copy: Some(now - jiff::SignedDuration::from_secs(age)),
+        };
+        let steps = plan(
+            &[
+                copy("web-config-abc-gg-1", 3600),
+                copy("web-config-abc-gg-0", 3600),
+                copy("web-config-abc-gg-2", 5),
+            ],
+            &need,
+            now,
+        );
+        assert_eq!(
+            steps,
+            [
+                Step::Keep(
+                    "shop".into(),
+                    (ConfigKind::ConfigMap, "web-config-abc-gg-1".into())
+                ),
+                // Old and named by nothing: deleted. Just made: its template is on its way.
+                Step::Delete(
+                    "shop".into(),
+                    (ConfigKind::ConfigMap, "web-config-abc-gg-0".into())
+                ),
             ]
         );
     }

@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod keep;
+pub mod pin;
 pub mod policy;
 pub mod webhook;
 

@@ -9,9 +9,11 @@ use crate::rollout::{guarded, template_hash, template_of};
 use crate::util::count;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PostParams};
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -77,11 +79,27 @@ pub async fn run(
                     Api::<ChangeRequest>::all(client),
                 ),
             };
+            // An edit of a ConfigMap or Secret may be an edit of a guarded workload's config:
+            // their metadata (only) says so.
+            type Meta<K> = kube::core::PartialObjectMeta<K>;
+            let (configmaps, secrets) = match scope.as_deref() {
+                Some(ns) => (
+                    Api::<Meta<ConfigMap>>::namespaced(ctx.client.clone(), ns),
+                    Api::<Meta<Secret>>::namespaced(ctx.client.clone(), ns),
+                ),
+                None => (
+                    Api::<Meta<ConfigMap>>::all(ctx.client.clone()),
+                    Api::<Meta<Secret>>::all(ctx.client.clone()),
+                ),
+            };
+            let cfg = || watcher::Config::default().any_semantic();
             [
-                spawn_watch(policies, true, tx.clone()),
-                spawn_watch(deployments, false, tx.clone()),
-                spawn_watch(sets, false, tx.clone()),
-                spawn_watch(changes, false, tx.clone()),
+                spawn_watch(watcher(policies, cfg()), true, tx.clone()),
+                spawn_watch(watcher(deployments, cfg()), false, tx.clone()),
+                spawn_watch(watcher(sets, cfg()), false, tx.clone()),
+                spawn_watch(watcher(changes, cfg()), false, tx.clone()),
+                spawn_watch(watcher(configmaps, cfg()), false, tx.clone()),
+                spawn_watch(watcher(secrets, cfg()), false, tx.clone()),
             ]
         })
         .collect();
@@ -178,19 +196,20 @@ impl Drop for AbortOnDrop {
 
 /// Watch one kind in one scope and send the namespace of every object that changes.
 fn spawn_watch<K>(
-    api: Api<K>,
+    stream: impl futures::Stream<
+        Item = Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>,
+    > + Send
+    + 'static,
     policy: bool,
     tx: tokio::sync::mpsc::UnboundedSender<Changed>,
 ) -> tokio::task::JoinHandle<()>
 where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K: Resource + Send + 'static,
 {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     tokio::spawn(async move {
-        let mut events = std::pin::pin!(
-            watcher(api, watcher::Config::default().any_semantic()).default_backoff()
-        );
+        let mut events = std::pin::pin!(stream.default_backoff());
         while let Some(ev) = events.next().await {
             let obj = match ev {
                 Ok(
@@ -230,7 +249,9 @@ async fn pass(ctx: &Context, ns: Option<&str>) -> anyhow::Result<BTreeMap<String
         match serde_json::from_value::<ChangePolicy>(raw) {
             Ok(p) => {
                 if let Err(e) = reconcile(ctx, &ns, &p).await {
-                    tracing::warn!(policy = %name, namespace = %ns, error = %e, "policy reconcile failed");
+                    if !e.is::<ComeBack>() {
+                        tracing::warn!(policy = %name, namespace = %ns, error = %e, "policy reconcile failed");
+                    }
                     seen.insert(ns, false);
                 }
             }
@@ -626,6 +647,8 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
         .collect();
     let mut entries = Vec::new();
     let mut overlaps = Vec::new();
+    // A workload whose config is being edited: the pass comes back shortly.
+    let mut settling = false;
     for w in &workloads {
         if let Some(owner) = w
             .labels
@@ -681,6 +704,34 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                 .and_then(|b| b.since.clone())
                 .or(Some(Time(Timestamp::now()))),
         };
+        // Pinned config: contents of its ConfigMaps and Secrets that its template does not pin
+        // yet (edited in place, or never pinned) become a template change of graygate's own,
+        // held like any other; the next pass turns it into a ChangeRequest.
+        match super::pin::sync(ctx, ns, w.kind, &w.object).await? {
+            super::pin::Sync::Unchanged => {}
+            super::pin::Sync::Settling => {
+                settling = true;
+                entry.state = before.map_or_else(|| "Released".into(), |b| b.state.clone());
+                entry.message =
+                    Some("config edited: waiting a moment for the rest of the edit".into());
+                entries.push(entry);
+                continue;
+            }
+            super::pin::Sync::Written(what) => {
+                related_event(
+                    ctx,
+                    &w.reference,
+                    None,
+                    false,
+                    "ConfigChanged",
+                    format!("{what}: the pod template's pins follow, held as a change"),
+                );
+                entry.state = "Held".into();
+                entry.message = Some(format!("{what}: held as a change"));
+                entries.push(entry);
+                continue;
+            }
+        }
         let of_workload: Vec<&ChangeRequest> = mine
             .iter()
             .filter(|c| c.spec.target.name == w.name && c.spec.target.kind == w.kind)
@@ -965,8 +1016,23 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
     if !unchanged {
         write_status(ctx, ns, &name, status).await?;
     }
+    if settling {
+        return Err(ComeBack.into());
+    }
     Ok(())
 }
+
+/// Not a failure: a config edit is settling, and the namespace is looked at again shortly.
+#[derive(Debug)]
+struct ComeBack;
+
+impl std::fmt::Display for ComeBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a config edit is settling")
+    }
+}
+
+impl std::error::Error for ComeBack {}
 
 /// Roll back the workload's other changes in flight (their canary goes), newest template wins.
 async fn supersede(

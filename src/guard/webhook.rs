@@ -6,6 +6,10 @@
 //! graygate is let through *held*: a Deployment is paused, a StatefulSet's partition is raised
 //! above every ordinal, so Kubernetes replaces no pod; graygate then rolls the held template
 //! out as a ChangeRequest. Scaling, metadata and status writes pass untouched.
+//!
+//! It is also called for CREATEs of pods labelled `graygate.io/pinned`: their references to a
+//! ConfigMap or Secret are pointed at the copies their template's pins name (see
+//! [`super::pin`]).
 
 use crate::api::{
     ANN_FAILED, ANN_FAILED_TEMPLATES, ANN_HELD, ANN_PARTITION, ANN_RUNNING, LABEL_GUARDED_BY,
@@ -68,6 +72,15 @@ pub fn normalized_hash(t: &Value) -> Option<String> {
 /// Decide one request. `trusted` are the user names whose writes pass untouched (graygate's own).
 pub fn review(request: &Value, trusted: &[String]) -> Verdict {
     let mut v = Verdict::default();
+    if request.pointer("/kind/kind").and_then(Value::as_str) == Some("Pod") {
+        // A new pod of a pinned template reads the copies its pins name.
+        if request.get("operation").and_then(Value::as_str) == Some("CREATE")
+            && let Some(pod) = request.get("object")
+        {
+            v.patch = super::pin::pod_patch(pod);
+        }
+        return v;
+    }
     if request.get("operation").and_then(Value::as_str) != Some("UPDATE") {
         return v;
     }
@@ -421,5 +434,31 @@ mod tests {
             .unwrap();
         let ops: Vec<Value> = serde_json::from_slice(&raw).unwrap();
         assert!(!ops.is_empty());
+    }
+
+    #[test]
+    fn a_new_pinned_pod_reads_its_copies_and_nothing_else_of_a_pod_is_touched() {
+        let pod = json!({
+            "metadata": {"name": "web-1", "labels": {crate::guard::pin::LABEL_PINNED: "true"},
+                         "annotations": {crate::guard::pin::ANN_PINS: r#"{"ConfigMap/cfg":"cfg-gg-1"}"#}},
+            "spec": {"volumes": [{"name": "c", "configMap": {"name": "cfg"}}],
+                     "containers": [{"name": "app", "image": "a:1"}]}
+        });
+        let create = json!({"uid": "1", "operation": "CREATE", "kind": {"kind": "Pod"},
+                            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                            "object": pod});
+        let v = review(&create, &[]);
+        assert_eq!(
+            v.patch,
+            [
+                json!({"op": "replace", "path": "/spec/volumes", "value": [{"name": "c", "configMap": {"name": "cfg-gg-1"}}]})
+            ]
+        );
+        assert!(!v.holds_change && v.warnings.is_empty());
+        // Only at creation: a pod's spec cannot change later anyway.
+        let mut update = create.clone();
+        update["operation"] = json!("UPDATE");
+        update["oldObject"] = update["object"].clone();
+        assert_eq!(review(&update, &[]), Verdict::default());
     }
 }
