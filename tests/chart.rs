@@ -257,7 +257,7 @@ fn graygate_install_writes_the_webhook_the_chart_renders() {
         .find(|d| s(d, &["kind"]) == "MutatingWebhookConfiguration")
         .expect("the chart renders a webhook configuration");
     let mut chart: serde_json::Value =
-        serde_json::to_value(&chart["webhooks"][0]).expect("YAML is JSON");
+        serde_json::to_value(&chart["webhooks"]).expect("YAML is JSON");
     let args = graygate::cli::install::InstallArgs {
         namespace: RELEASE_NS.into(),
         name: "graygate".into(),
@@ -268,10 +268,14 @@ fn graygate_install_writes_the_webhook_the_chart_renders() {
     let mut installed = installed
         .iter()
         .find(|o| o["kind"] == "MutatingWebhookConfiguration")
-        .expect("install prints a webhook configuration")["webhooks"][0]
+        .expect("install prints a webhook configuration")["webhooks"]
         .clone();
-    for w in [&mut chart, &mut installed] {
-        w.as_object_mut().unwrap().remove("clientConfig");
+    for hooks in [&mut chart, &mut installed] {
+        for w in hooks.as_array_mut().unwrap() {
+            w.as_object_mut().unwrap().remove("clientConfig");
+        }
     }
+    // The workloads' webhook and the pods' (pinned config).
+    assert_eq!(chart.as_array().map(Vec::len), Some(2));
     assert_eq!(installed, chart);
 }

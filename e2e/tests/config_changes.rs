@@ -773,19 +773,43 @@ spec:
     wait_phase_in(&w, INPLACE, &good, Phase::Succeeded).await;
     wait_deployment_ready(&w, INPLACE, "web", 4).await;
     wait_inplace(&w, None, 4, "noisy-but-healthy").await;
-    let all: Vec<String> = Api::<ChangeRequest>::namespaced(w.client.clone(), INPLACE)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|c| c.metadata.name)
-        .collect();
+    let changes = || async {
+        Api::<ChangeRequest>::namespaced(w.client.clone(), INPLACE)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .collect::<Vec<String>>()
+    };
+    let all = changes().await;
     assert_eq!(
         all.len(),
         3,
         "one change per edit, none for the revert: {all:?}"
     );
+
+    // Helm's convention: an upgrade writes the ConfigMap and, a moment later, a checksum of it in
+    // the template. One change, not two: the pins join the held template before its change.
+    let helm_web = web("web-config").replace(NS, INPLACE).replace(
+        "    metadata: {labels: {app: web}}",
+        "    metadata: {labels: {app: web}, annotations: {checksum/config: 5f0c2d}}",
+    );
+    apply(&w, &format!("{}---\n{helm_web}", web_config("healthy")));
+    let helm = generated_change(&w, INPLACE, &all).await;
+    wait_inplace(&w, Some(&helm), 1, "healthy").await;
+    let old = split(&w, &helm).await.1;
+    assert!(
+        old.iter().all(|(_, _, p)| p == "noisy-but-healthy"),
+        "{old:?}"
+    );
+    wait_phase_in(&w, INPLACE, &helm, Phase::Succeeded).await;
+    wait_deployment_ready(&w, INPLACE, "web", 4).await;
+    wait_inplace(&w, None, 4, "healthy").await;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let after = changes().await;
+    assert_eq!(after.len(), 4, "the upgrade is one change: {after:?}");
     // Nothing graygate made is left but the copy the pods read.
     w.wait_for("the copies no pod reads deleted", LONG, || async {
         Ok((pinned_copies(&w).await.len() == 1).then_some(()))
