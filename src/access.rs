@@ -109,9 +109,9 @@ pub const OPERATOR_ACCESS: &[Access] = &[
     Access {
         group: "",
         resource: "pods",
-        verbs: &["list", "delete"],
+        verbs: &["list", "watch", "delete"],
         scope: Scope::Watched,
-        why: "find the change and control pods; delete never-ready pods of a bad StatefulSet revision",
+        why: "find the change and control pods; delete never-ready pods of a bad StatefulSet revision; watch the metadata of pinned pods for those started without the pod webhook",
     },
     Access {
         group: "",
@@ -125,14 +125,14 @@ pub const OPERATOR_ACCESS: &[Access] = &[
         resource: "secrets",
         verbs: &["get", "list", "watch", "create", "patch", "delete"],
         scope: Scope::Watched,
-        why: "the Prometheus bearer token named by analysis.prometheus.bearerTokenSecret; keep the Secrets guarded pods use from deletion while they need them (metadata only: list and watch read no data); a config change's copies, and its new contents at promotion",
+        why: "the Prometheus bearer token named by analysis.prometheus.bearerTokenSecret; keep the Secrets guarded pods use from deletion while they need them (metadata only: list and watch read no data); a config change's copies, and its new contents at promotion; the pinned copies guarded pods read",
     },
     Access {
         group: "",
         resource: "configmaps",
         verbs: &["get", "list", "watch", "create", "patch", "delete"],
         scope: Scope::Watched,
-        why: "keep the ConfigMaps guarded pods use from deletion while they need them (finalizer graygate.io/in-use; metadata only); a config change's copies, and its new contents at promotion",
+        why: "keep the ConfigMaps guarded pods use from deletion while they need them (finalizer graygate.io/in-use; metadata only); a config change's copies, and its new contents at promotion; the pinned copies guarded pods read",
     },
     Access {
         group: "",

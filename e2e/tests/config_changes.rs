@@ -676,11 +676,18 @@ async fn wait_inplace(w: &World, change: Option<&str>, n: usize, profile: &str) 
 /// the edit releases the workload at once, and a good one goes out in batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_edited_in_place_goes_out_in_batches_and_a_bad_edit_is_rolled_back() {
-    let w = world_with_webhook(WorldOptions {
+    let w = World::start(WorldOptions {
         prometheus: true,
         ..Default::default()
     })
-    .await;
+    .await
+    .expect("world starts");
+    let hook = w
+        .install_webhook("Ignore")
+        .await
+        .expect("webhook installed");
+    let hook: Vec<&str> = hook.iter().map(String::as_str).collect();
+    w.start_graygate(&hook).expect("graygate starts");
     apply(
         &w,
         &format!(
@@ -810,6 +817,52 @@ spec:
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     let after = changes().await;
     assert_eq!(after.len(), 4, "the upgrade is one change: {after:?}");
+
+    // graygate down while the ConfigMap is edited: no pinned pod sees the edit. A pod started
+    // meanwhile gets no answer from the pod webhook (Ignore) and reads the object itself; once
+    // graygate is back it is reported, and the edit goes out in batches.
+    w.kill_graygate();
+    apply(&w, &web_config("noisy-but-healthy"));
+    let victim = inplace_pods(&w).await[0].0.clone();
+    Api::<Pod>::namespaced(w.client.clone(), INPLACE)
+        .delete(&victim, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let unpinned = w
+        .wait_for("a pod started without the webhook", LONG, || async {
+            Ok(inplace_pods(&w)
+                .await
+                .into_iter()
+                .find(|(_, m, p)| m == "web-config" && p == "noisy-but-healthy")
+                .map(|(n, _, _)| n))
+        })
+        .await
+        .unwrap();
+    let others: Vec<_> = inplace_pods(&w)
+        .await
+        .into_iter()
+        .filter(|(n, _, _)| *n != unpinned)
+        .collect();
+    assert!(
+        others.len() == 3 && others.iter().all(|(_, _, p)| p == "healthy"),
+        "the pinned pods keep their copy: {others:?}"
+    );
+    w.start_graygate(&hook).unwrap();
+    let reported = w
+        .wait_for("the unpinned pod reported", LONG, || async {
+            let evs = events_in(&w, INPLACE, &unpinned).await;
+            Ok(evs.into_iter().find(|e| e.starts_with("UnguardedChange: ")))
+        })
+        .await
+        .unwrap();
+    assert!(
+        reported.contains("without graygate's pod webhook"),
+        "{reported}"
+    );
+    let down = generated_change(&w, INPLACE, &after).await;
+    wait_phase_in(&w, INPLACE, &down, Phase::Succeeded).await;
+    wait_deployment_ready(&w, INPLACE, "web", 4).await;
+    wait_inplace(&w, None, 4, "noisy-but-healthy").await;
     // Nothing graygate made is left but the copy the pods read.
     w.wait_for("the copies no pod reads deleted", LONG, || async {
         Ok((pinned_copies(&w).await.len() == 1).then_some(()))

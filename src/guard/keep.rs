@@ -26,7 +26,7 @@ use crate::controller::reconcile::Context;
 pub use crate::rollout::config::{ConfigKind, ConfigRef, config_refs};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret};
 use kube::api::{ApiResource, DynamicObject, Patch};
 use kube::core::PartialObjectMeta as PartialObjectMetadata;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -341,6 +341,8 @@ struct Stores {
     changes: Shared<ChangeView>,
     configmaps: Objects,
     secrets: Objects,
+    /// Pods of a pinned template that the pod webhook did not point at their copies, by uid.
+    unpinned: Shared<String>,
 }
 
 impl Stores {
@@ -352,6 +354,7 @@ impl Stores {
             && read(&self.changes).ready
             && read(&self.configmaps).ready
             && read(&self.secrets).ready
+            && read(&self.unpinned).ready
     }
 
     fn workloads(&self) -> Vec<WorkloadView> {
@@ -572,6 +575,19 @@ pub async fn run(
                 tx.clone(),
                 &mut handles,
             ),
+            unpinned: shelve(
+                watcher(
+                    api::<PartialObjectMetadata<Pod>>(c, scope),
+                    cfg().labels(super::pin::LABEL_PINNED),
+                ),
+                |p: &PartialObjectMetadata<Pod>| {
+                    let pinned = p.annotations().contains_key(super::pin::ANN_POD_PINNED);
+                    (!pinned && p.meta().deletion_timestamp.is_none())
+                        .then(|| p.uid().unwrap_or_default())
+                },
+                tx.clone(),
+                &mut handles,
+            ),
         });
     }
     let _stop = super::policy::AbortOnDrop(handles);
@@ -586,6 +602,8 @@ pub async fn run(
     let mut retry_at: Option<tokio::time::Instant> = None;
     // Objects (by uid) whose waiting deletion has been told in an Event.
     let mut told: BTreeSet<String> = BTreeSet::new();
+    // Pods (by uid) started unpinned that have been told.
+    let mut told_pods: BTreeSet<String> = BTreeSet::new();
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
@@ -598,7 +616,7 @@ pub async fn run(
                 retry_at = None;
             }
         }
-        let ok = pass(&ctx, &all, &mut told).await;
+        let ok = pass(&ctx, &all, &mut told, &mut told_pods).await;
         if !ok && retry_at.is_none() {
             retry_at = Some(tokio::time::Instant::now() + RETRY);
         }
@@ -606,7 +624,12 @@ pub async fn run(
 }
 
 /// One pass over every scope; whether every write succeeded.
-async fn pass(ctx: &Context, all: &[Stores], told: &mut BTreeSet<String>) -> bool {
+async fn pass(
+    ctx: &Context,
+    all: &[Stores],
+    told: &mut BTreeSet<String>,
+    told_pods: &mut BTreeSet<String>,
+) -> bool {
     let mut ok = true;
     for s in all {
         let workloads = s.workloads();
@@ -629,8 +652,68 @@ async fn pass(ctx: &Context, all: &[Stores], told: &mut BTreeSet<String>) -> boo
             }
         }
         told.retain(|uid| objects.iter().any(|o| &o.uid == uid && o.deleting));
+        // A pod started while no graygate replica answered the pod webhook reads the objects
+        // themselves: said once per pod.
+        let unpinned: Vec<((String, String), String)> = read(&s.unpinned)
+            .items
+            .iter()
+            .map(|(k, uid)| (k.clone(), uid.clone()))
+            .collect();
+        for ((ns, name), uid) in &unpinned {
+            if told_pods.insert(uid.clone()) {
+                unpinned_pod(ctx, ns, name, uid);
+            }
+        }
+        told_pods.retain(|uid| unpinned.iter().any(|(_, u)| u == uid));
     }
     ok
+}
+
+fn unpinned_pod(ctx: &Context, ns: &str, name: &str, uid: &str) {
+    if !ctx.fence.allows() {
+        return;
+    }
+    let msg = format!(
+        "pod {name} started without graygate's pod webhook (graygate unreachable; its failure policy is Ignore): it reads its ConfigMaps and Secrets themselves, not the copies its template pins, so an edit made since reaches it outside any batch; it goes with its workload's next change"
+    );
+    tracing::warn!(namespace = %ns, pod = %name, "{msg}");
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(ns.into()),
+        name: Some(name.into()),
+        uid: Some(uid.into()),
+        ..Default::default()
+    };
+    ctx.record_event(
+        kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: "UnguardedChange".into(),
+            note: Some(crate::util::trim_to(&msg, 1000)),
+            action: "Pin".into(),
+            secondary: None,
+        },
+        reference,
+    );
+    ctx.notifier.notify(crate::notify::Message {
+        event: crate::notify::Event::UnguardedChange,
+        namespace: ns.into(),
+        name: name.into(),
+        target: format!("Pod/{name}"),
+        phase: "Unguarded".into(),
+        batch: 0,
+        summary: msg,
+        time: jiff::Timestamp::now().to_string(),
+        url: None,
+        run: uid.into(),
+    });
+    ctx.metrics
+        .unguarded
+        .get_or_create(&crate::controller::metrics::WorkloadLabel {
+            namespace: ns.into(),
+            kind: "Pod".into(),
+        })
+        .inc();
 }
 
 async fn write(ctx: &Context, step: &Step) -> anyhow::Result<()> {

@@ -30,6 +30,10 @@ pub const ANN_PINS: &str = "graygate.io/config-pins";
 pub const LABEL_PINNED: &str = "graygate.io/pinned";
 /// The label of the copies graygate pins pods to.
 pub const LABEL_PINNED_COPY: &str = "graygate.io/pinned-copy";
+/// The pod annotation the pod webhook adds when it has pointed a pod at its copies: a pod of a
+/// pinned template without it started while no graygate replica answered, and reads the objects
+/// themselves.
+pub const ANN_POD_PINNED: &str = "graygate.io/config-pinned";
 
 /// The Secret types whose contents are a workload's configuration (pinned); other types (service
 /// account tokens, registry credentials) are read from the object.
@@ -116,14 +120,17 @@ pub fn pod_patch(pod: &Value) -> Vec<Value> {
         return Vec::new();
     }
     let pinned = crate::rollout::config::pinned(pod, &pins);
-    ["volumes", "initContainers", "containers"]
+    let mut ops: Vec<Value> = ["volumes", "initContainers", "containers"]
         .into_iter()
         .filter_map(|f| {
             let after = pinned.pointer(&format!("/spec/{f}"))?;
             (pod.pointer(&format!("/spec/{f}")) != Some(after))
                 .then(|| json!({"op": "replace", "path": format!("/spec/{f}"), "value": after}))
         })
-        .collect()
+        .collect();
+    // The pins are in the pod's annotations, so the map is there to add to.
+    ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", ANN_POD_PINNED.replace('/', "~1")), "value": "true"}));
+    ops
 }
 
 /// Edits of an object within this long of each other are one change (a Helm upgrade, an Argo CD
@@ -429,7 +436,14 @@ mod tests {
         let pod = with_pins(&template(), &pins());
         let ops = pod_patch(&pod);
         let paths: Vec<&str> = ops.iter().filter_map(|o| o["path"].as_str()).collect();
-        assert_eq!(paths, ["/spec/volumes", "/spec/containers"]);
+        assert_eq!(
+            paths,
+            [
+                "/spec/volumes",
+                "/spec/containers",
+                "/metadata/annotations/graygate.io~1config-pinned"
+            ]
+        );
         assert_eq!(ops[0]["value"][0]["configMap"]["name"], "web-config-gg-1");
         let c = &ops[1]["value"][0];
         assert_eq!(c["env"][0]["valueFrom"]["secretKeyRef"]["name"], "db-gg-2");

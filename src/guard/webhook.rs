@@ -451,7 +451,8 @@ mod tests {
         assert_eq!(
             v.patch,
             [
-                json!({"op": "replace", "path": "/spec/volumes", "value": [{"name": "c", "configMap": {"name": "cfg-gg-1"}}]})
+                json!({"op": "replace", "path": "/spec/volumes", "value": [{"name": "c", "configMap": {"name": "cfg-gg-1"}}]}),
+                json!({"op": "add", "path": "/metadata/annotations/graygate.io~1config-pinned", "value": "true"}),
             ]
         );
         assert!(!v.holds_change && v.warnings.is_empty());

@@ -78,7 +78,7 @@ src/access.rs; tests/chart.rs fails when they differ.
   verbs: [get, list, watch, patch]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, delete]
+  verbs: [list, watch, delete]
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]
