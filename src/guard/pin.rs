@@ -20,7 +20,7 @@ use super::keep::{ConfigKind, ConfigRef};
 use crate::api::TargetKind;
 use crate::controller::reconcile::Context;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, Patch, PostParams};
+use kube::api::{DynamicObject, Patch, PostParams};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -151,11 +151,7 @@ pub enum Sync {
 }
 
 fn api(ctx: &Context, ns: &str, kind: ConfigKind) -> Api<DynamicObject> {
-    let ar = match kind {
-        ConfigKind::ConfigMap => ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
-        ConfigKind::Secret => ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
-    };
-    Api::namespaced_with(ctx.client.clone(), ns, &ar)
+    crate::rollout::config::objects_api(&ctx.client, ns, kind)
 }
 
 async fn get(

@@ -334,12 +334,17 @@ pub fn contents_patch(current: &Value, want: &Map<String, Value>, kind: ConfigKi
     Value::Object(patch)
 }
 
-fn api(ctx: &Ctx<'_>, kind: ConfigKind) -> Api<DynamicObject> {
+/// The ConfigMaps or Secrets of `ns`, read untyped (their contents as JSON).
+pub fn objects_api(client: &kube::Client, ns: &str, kind: ConfigKind) -> Api<DynamicObject> {
     let ar = match kind {
         ConfigKind::ConfigMap => ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
         ConfigKind::Secret => ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
     };
-    Api::namespaced_with(ctx.client.clone(), ctx.ns, &ar)
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+fn api(ctx: &Ctx<'_>, kind: ConfigKind) -> Api<DynamicObject> {
+    objects_api(ctx.client, ctx.ns, kind)
 }
 
 async fn get(ctx: &Ctx<'_>, kind: ConfigKind, name: &str) -> Result<Option<Value>, Error> {
