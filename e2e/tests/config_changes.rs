@@ -198,6 +198,20 @@ async fn restart_one_old_pod(w: &World, old: &str, profile: &str) {
     );
 }
 
+/// A change rolled back in its first batch by the error-ratio metric.
+fn failed_first_batch_on_errors(cr: ChangeRequest) {
+    let st = cr.status.unwrap();
+    assert_eq!(st.current_batch, 1, "{:?}", st.message);
+    assert!(
+        st.batches[0]
+            .findings
+            .iter()
+            .any(|f| f.metric == "error-ratio" && f.outcome == Some(graygate::api::Verdict::Fail)),
+        "{:#?}",
+        st.batches[0].findings
+    );
+}
+
 async fn wait_phase(w: &World, name: &str, want: Phase) {
     w.wait_phase(NS, name, want, LONG).await.unwrap();
 }
@@ -322,24 +336,10 @@ async fn a_renamed_configmap_outlives_its_prune_until_the_change_ends() {
     wait_gone(&w, "web-config-v2").await;
 }
 
-/// Every Event about the ConfigMap `name`, as "reason: note".
+/// Every Event about the ConfigMap `name`, once there is one, as "reason: note".
 async fn events_of(w: &World, name: &str) -> Vec<String> {
-    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(w.client.clone(), NS);
     w.wait_for("an Event about the ConfigMap", LONG, || async {
-        let evs: Vec<String> = api
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| e.involved_object.name.as_deref() == Some(name))
-            .map(|e| {
-                format!(
-                    "{}: {}",
-                    e.reason.unwrap_or_default(),
-                    e.message.unwrap_or_default()
-                )
-            })
-            .collect();
+        let evs = events_in(w, NS, name).await;
         Ok((!evs.is_empty()).then_some(evs))
     })
     .await
@@ -488,16 +488,7 @@ async fn an_explicit_config_change_goes_out_in_batches_and_a_bad_one_is_rolled_b
         .wait_phase(EXPLICIT, "bad", Phase::RolledBack, LONG)
         .await
         .unwrap();
-    let st = cr.status.unwrap();
-    assert_eq!(st.current_batch, 1, "{:?}", st.message);
-    assert!(
-        st.batches[0]
-            .findings
-            .iter()
-            .any(|f| f.metric == "error-ratio" && f.outcome == Some(graygate::api::Verdict::Fail)),
-        "{:#?}",
-        st.batches[0].findings
-    );
+    failed_first_batch_on_errors(cr);
     wait_profiles(&w, "app=web", 4, "healthy").await;
     assert_eq!(profile_key(&w).await, "healthy");
     assert_eq!(copies_of(&w, "bad").await, Vec::<String>::new());
@@ -738,16 +729,7 @@ spec:
         .wait_phase(INPLACE, &bad, Phase::RolledBack, LONG)
         .await
         .unwrap();
-    let st = cr.status.unwrap();
-    assert_eq!(st.current_batch, 1, "{:?}", st.message);
-    assert!(
-        st.batches[0]
-            .findings
-            .iter()
-            .any(|f| f.metric == "error-ratio" && f.outcome == Some(graygate::api::Verdict::Fail)),
-        "{:#?}",
-        st.batches[0].findings
-    );
+    failed_first_batch_on_errors(cr);
     wait_inplace(&w, None, 4, "healthy").await;
     // Git stays the truth: the ConfigMap keeps what was applied.
     let cm = configmap_in(&w, INPLACE, "web-config").await.unwrap();
@@ -893,4 +875,108 @@ async fn events_in(w: &World, ns: &str, name: &str) -> Vec<String> {
             )
         })
         .collect()
+}
+
+const ENV: &str = "cfg-env";
+
+/// A Secret read through `env`, edited in place on a guarded Deployment: the value is read when a
+/// container starts, so only the canary has it until its change is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_read_through_env_edited_in_place_reaches_the_canary_first() {
+    let w = world_with_webhook(WorldOptions::default()).await;
+    let secret = |profile: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: api-env, namespace: {ENV}}}\nstringData: {{APP_PROFILE: {profile}}}\n"
+        )
+    };
+    let api = API
+        .split("---")
+        .find(|d| d.contains("kind: Deployment"))
+        .unwrap()
+        .replace(EXPLICIT, ENV);
+    apply(
+        &w,
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ENV}}}\n---\n{}---\n{api}",
+            secret("healthy")
+        ),
+    );
+    wait_deployment_ready(&w, ENV, "api", 2).await;
+    apply(
+        &w,
+        &format!(
+            r#"
+apiVersion: graygate.io/v1alpha1
+kind: ChangePolicy
+metadata: {{name: api-policy, namespace: {ENV}}}
+spec:
+  workloads: {{names: [api]}}
+  change:
+    batches:
+    - {{replicas: 1, bake: 10s}}
+    - {{percent: 100}}
+"#
+        ),
+    );
+    wait_labelled_guarded(&w, ENV, "api").await;
+    let pin = generated_change(&w, ENV, &[]).await;
+    w.wait_phase(ENV, &pin, Phase::Succeeded, LONG)
+        .await
+        .unwrap();
+    wait_deployment_ready(&w, ENV, "api", 2).await;
+
+    apply(&w, &secret("noisy-but-healthy"));
+    let edit = generated_change(&w, ENV, std::slice::from_ref(&pin)).await;
+    let serving = || async {
+        pods_in(&w, ENV, "app=api")
+            .await
+            .into_iter()
+            .filter_map(|p| {
+                let name = p.metadata.name?;
+                let profile = w.apps.profile_of(ENV, &name)?;
+                Some((name, profile))
+            })
+            .collect::<Vec<_>>()
+    };
+    w.wait_for("the canary on the new value", LONG, || async {
+        Ok(serving()
+            .await
+            .iter()
+            .any(|(n, p)| n.starts_with(&format!("{edit}-")) && p == "noisy-but-healthy")
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    let old: Vec<_> = serving()
+        .await
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with(&format!("{edit}-")))
+        .collect();
+    assert!(
+        !old.is_empty() && old.iter().all(|(_, p)| p == "healthy"),
+        "{old:?}"
+    );
+    w.wait_phase(ENV, &edit, Phase::Succeeded, LONG)
+        .await
+        .unwrap();
+    wait_deployment_ready(&w, ENV, "api", 2).await;
+    w.wait_for("every pod on the new value", LONG, || async {
+        let all = serving().await;
+        Ok((all.len() == 2 && all.iter().all(|(_, p)| p == "noisy-but-healthy")).then_some(()))
+    })
+    .await
+    .unwrap();
+    let cr = Api::<ChangeRequest>::namespaced(w.client.clone(), ENV)
+        .get(&edit)
+        .await
+        .unwrap();
+    assert_eq!(
+        cr.metadata
+            .annotations
+            .unwrap_or_default()
+            .get(graygate::guard::pin::ANN_CONFIG_CHANGED)
+            .map(String::as_str),
+        Some("Secret api-env: keys APP_PROFILE"),
+        "the change says which key it changes, never its value"
+    );
 }

@@ -537,7 +537,7 @@ pub fn change_html(
     };
     let _ = write!(
         body,
-        r#"<h2>{n}</h2><table id="summary"><tr><th>Target</th><td>{t}</td></tr><tr><th>Phase</th><td class="{pc}" id="phase">{phase}</td></tr><tr><th>Batch</th><td>{b}</td></tr><tr><th>Verdict</th><td>{v}</td></tr><tr><th>Message</th><td>{m}</td></tr><tr><th>Started</th><td>{s} ({age} ago)</td></tr><tr><th>Finished</th><td>{f}</td></tr><tr><th>Feedback</th><td>{fb}</td></tr></table>"#,
+        r#"<h2>{n}</h2><table id="summary"><tr><th>Target</th><td>{t}</td></tr><tr><th>Phase</th><td class="{pc}" id="phase">{phase}</td></tr><tr><th>Batch</th><td>{b}</td></tr><tr><th>Verdict</th><td>{v}</td></tr><tr><th>Message</th><td>{m}</td></tr><tr><th>Started</th><td>{s} ({age} ago)</td></tr><tr><th>Finished</th><td>{f}</td></tr><tr><th>Feedback</th><td>{fb}</td></tr>{cfg}</table>"#,
         n = esc(&name),
         t = esc(&format!(
             "{:?}/{}",
@@ -552,7 +552,14 @@ pub fn change_html(
         age = crate::util::age(st.started_at.as_ref(), now),
         f = time(st.finished_at.as_ref()),
         fb = feedback_label(cr),
+        // A change of a guarded workload's config: which objects and keys (never values).
+        cfg = cr
+            .annotations()
+            .get(crate::guard::pin::ANN_CONFIG_CHANGED)
+            .map(|c| format!(r#"<tr><th>Config</th><td id="config">{}</td></tr>"#, esc(c)))
+            .unwrap_or_default(),
     );
+
     // Timeline: batches, then what people and graygate said.
     body.push_str(r#"<h3>Timeline</h3><table id="batches"><tr><th>Batch</th><th>Pods</th><th>Started</th><th>Ready</th><th>Judgements</th><th>Last judged</th><th>Verdict</th><th>Reason</th></tr>"#);
     for b in &st.batches {
@@ -743,6 +750,22 @@ mod tests {
             ..Default::default()
         });
         cr
+    }
+
+    #[test]
+    fn a_config_change_shows_the_objects_and_keys_it_changes_escaped() {
+        let mut cr = change("web-1", Phase::Progressing, None, None);
+        let page = change_html(&cr, None, &[], jiff::Timestamp::now());
+        assert!(!page.contains(r#"id="config""#));
+        cr.metadata.annotations = Some(std::collections::BTreeMap::from([(
+            crate::guard::pin::ANN_CONFIG_CHANGED.to_string(),
+            "ConfigMap web-config: keys <b>profile</b>".to_string(),
+        )]));
+        let page = change_html(&cr, None, &[], jiff::Timestamp::now());
+        assert!(
+            page.contains(r#"<tr><th>Config</th><td id="config">ConfigMap web-config: keys &lt;b&gt;profile&lt;/b&gt;</td></tr></table>"#),
+            "{page}"
+        );
     }
 
     #[test]

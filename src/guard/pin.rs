@@ -377,6 +377,63 @@ pub async fn sync(
     }
 }
 
+/// The ChangeRequest annotation that says which ConfigMaps and Secrets a change of pins changes,
+/// and which of their keys (names only).
+pub const ANN_CONFIG_CHANGED: &str = "graygate.io/config-changed";
+
+/// What the pins of `after` change from those of `before`: one phrase per object whose copy
+/// differs (`ConfigMap web-config: keys LOG_LEVEL, TTL`), `contents` giving a copy's contents.
+pub fn describe_with(
+    before: &Value,
+    after: &Value,
+    contents: impl Fn(ConfigKind, &str) -> Option<Map<String, Value>>,
+) -> Option<String> {
+    let (old, new) = (pins_of(before), pins_of(after));
+    let said: Vec<String> = new
+        .iter()
+        .filter(|(r, copy)| old.get(*r) != Some(*copy))
+        .map(
+            |((kind, name), copy)| match old.get(&(*kind, name.clone())) {
+                None => format!("{} {name}: pinned", kind.as_str()),
+                Some(was) => {
+                    let keys = match (contents(*kind, was), contents(*kind, copy)) {
+                        (Some(a), Some(b)) => keys_changed(&a, &b).join(", "),
+                        _ => "?".into(),
+                    };
+                    format!(
+                        "{} {name}: keys {}",
+                        kind.as_str(),
+                        if keys.is_empty() { "none" } else { &keys }
+                    )
+                }
+            },
+        )
+        .collect();
+    (!said.is_empty()).then(|| said.join("; "))
+}
+
+/// [`describe_with`], reading the copies from the API server.
+pub async fn describe(
+    ctx: &Context,
+    ns: &str,
+    before: &Value,
+    after: &Value,
+) -> anyhow::Result<Option<String>> {
+    let mut contents = BTreeMap::new();
+    for (kind, copy) in pins_of(before)
+        .into_iter()
+        .chain(pins_of(after))
+        .map(|((k, _), c)| (k, c))
+    {
+        if let Some(o) = get(ctx, ns, kind, &copy).await? {
+            contents.insert((kind, copy), crate::rollout::config::contents(&o, kind));
+        }
+    }
+    Ok(describe_with(before, after, |k, c| {
+        contents.get(&(k, c.to_string())).cloned()
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,6 +525,35 @@ mod tests {
             c(json!({"data": {"a": "1", "b": "3", "added": "y"}, "binaryData": {"bin": "AA=="}}));
         assert_eq!(keys_changed(&old, &new), ["added", "b", "gone"]);
         assert!(keys_changed(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn a_change_of_pins_is_described_by_the_keys_it_changes() {
+        let t = |copies: &[(&str, &str)]| {
+            let pins = copies
+                .iter()
+                .map(|(o, c)| ((ConfigKind::ConfigMap, o.to_string()), c.to_string()))
+                .collect();
+            with_pins(&template(), &pins)
+        };
+        let contents = |_: ConfigKind, copy: &str| -> Option<Map<String, Value>> {
+            let data = match copy {
+                "cfg-gg-1" => json!({"data": {"profile": "healthy", "ttl": "30"}}),
+                "cfg-gg-2" => json!({"data": {"profile": "errors", "ttl": "30"}}),
+                _ => return None,
+            };
+            serde_json::from_value(data).ok()
+        };
+        let before = t(&[("web-config", "cfg-gg-1")]);
+        assert_eq!(
+            describe_with(&before, &t(&[("web-config", "cfg-gg-2")]), contents).as_deref(),
+            Some("ConfigMap web-config: keys profile")
+        );
+        assert_eq!(
+            describe_with(&template(), &before, contents).as_deref(),
+            Some("ConfigMap web-config: pinned")
+        );
+        assert_eq!(describe_with(&before, &before, contents), None);
     }
 
     #[test]

@@ -832,7 +832,14 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
             match existing {
                 None => {
                     let spec = spec_for(policy, w.kind, &w.name, w.template.clone());
-                    create_change(ctx, ns, policy, w, &cr_name, spec).await?;
+                    // A change of pinned config says which objects and keys it changes.
+                    let config = match &w.running {
+                        Some(running) => {
+                            super::pin::describe(ctx, ns, running, &w.template).await?
+                        }
+                        None => None,
+                    };
+                    create_change(ctx, ns, policy, w, &cr_name, spec, config).await?;
                     related_event(
                         ctx,
                         &w.reference,
@@ -1105,9 +1112,16 @@ async fn create_change(
     w: &Workload,
     name: &str,
     spec: ChangeRequestSpec,
+    config: Option<String>,
 ) -> anyhow::Result<()> {
     let mut cr = ChangeRequest::new(name, spec);
     cr.metadata.namespace = Some(ns.into());
+    if let Some(c) = config {
+        cr.metadata.annotations = Some(BTreeMap::from([(
+            super::pin::ANN_CONFIG_CHANGED.to_string(),
+            c,
+        )]));
+    }
     cr.metadata.labels = Some(BTreeMap::from([
         (LABEL_WORKLOAD.to_string(), w.name.clone()),
         (LABEL_GUARDED_BY.to_string(), policy.name_any()),
