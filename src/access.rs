@@ -136,6 +136,20 @@ pub const OPERATOR_ACCESS: &[Access] = &[
     },
     Access {
         group: "",
+        resource: "services",
+        verbs: &["get", "create", "patch"],
+        scope: Scope::Watched,
+        why: "a traffic-weighted change (spec.traffic): pin the stable Service to the stable pods, point the canary Service at the canary's pods (created when missing)",
+    },
+    Access {
+        group: "gateway.networking.k8s.io",
+        resource: "httproutes",
+        verbs: &["get", "patch"],
+        scope: Scope::Watched,
+        why: "a traffic-weighted change (spec.traffic): set the weights of the named HTTPRoute rule at each batch, and the header rule graygate owns",
+    },
+    Access {
+        group: "",
         resource: "events",
         verbs: &["create", "patch"],
         scope: Scope::Watched,

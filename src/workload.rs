@@ -18,6 +18,8 @@ pub enum Step {
     Batch {
         /// Pods on the new template.
         changed: i32,
+        /// The canary's share of the requests (0–100), for a change with `spec.traffic`.
+        traffic: Option<i32>,
     },
     /// Every pod on the new template, written into the target; canary removed.
     Promote,
@@ -56,6 +58,12 @@ pub struct WorkloadObs {
     /// Before a config change starts: an object of `spec.config` (or its `from`) that does not
     /// exist, as (field, message).
     pub config_missing: Option<(String, String)>,
+    /// Before a traffic-weighted change starts: what in `spec.traffic` does not hold in the
+    /// cluster (a missing route, rule, backendRef or Service), as (field, message).
+    pub traffic_invalid: Option<(String, String)>,
+    /// During a traffic-weighted change: someone other than graygate changed the weights it
+    /// set, in words.
+    pub traffic_changed: Option<String>,
 }
 
 /// The analysis window of a judgement that is due now.

@@ -140,6 +140,53 @@ pub struct ChangeRequestSpec {
     /// Metric and log analysis between batches. Without it each batch bakes for its `bake` time and passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
+    /// Route a share of the requests to the canary, batch by batch (`batches[].traffic`), through
+    /// a Gateway API `HTTPRoute`. Without it the canary takes what its share of the pods draws.
+    /// Explicit changes of Deployments only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficSpec>,
+}
+
+/// Where a change's requests are split between the stable and the canary pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficSpec {
+    /// A Gateway API `HTTPRoute` rule whose `backendRefs` send to the stable and the canary
+    /// Service: graygate sets their two weights at each batch.
+    #[serde(rename = "gatewayAPI")]
+    pub gateway_api: GatewayApiTraffic,
+}
+
+/// The route, rule and Services of a traffic-weighted change.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayApiTraffic {
+    /// The `HTTPRoute` (gateway.networking.k8s.io/v1), in the ChangeRequest's namespace.
+    pub http_route: String,
+    /// The `name` of the route's rule to weight. Default: the one rule whose `backendRefs` name
+    /// both Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The Service that selects the workload's pods, named by the rule's first backendRef.
+    /// While a change runs graygate adds the stable pods' `pod-template-hash` to its selector,
+    /// so it never reaches a canary pod.
+    pub stable_service: String,
+    /// The Service the rule's second backendRef names: graygate sets its selector to the
+    /// canary's pods (and creates it, with the stable Service's ports, when it does not exist).
+    pub canary_service: String,
+    /// Requests carrying this header go to the canary from the first batch on, whatever the
+    /// weights (a rule graygate adds for the change and removes at its end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<HeaderMatch>,
+}
+
+/// An exact header match.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct HeaderMatch {
+    /// Header name, e.g. `x-canary`.
+    pub name: String,
+    /// Header value, e.g. `always`.
+    pub value: String,
 }
 
 fn default_progress_deadline() -> Duration {
@@ -215,6 +262,11 @@ pub struct BatchSpec {
     /// `auto` (default) or `manual`: a manual batch waits for `graygate.io/approve=<batch>` before it starts.
     #[serde(default)]
     pub approval: Approval,
+    /// Share of the requests the canary gets in this batch, `5%` or `5` (0–100), through
+    /// `spec.traffic`. Default with `spec.traffic`: the batch's share of the pods. The last
+    /// batch is the promotion: all requests go to the new pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
 }
 
 fn default_bake() -> Duration {
@@ -640,6 +692,9 @@ pub struct BatchStatus {
     pub index: u32,
     /// Pods on the new template once this batch is done.
     pub replicas: i32,
+    /// The canary's share of the requests in this batch (a change with `spec.traffic`), in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<i32>,
     /// When graygate scaled the workload for this batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,

@@ -171,6 +171,7 @@ pub fn check_spec(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
         check_patch(p)?;
     }
     check_batches(&spec.batches)?;
+    check_traffic(spec)?;
     if spec.baseline == crate::api::Baseline::Fresh
         && spec.target.kind == crate::api::TargetKind::StatefulSet
     {
@@ -190,6 +191,70 @@ pub fn check_spec(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
     }
     if let Some(a) = &spec.analysis {
         check_analysis(a)?;
+    }
+    Ok(())
+}
+
+/// `spec.traffic` and the batches' `traffic` shares, without the cluster (the route and
+/// Services are checked before the change starts).
+fn check_traffic(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
+    let Some(t) = &spec.traffic else {
+        if let Some(i) = spec.batches.iter().position(|b| b.traffic.is_some()) {
+            return Err(FieldError::new(
+                format!("batches[{i}].traffic"),
+                if spec.policy.is_some() {
+                    "a traffic share needs spec.traffic (the route to weight), which the changes of guarded workloads do not support yet: set it on an explicit ChangeRequest"
+                } else {
+                    "a traffic share needs spec.traffic: the HTTPRoute whose weights graygate sets"
+                },
+            ));
+        }
+        return Ok(());
+    };
+    let field = "traffic.gatewayAPI";
+    if spec.target.kind != crate::api::TargetKind::Deployment || spec.policy.is_some() {
+        return Err(FieldError::new(
+            "traffic",
+            "traffic shares work for the explicit changes of Deployments only (not StatefulSets, not guarded workloads, yet)",
+        ));
+    }
+    if !spec.config.is_empty() {
+        return Err(FieldError::new(
+            "traffic",
+            "a config change cannot be traffic-weighted yet: its objects' new contents reach every pod that restarts, whatever the weights",
+        ));
+    }
+    if spec.baseline == crate::api::Baseline::Fresh {
+        return Err(FieldError::new(
+            "baseline",
+            "fresh does not work with spec.traffic yet: the stable Service is pinned to the long-running pods, so a fresh baseline would get no requests to compare",
+        ));
+    }
+    for (name, value) in [
+        ("httpRoute", &t.gateway_api.http_route),
+        ("stableService", &t.gateway_api.stable_service),
+        ("canaryService", &t.gateway_api.canary_service),
+    ] {
+        if !is_dns_label(value) {
+            return Err(FieldError::new(
+                format!("{field}.{name}"),
+                format!("{value:?} is not a valid object name"),
+            ));
+        }
+    }
+    if t.gateway_api.stable_service == t.gateway_api.canary_service {
+        return Err(FieldError::new(
+            format!("{field}.canaryService"),
+            "must differ from stableService: the canary's requests need a Service of their own",
+        ));
+    }
+    if let Some(h) = &t.gateway_api.header
+        && (h.name.trim().is_empty() || h.value.is_empty())
+    {
+        return Err(FieldError::new(
+            format!("{field}.header"),
+            "needs a header name and a value",
+        ));
     }
     Ok(())
 }
@@ -568,5 +633,79 @@ batches: [{percent: 10, bake: 30s}, {percent: 100}]
             "target: {kind: Deployment, name: web}\nimages: {a: b}\nbatches: [{percent: 100, bake: 5 minutes}]",
         );
         assert!(r.unwrap_err().to_string().contains("invalid duration"));
+    }
+
+    #[test]
+    fn traffic_shares_are_checked_and_the_error_names_the_field() {
+        let route = "traffic: {gatewayAPI: {httpRoute: web, stableService: web, canaryService: web-canary}}";
+        let with = |extra: &str, batches: &str| {
+            check_spec(&spec(&format!(
+                "target: {{kind: Deployment, name: web}}\nimages: {{a: b}}\n{extra}\nbatches: {batches}"
+            )))
+        };
+        assert!(
+            with(
+                route,
+                "[{replicas: 1, traffic: 5%}, {percent: 50, traffic: 50}, {percent: 100}]"
+            )
+            .is_ok()
+        );
+        // The same pods, a larger share: a batch of its own.
+        assert!(
+            with(
+                route,
+                "[{replicas: 1, traffic: 1%}, {replicas: 1, traffic: 10%}, {percent: 100}]"
+            )
+            .is_ok()
+        );
+        let field = |extra: &str, batches: &str| with(extra, batches).unwrap_err().field;
+        assert_eq!(
+            field("", "[{replicas: 1, traffic: 5%}, {percent: 100}]"),
+            "batches[0].traffic"
+        );
+        assert_eq!(
+            field(route, "[{replicas: 1, traffic: 105%}, {percent: 100}]"),
+            "batches[0].traffic"
+        );
+        assert_eq!(
+            field(route, "[{replicas: 1, traffic: lots}, {percent: 100}]"),
+            "batches[0].traffic"
+        );
+        assert_eq!(
+            field(
+                route,
+                "[{replicas: 1, traffic: 5%}, {percent: 100, traffic: 50%}]"
+            ),
+            "batches[1].traffic"
+        );
+        assert_eq!(
+            field(
+                route,
+                "[{replicas: 1, traffic: 5%}, {replicas: 1, traffic: 5%}, {percent: 100}]"
+            ),
+            "batches[1].replicas"
+        );
+        assert_eq!(
+            field(
+                "traffic: {gatewayAPI: {httpRoute: web, stableService: web, canaryService: web}}",
+                "[{percent: 100}]"
+            ),
+            "traffic.gatewayAPI.canaryService"
+        );
+        assert_eq!(
+            field(
+                "traffic: {gatewayAPI: {httpRoute: Web_1, stableService: web, canaryService: c}}",
+                "[{percent: 100}]"
+            ),
+            "traffic.gatewayAPI.httpRoute"
+        );
+        assert_eq!(
+            field(&format!("{route}\nbaseline: fresh"), "[{percent: 100}]"),
+            "baseline"
+        );
+        let sts = check_spec(&spec(&format!(
+            "target: {{kind: StatefulSet, name: web}}\nimages: {{a: b}}\n{route}\nbatches: [{{percent: 100}}]"
+        )));
+        assert_eq!(sts.unwrap_err().field, "traffic");
     }
 }

@@ -303,10 +303,22 @@ pub fn current_step(spec: &ChangeRequestSpec, status: &ChangeRequestStatus) -> O
     Some(if k == planned.len() {
         Step::Promote
     } else {
-        Step::Batch {
-            changed: pb.replicas,
-        }
+        batch_step(spec, pb, total)
     })
+}
+
+/// The step of a batch that is not the last: its pods, and for a change with `spec.traffic` the
+/// canary's share of the requests (the batch's `traffic`, else its share of the pods).
+pub fn batch_step(spec: &ChangeRequestSpec, pb: &PlannedBatch, total: i32) -> Step {
+    let pod_share =
+        (i64::from(pb.replicas) * 100 + i64::from(total.max(1)) / 2) / i64::from(total.max(1));
+    Step::Batch {
+        changed: pb.replicas,
+        traffic: spec
+            .traffic
+            .as_ref()
+            .map(|_| pb.traffic.unwrap_or(pod_share.clamp(0, 100) as i32)),
+    }
 }
 
 /// Decide what happens next. Pure: the same inputs always give the same decision.
@@ -324,6 +336,7 @@ pub fn decide(
         actions: Vec::new(),
         notes: Vec::new(),
         requeue: None,
+        resumed: false,
     };
     m.st.target = Some(spec.target.to_string());
     m.run();
@@ -338,6 +351,8 @@ struct Machine<'a> {
     actions: Vec<Action>,
     notes: Vec<Note>,
     requeue: Option<StdDuration>,
+    /// A person resumed the change in this decision.
+    resumed: bool,
 }
 
 impl Machine<'_> {
@@ -867,6 +882,7 @@ impl Machine<'_> {
         }
         self.note(false, "Resumed", format!("resumed (was paused: {was})"));
         self.set_phase(Phase::Progressing, None, "resumed");
+        self.resumed = true;
         self.progress();
     }
 
@@ -961,6 +977,11 @@ impl Machine<'_> {
         // Then the objects a config change names must exist (that they are the template's own
         // was checked just above).
         if let Some((field, message)) = &w.config_missing {
+            self.invalid(FieldError::new(field.clone(), message.clone()));
+            return;
+        }
+        // And the route, rule and Services a traffic-weighted change names.
+        if let Some((field, message)) = &w.traffic_invalid {
             self.invalid(FieldError::new(field.clone(), message.clone()));
             return;
         }
@@ -1070,6 +1091,18 @@ impl Machine<'_> {
     }
 
     fn progress(&mut self) {
+        // Weights someone else set are never fought over: a person decides (a resume sets
+        // graygate's again).
+        if let Some(why) = self
+            .obs
+            .workload
+            .as_ref()
+            .and_then(|w| w.traffic_changed.clone())
+            && !self.resumed
+        {
+            self.pause("TrafficChanged", &why);
+            return;
+        }
         let kept = self
             .obs
             .workload
@@ -1169,16 +1202,31 @@ impl Machine<'_> {
         let step = if k == last {
             Step::Promote
         } else {
-            Step::Batch {
-                changed: pb.replicas,
-            }
+            batch_step(
+                self.spec,
+                &pb,
+                self.st.original_replicas.unwrap_or(pb.replicas),
+            )
         };
         while self.st.batches.len() < k as usize {
             let index = self.st.batches.len() as u32 + 1;
             let replicas = planned.get(index as usize - 1).map_or(0, |p| p.replicas);
+            // The last batch is the promotion: every request goes to the new pods.
+            let traffic = match planned.get(index as usize - 1) {
+                Some(p) if index < last => match batch_step(
+                    self.spec,
+                    p,
+                    self.st.original_replicas.unwrap_or(p.replicas),
+                ) {
+                    Step::Batch { traffic, .. } => traffic,
+                    _ => None,
+                },
+                _ => self.spec.traffic.as_ref().map(|_| 100),
+            };
             self.st.batches.push(BatchStatus {
                 index,
                 replicas,
+                traffic,
                 ..Default::default()
             });
         }

@@ -29,7 +29,7 @@ fn workload(reached: bool, ready: i32) -> WorkloadObs {
         step_reached: reached,
         live_replicas: None,
         autoscaler: None,
-        config_missing: None,
+        ..Default::default()
     }
 }
 
@@ -72,7 +72,13 @@ fn pending_to_progressing_starts_batch_one() {
     assert_eq!(d.status.original_replicas, Some(4));
     assert_eq!(d.status.stable_revision.as_deref(), Some("abc"));
     assert_eq!(d.status.canary_name.as_deref(), Some("web-canary-chg"));
-    assert_eq!(d.actions, vec![Action::Ensure(Step::Batch { changed: 1 })]);
+    assert_eq!(
+        d.actions,
+        vec![Action::Ensure(Step::Batch {
+            changed: 1,
+            traffic: None
+        })]
+    );
     assert_eq!(reasons(&d), vec!["Started", "BatchStarted"]);
     assert_eq!(cond(&d.status, "Progressing").status, "True");
     assert_eq!(
@@ -125,7 +131,13 @@ fn batches_follow_an_autoscaler_and_say_so() {
     let d = decide("chg", &s, &st, &o);
     assert_eq!(d.status.original_replicas, Some(8));
     assert_eq!(d.status.batches[0].replicas, 2);
-    assert_eq!(d.actions, vec![Action::Ensure(Step::Batch { changed: 2 })]);
+    assert_eq!(
+        d.actions,
+        vec![Action::Ensure(Step::Batch {
+            changed: 2,
+            traffic: None
+        })]
+    );
     let n = d.notes.iter().find(|n| n.reason == "Rescaled").unwrap();
     assert_eq!(
         n.message,
@@ -305,7 +317,13 @@ fn batch_becomes_ready_then_bakes_then_passes_and_next_starts() {
     let st = started(&s);
     // Not ready yet: keep ensuring, wait.
     let d = decide("chg", &s, &st, &obs(1));
-    assert_eq!(d.actions, vec![Action::Ensure(Step::Batch { changed: 1 })]);
+    assert_eq!(
+        d.actions,
+        vec![Action::Ensure(Step::Batch {
+            changed: 1,
+            traffic: None
+        })]
+    );
     assert!(d.status.batches[0].ready_at.is_none());
     // Ready.
     let mut o = obs(5);
@@ -329,8 +347,14 @@ fn batch_becomes_ready_then_bakes_then_passes_and_next_starts() {
     assert_eq!(
         d.actions,
         vec![
-            Action::Ensure(Step::Batch { changed: 1 }),
-            Action::Ensure(Step::Batch { changed: 2 })
+            Action::Ensure(Step::Batch {
+                changed: 1,
+                traffic: None
+            }),
+            Action::Ensure(Step::Batch {
+                changed: 2,
+                traffic: None
+            })
         ]
     );
     assert_eq!(reasons(&d), vec!["BatchPassed", "BatchStarted"]);
@@ -340,7 +364,10 @@ fn batch_becomes_ready_then_bakes_then_passes_and_next_starts() {
     );
     assert_eq!(
         current_step(&s, &d.status),
-        Some(Step::Batch { changed: 2 })
+        Some(Step::Batch {
+            changed: 2,
+            traffic: None
+        })
     );
 }
 
@@ -430,7 +457,13 @@ fn manual_approval_waits_for_the_annotation() {
     o.signals.approve = Some(1);
     let d = decide("chg", &s, &d.status, &o);
     assert_eq!(d.status.phase, Phase::Progressing);
-    assert_eq!(d.actions, vec![Action::Ensure(Step::Batch { changed: 1 })]);
+    assert_eq!(
+        d.actions,
+        vec![Action::Ensure(Step::Batch {
+            changed: 1,
+            traffic: None
+        })]
+    );
     assert_eq!(reasons(&d), vec!["Approved", "BatchStarted"]);
     // Batch 1 passes; batch 2 needs approve=2, approve=1 is not enough.
     let mut o = obs(20);
@@ -1308,6 +1341,86 @@ batches: [{percent: 100, bake: 30s, approval: manual}]
             .as_deref()
             .unwrap_or_default()
             .contains("(1 pod) waits for graygate.io/approve=1"),
+        "{:?}",
+        d.status.message
+    );
+}
+
+const TRAFFIC: &str = r#"
+target: {kind: Deployment, name: web}
+images: {app: "web:2"}
+traffic: {gatewayAPI: {httpRoute: web, stableService: web, canaryService: web-canary}}
+batches: [{replicas: 1, traffic: 5%, bake: 30s}, {percent: 50, bake: 30s}, {percent: 100, bake: 30s}]
+"#;
+
+#[test]
+fn a_traffic_weighted_batch_carries_its_share_or_its_share_of_the_pods() {
+    let s = spec(TRAFFIC);
+    let st = started(&s);
+    let d = decide("chg", &s, &st, &obs(1));
+    assert_eq!(
+        d.actions,
+        vec![Action::Ensure(Step::Batch {
+            changed: 1,
+            traffic: Some(5)
+        })]
+    );
+    // Batch 2 names no share: half of the pods, half of the requests.
+    let mut st2 = st.clone();
+    st2.current_batch = 2;
+    assert_eq!(
+        current_step(&s, &st2),
+        Some(Step::Batch {
+            changed: 2,
+            traffic: Some(50)
+        })
+    );
+}
+
+#[test]
+fn weights_someone_else_set_pause_the_change_and_a_resume_sets_graygates_again() {
+    let s = spec(TRAFFIC);
+    let st = started(&s);
+    let mut o = obs(5);
+    o.workload.as_mut().unwrap().traffic_changed = Some("the weights were changed".into());
+    let d = decide("chg", &s, &st, &o);
+    assert_eq!(d.status.phase, Phase::Paused);
+    assert_eq!(d.status.reason.as_deref(), Some("TrafficChanged"));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    // Still changed: the pause holds, no fight.
+    let d2 = decide("chg", &s, &d.status, &o);
+    assert_eq!(d2.status.phase, Phase::Paused);
+    assert!(d2.actions.is_empty());
+    // A person resumes: graygate's weights are written again.
+    o.signals.resume = Some("1".into());
+    let d3 = decide("chg", &s, &d2.status, &o);
+    assert_eq!(d3.status.phase, Phase::Progressing);
+    assert_eq!(
+        d3.actions,
+        vec![Action::Ensure(Step::Batch {
+            changed: 1,
+            traffic: Some(5)
+        })]
+    );
+}
+
+#[test]
+fn a_route_that_does_not_hold_makes_the_change_invalid_naming_the_field() {
+    let s = spec(TRAFFIC);
+    let mut o = obs(0);
+    o.workload.as_mut().unwrap().traffic_invalid = Some((
+        "spec.traffic.gatewayAPI.httpRoute".into(),
+        "HTTPRoute web does not exist".into(),
+    ));
+    let d = decide("chg", &s, &ChangeRequestStatus::default(), &o);
+    assert_eq!(d.status.phase, Phase::Invalid);
+    assert!(d.actions.is_empty());
+    assert!(
+        d.status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("spec.traffic.gatewayAPI.httpRoute"),
         "{:?}",
         d.status.message
     );

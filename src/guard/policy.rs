@@ -1102,6 +1102,7 @@ pub fn spec_for(
         deletion_policy: c.deletion_policy,
         baseline: c.baseline,
         analysis: c.analysis.clone(),
+        traffic: None,
     }
 }
 

@@ -52,7 +52,7 @@ pub async fn reached(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<bool, Error> 
     };
     let current = ctx.read::<Deployment>(&name).await?;
     Ok(match (step, current) {
-        (Some(Step::Batch { changed }), Some(d)) => {
+        (Some(Step::Batch { changed, .. }), Some(d)) => {
             let (spec, ready, settled) = counts(&d);
             let want = wanted(*changed);
             let template_ok = status.stable_template.as_ref().is_some_and(|s| {
@@ -75,7 +75,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     };
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ctx.ns);
     let current = ctx.read::<Deployment>(&name).await?;
-    let Step::Batch { changed } = step else {
+    let Step::Batch { changed, .. } = step else {
         if current.is_some() {
             ctx.fence.check()?;
             super::delete_in_background(&api, &name).await?;

@@ -58,11 +58,11 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
     } else {
         status.original_replicas.unwrap_or(replicas)
     };
-    let stable_wanted = |changed: i32| {
+    let stable_wanted = |changed: i32, traffic: Option<i32>| {
         if autoscaler.is_some() {
             replicas
         } else {
-            n_total - changed
+            super::traffic::stable_pods(n_total, changed, traffic)
         }
     };
     let canary = match &status.canary_name {
@@ -71,7 +71,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
     };
     let (changed_ready, step_reached) = match step {
         None => (0, false),
-        Some(Step::Batch { changed }) => match &canary {
+        Some(Step::Batch { changed, traffic }) => match &canary {
             Some(c) => {
                 let (c_spec, c_total, c_updated, c_avail, c_caught) = counts(c);
                 let new_template = ctx.new_template_for(&target)?;
@@ -79,7 +79,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
                     &template_of(&c.spec.as_ref().map(|s| &s.template))?,
                     &super::config::canary_template(&new_template, ctx.cr),
                 );
-                let stable_ok = replicas == stable_wanted(*changed)
+                let stable_ok = replicas == stable_wanted(*changed, *traffic)
                     && total == replicas
                     && available == replicas
                     && caught_up;
@@ -140,7 +140,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         step_reached,
         live_replicas: autoscaler.as_ref().map(|_| replicas),
         autoscaler,
-        config_missing: None,
+        ..Default::default()
     }))
 }
 
@@ -165,7 +165,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     let n_total = if autoscaled { replicas } else { n_total };
     let template = template_of(&target.spec.as_ref().map(|s| &s.template))?;
     match step {
-        Step::Batch { changed } => {
+        Step::Batch { changed, traffic } => {
             let new_template = ctx.new_template_for(&target)?;
             let canary_template = super::config::canary_template(
                 &with_label(&new_template, LABEL_CHANGE, &ctx.cr.name_any()),
@@ -212,7 +212,8 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
                 }
             };
             // Shrink the stable side only once the canary carries its share, so capacity never dips.
-            let stable_wanted = n_total - changed;
+            // With a traffic share the stable side keeps the pods its share of the requests needs.
+            let stable_wanted = super::traffic::stable_pods(n_total, *changed, *traffic);
             if !autoscaled && canary_available >= *changed && replicas != stable_wanted {
                 ctx.fence.check()?;
                 scale(&api, &target, stable_wanted).await?;

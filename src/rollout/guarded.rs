@@ -170,7 +170,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
     let new_template = new_template(ctx, &template)?;
     let (changed_ready, step_reached) = match step {
         None => (0, false),
-        Some(Step::Batch { changed }) => match &canary {
+        Some(Step::Batch { changed, .. }) => match &canary {
             Some(c) => {
                 let (c_spec, c_total, c_avail, c_caught) = rs_counts(c);
                 let ok = c_caught
@@ -213,7 +213,6 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         // The Deployment (and an autoscaler) own the replica count: batches follow it.
         live_replicas: Some(replicas),
         autoscaler: super::autoscaler(ctx).await?,
-        config_missing: None,
         replicas,
         healthy,
         unhealthy_reason,
@@ -224,6 +223,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
         partition: None,
         changed_ready,
         step_reached,
+        ..Default::default()
     }))
 }
 
@@ -300,7 +300,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     let template = template_of(&d.spec.as_ref().map(|s| &s.template))?;
     let new_template = new_template(ctx, &template)?;
     match step {
-        Step::Batch { changed } => match canary {
+        Step::Batch { changed, .. } => match canary {
             None => create_canary(ctx, &rs_api, &d, &name, *changed, &new_template).await?,
             Some(c) if rs_counts(&c).0 != *changed => {
                 ctx.fence.check()?;

@@ -7,6 +7,7 @@ pub mod guarded;
 pub mod plan;
 pub mod statefulset;
 pub mod template;
+pub mod traffic;
 
 use crate::api::{ChangeRequest, LABEL_CHANGE, TargetKind};
 use crate::workload::{Step, WorkloadObs};
@@ -269,6 +270,11 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
     {
         o.config_missing = config::missing(ctx).await?;
     }
+    // A traffic-weighted change: its route and Services before it starts; weights someone
+    // else set, and whether the route carries the step's, while it runs.
+    if let Some(o) = obs.as_mut() {
+        traffic::observe(ctx, step, o).await?;
+    }
     // A batch with a fresh baseline bakes once the baseline is ready too; the change ends
     // once it is gone.
     if let Some(o) = obs.as_mut()
@@ -324,12 +330,26 @@ pub async fn autoscaler(ctx: &Ctx<'_>) -> Result<Option<String>, Error> {
 
 /// Bring the workload to `step`, idempotently.
 pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
+    // The end of a traffic-weighted change moves the requests before any pod: off the canary
+    // before its pods go (a rollback), onto every pod before the target changes (a promotion).
+    // A batch moves them once its pods are there.
+    if matches!(step, Step::Promote | Step::Restore) {
+        traffic::ensure(ctx, step).await?;
+        // A rollback's canary pods go once the gateway has had the time to stop sending them
+        // requests (the next reconcile comes within seconds).
+        if *step == Step::Restore && !traffic::settled(ctx).await? {
+            return Ok(());
+        }
+    }
     match ctx.cr.spec.target.kind {
         TargetKind::Deployment if ctx.cr.spec.policy.is_some() => {
             guarded::ensure(ctx, step).await?
         }
         TargetKind::Deployment => deployment::ensure(ctx, step).await?,
         TargetKind::StatefulSet => statefulset::ensure(ctx, step).await?,
+    }
+    if matches!(step, Step::Batch { .. }) {
+        traffic::ensure(ctx, step).await?;
     }
     baseline::ensure(ctx, step).await
 }

@@ -13,6 +13,30 @@ pub struct PlannedBatch {
     pub approval: Approval,
     /// The spec batches this one stands for (more than one when rounding merged them).
     pub spec_indices: Vec<usize>,
+    /// The canary's share of the requests (0–100) the batch sets, when it names one.
+    pub traffic: Option<i32>,
+}
+
+/// A batch's `traffic`: `5%`, `"5"` or `5`, between 0 and 100.
+pub fn traffic_share(
+    v: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+) -> Result<i32, String> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let n = match v {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(s) => {
+            let t = s.trim();
+            t.strip_suffix('%')
+                .unwrap_or(t)
+                .trim()
+                .parse::<i32>()
+                .map_err(|_| format!("{s:?} is not a share like 5% or 5"))?
+        }
+    };
+    if !(0..=100).contains(&n) {
+        return Err(format!("{n}% is not between 0% and 100%"));
+    }
+    Ok(n)
 }
 
 fn plan_err(field: String, message: String) -> FieldError {
@@ -29,7 +53,16 @@ pub fn check_batches(batches: &[BatchSpec]) -> Result<(), FieldError> {
     }
     let mut last_percent = 0;
     let mut last_replicas = 0;
+    let mut last_traffic: Option<i32> = None;
     for (i, b) in batches.iter().enumerate() {
+        let traffic = match &b.traffic {
+            Some(v) => {
+                Some(traffic_share(v).map_err(|m| plan_err(format!("batches[{i}].traffic"), m))?)
+            }
+            None => None,
+        };
+        let traffic_rises = matches!((last_traffic, traffic), (Some(a), Some(b)) if b > a);
+        last_traffic = traffic;
         match (b.replicas, b.percent) {
             (Some(_), Some(_)) | (None, None) => {
                 return Err(plan_err(
@@ -44,11 +77,11 @@ pub fn check_batches(batches: &[BatchSpec]) -> Result<(), FieldError> {
                         format!("{r} is below 1"),
                     ));
                 }
-                if r <= last_replicas {
+                if r < last_replicas || (r == last_replicas && !traffic_rises) {
                     return Err(plan_err(
                         format!("batches[{i}].replicas"),
                         format!(
-                            "{r} does not exceed the previous batch's {last_replicas}: sizes must strictly increase"
+                            "{r} does not exceed the previous batch's {last_replicas}: sizes must strictly increase (or stay, with a larger traffic share)"
                         ),
                     ));
                 }
@@ -61,11 +94,11 @@ pub fn check_batches(batches: &[BatchSpec]) -> Result<(), FieldError> {
                         format!("{p} is not between 1 and 100"),
                     ));
                 }
-                if p <= last_percent {
+                if p < last_percent || (p == last_percent && !traffic_rises) {
                     return Err(plan_err(
                         format!("batches[{i}].percent"),
                         format!(
-                            "{p} does not exceed the previous batch's {last_percent}: sizes must strictly increase"
+                            "{p} does not exceed the previous batch's {last_percent}: sizes must strictly increase (or stay, with a larger traffic share)"
                         ),
                     ));
                 }
@@ -74,6 +107,16 @@ pub fn check_batches(batches: &[BatchSpec]) -> Result<(), FieldError> {
         }
     }
     let last = batches.len() - 1;
+    if let Some(t) = last_traffic
+        && t != 100
+    {
+        return Err(plan_err(
+            format!("batches[{last}].traffic"),
+            format!(
+                "the last batch is the promotion: every request goes to the new pods, so its traffic is 100%, not {t}%"
+            ),
+        ));
+    }
     if let Some(p) = batches[last].percent
         && p != 100
     {
@@ -117,19 +160,28 @@ pub fn plan(batches: &[BatchSpec], total: i32) -> Result<Vec<PlannedBatch>, Fiel
             Some(r) => r,
             None => pods_for_percent(b.percent.unwrap_or(100), total),
         };
+        let traffic = b.traffic.as_ref().and_then(|v| traffic_share(v).ok());
         match plan.last_mut() {
-            Some(prev) if replicas <= prev.replicas => {
+            // A batch that adds no pod but a larger share of the requests stays a batch.
+            Some(prev)
+                if replicas <= prev.replicas
+                    && !matches!((prev.traffic, traffic), (Some(a), Some(b)) if b > a) =>
+            {
                 prev.bake = prev.bake.max(b.bake);
                 if b.approval == Approval::Manual {
                     prev.approval = Approval::Manual;
                 }
                 prev.spec_indices.push(i);
+                if traffic.is_some() {
+                    prev.traffic = prev.traffic.max(traffic);
+                }
             }
             _ => plan.push(PlannedBatch {
                 replicas,
                 bake: b.bake,
                 approval: b.approval,
                 spec_indices: vec![i],
+                traffic,
             }),
         }
     }

@@ -83,7 +83,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
     let updated = st.updated_replicas.unwrap_or(0);
     let step_reached = match step {
         None => false,
-        Some(Step::Batch { changed }) => {
+        Some(Step::Batch { changed, .. }) => {
             let new_template = ctx.new_template(&stable, &selector)?;
             same_template(&template, &new_template)
                 && partition_of(&sts) == n_total - changed
@@ -119,7 +119,6 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
     Ok(Some(WorkloadObs {
         live_replicas: None,
         autoscaler: None,
-        config_missing: None,
         replicas,
         healthy,
         unhealthy_reason,
@@ -142,6 +141,7 @@ pub async fn observe(ctx: &Ctx<'_>, step: Option<&Step>) -> Result<Option<Worklo
             changed_ready
         },
         step_reached,
+        ..Default::default()
     }))
 }
 
@@ -166,7 +166,7 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
         return hold_again(ctx, &api, &sts, &selector, &status).await;
     }
     let (wanted_template, wanted_partition) = match step {
-        Step::Batch { changed } => (ctx.new_template(&stable, &selector)?, n_total - changed),
+        Step::Batch { changed, .. } => (ctx.new_template(&stable, &selector)?, n_total - changed),
         Step::Promote => (ctx.new_template(&stable, &selector)?, original_partition),
         Step::Restore => (stable, original_partition),
     };

@@ -89,6 +89,12 @@ src/access.rs; tests/chart.rs fails when they differ.
   resources: [configmaps]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
+  resources: [services]
+  verbs: [get, create, patch]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, patch]
+- apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
