@@ -487,7 +487,7 @@ pub fn list(items: &[ChangeRequest], with_namespace: bool, now: jiff::Timestamp)
 
 /// One batch's row; `stopped` when the change no longer runs (rolled back, superseded, failed,
 /// ended), so a batch it left without a verdict does not look as if it were still baking.
-fn batch_row(b: &BatchStatus, now: jiff::Timestamp, stopped: bool) -> Vec<String> {
+fn batch_row(b: &BatchStatus, now: jiff::Timestamp, stopped: bool, weighted: bool) -> Vec<String> {
     let verdict = match (b.verdict, b.last_judgement) {
         (Some(v), _) => v.as_str().to_string(),
         (None, Some(v)) if stopped && b.started_at.is_some() => {
@@ -499,7 +499,7 @@ fn batch_row(b: &BatchStatus, now: jiff::Timestamp, stopped: bool) -> Vec<String
         (None, None) if b.started_at.is_some() => "rolling out".into(),
         (None, None) => "-".into(),
     };
-    vec![
+    let mut row = vec![
         b.index.to_string(),
         b.replicas.to_string(),
         if b.started_at.is_some() {
@@ -511,7 +511,12 @@ fn batch_row(b: &BatchStatus, now: jiff::Timestamp, stopped: bool) -> Vec<String
         verdict,
         b.judgements.to_string(),
         b.reason.clone().unwrap_or_default(),
-    ]
+    ];
+    // A traffic-weighted change: the canary's share of the requests, after its pods.
+    if weighted {
+        row.insert(2, b.traffic.map_or("-".into(), |t| format!("{t}%")));
+    }
+    row
 }
 
 /// What a person can do next, given the phase.
@@ -576,23 +581,25 @@ pub fn status(cr: &ChangeRequest, now: jiff::Timestamp) -> String {
     if !st.batches.is_empty() {
         out.push_str("\nBatches:\n");
         let stopped = st.phase.is_terminal() || st.phase.is_undoing();
+        let weighted = cr.spec.traffic.is_some();
         let rows: Vec<Vec<String>> = st
             .batches
             .iter()
-            .map(|b| batch_row(b, now, stopped))
+            .map(|b| batch_row(b, now, stopped, weighted))
             .collect();
-        for l in super::table::lines(
-            &[
-                "BATCH",
-                "PODS",
-                "READY",
-                "STARTED",
-                "VERDICT",
-                "JUDGEMENTS",
-                "REASON",
-            ],
-            &rows,
-        ) {
+        let mut header = vec![
+            "BATCH",
+            "PODS",
+            "READY",
+            "STARTED",
+            "VERDICT",
+            "JUDGEMENTS",
+            "REASON",
+        ];
+        if weighted {
+            header.insert(2, "REQUESTS");
+        }
+        for l in super::table::lines(&header, &rows) {
             let _ = writeln!(out, "  {l}");
         }
     }

@@ -561,14 +561,25 @@ pub fn change_html(
     );
 
     // Timeline: batches, then what people and graygate said.
-    body.push_str(r#"<h3>Timeline</h3><table id="batches"><tr><th>Batch</th><th>Pods</th><th>Started</th><th>Ready</th><th>Judgements</th><th>Last judged</th><th>Verdict</th><th>Reason</th></tr>"#);
+    // A traffic-weighted change plots each batch's share of the requests.
+    let weighted = cr.spec.traffic.is_some();
+    let _ = write!(
+        body,
+        r#"<h3>Timeline</h3><table id="batches"><tr><th>Batch</th><th>Pods</th>{}<th>Started</th><th>Ready</th><th>Judgements</th><th>Last judged</th><th>Verdict</th><th>Reason</th></tr>"#,
+        if weighted { "<th>Requests</th>" } else { "" }
+    );
     for b in &st.batches {
         let v = b.verdict.or(b.last_judgement).map_or("-", |v| v.as_str());
         let _ = write!(
             body,
-            r#"<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="{v}">{v}</td><td>{}</td></tr>"#,
+            r#"<tr><td>{}</td><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="{v}">{v}</td><td>{}</td></tr>"#,
             b.index,
             b.replicas,
+            if weighted {
+                traffic_cell(b.traffic)
+            } else {
+                String::new()
+            },
             time(b.started_at.as_ref()),
             time(b.ready_at.as_ref()),
             b.judgements,
@@ -702,6 +713,19 @@ pub fn change_html(
 
 /// The reference a batch's judgement named: its pods, or, without any (the last batch, where every
 /// pod is new), the workload before the change.
+/// A batch's share of the requests, as a bar and a number.
+fn traffic_cell(share: Option<i32>) -> String {
+    match share {
+        Some(t) => {
+            let t = t.clamp(0, 100);
+            format!(
+                r##"<td class="traffic"><svg width="100" height="10" role="img" aria-label="{t}% of the requests"><rect width="100" height="10" fill="#e4e4e4"/><rect width="{t}" height="10" fill="#3b7dd8"/></svg> {t}%</td>"##
+            )
+        }
+        None => "<td>-</td>".into(),
+    }
+}
+
 fn reference_pods(w: Option<&crate::api::JudgedWindow>, fresh: bool) -> String {
     match w.map(|w| &w.control) {
         Some(pods) if !pods.is_empty() => format!(
@@ -750,6 +774,33 @@ mod tests {
             ..Default::default()
         });
         cr
+    }
+
+    #[test]
+    fn a_traffic_weighted_change_plots_each_batchs_share_of_the_requests() {
+        let mut cr = change("web-1", Phase::Progressing, None, None);
+        let page = change_html(&cr, None, &[], jiff::Timestamp::now());
+        assert!(!page.contains("<th>Requests</th>"));
+        cr.spec = serde_yaml::from_str(
+            "target: {kind: Deployment, name: web}\nimages: {app: web:2}\ntraffic: {gatewayAPI: {httpRoute: web, stableService: web, canaryService: web-canary}}\nbatches: [{replicas: 1, traffic: 5%}, {percent: 100}]",
+        )
+        .unwrap();
+        let st = cr.status.as_mut().unwrap();
+        for (index, traffic) in [(1, Some(5)), (2, Some(100))] {
+            st.batches.push(crate::api::BatchStatus {
+                index,
+                replicas: index as i32,
+                traffic,
+                ..Default::default()
+            });
+        }
+        let page = change_html(&cr, None, &[], jiff::Timestamp::now());
+        assert!(page.contains("<th>Requests</th>"));
+        assert!(
+            page.contains(r##"<rect width="5" height="10" fill="#3b7dd8"/></svg> 5%</td>"##),
+            "{page}"
+        );
+        assert!(page.contains("</svg> 100%</td>"));
     }
 
     #[test]
