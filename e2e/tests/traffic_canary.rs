@@ -134,16 +134,6 @@ async fn requests_follow_the_weights_batch_by_batch_and_a_bad_canary_loses_them_
         ..Default::default()
     })
     .await;
-    let (ok, out) = kubectl(
-        &w,
-        &[
-            "apply",
-            "-f",
-            &format!("{}/crds/gateway-api.yaml", env!("CARGO_MANIFEST_DIR")),
-        ],
-        None,
-    );
-    assert!(ok, "{out}");
     w.apply(&deployment_yaml(NS, "web", 4)).await.unwrap();
     w.apply(&format!(
         r#"
@@ -157,15 +147,7 @@ spec:
     ))
     .await
     .unwrap();
-    w.wait_for("the HTTPRoute CRD", Duration::from_secs(60), || async {
-        Ok(routes(&w)
-            .list(&ListParams::default())
-            .await
-            .ok()
-            .map(|_| ()))
-    })
-    .await
-    .unwrap();
+    install_gateway_api(&w, NS).await;
     // As Git has it: everything to the stable Service, the canary Service (which graygate
     // creates) at 0.
     w.apply(&format!(

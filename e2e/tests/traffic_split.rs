@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{deployment_yaml, wait_deployment_ready};
+use common::{deployment_yaml, install_gateway_api, wait_deployment_ready};
 use graygate_e2e::dataplane::{self, Traffic};
 use graygate_e2e::world::{World, WorldOptions};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -53,17 +53,6 @@ async fn set_weights(w: &World, stable: i64, canary: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_and_header_matches_split_the_requests_pods_serve() {
     let w = World::start(WorldOptions::default()).await.unwrap();
-    let out = std::process::Command::new("kubectl")
-        .args(["apply", "-f"])
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/gateway-api.yaml"))
-        .env("KUBECONFIG", &w.admin_kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let mut objects = String::new();
     for (name, replicas) in [("web-stable", 3), ("web-canary", 1)] {
         objects.push_str("---\n");
@@ -81,13 +70,7 @@ spec:
     }
     w.apply(&objects).await.unwrap();
     // The CRD is established within a few seconds of its creation.
-    w.wait_for("the HTTPRoute CRD", Duration::from_secs(60), || async {
-        let routes: Api<kube::api::DynamicObject> =
-            Api::namespaced_with(w.client.clone(), NS, &dataplane::http_routes());
-        Ok(routes.list(&ListParams::default()).await.ok().map(|_| ()))
-    })
-    .await
-    .unwrap();
+    install_gateway_api(&w, NS).await;
     w.apply(&format!(
         r#"
 apiVersion: gateway.networking.k8s.io/v1

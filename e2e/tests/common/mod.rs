@@ -456,3 +456,28 @@ pub fn kubectl(w: &World, args: &[&str], stdin: Option<&str>) -> (bool, String) 
         ),
     )
 }
+
+/// Install the Gateway API CRDs (`e2e/crds/gateway-api.yaml`) and wait until `HTTPRoute`s of
+/// `ns` can be listed.
+pub async fn install_gateway_api(w: &World, ns: &str) {
+    let (ok, out) = kubectl(
+        w,
+        &[
+            "apply",
+            "-f",
+            &format!("{}/crds/gateway-api.yaml", env!("CARGO_MANIFEST_DIR")),
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let routes: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        w.client.clone(),
+        ns,
+        &graygate_e2e::dataplane::http_routes(),
+    );
+    w.wait_for("the HTTPRoute CRD", Duration::from_secs(60), || async {
+        Ok(routes.list(&Default::default()).await.ok().map(|_| ()))
+    })
+    .await
+    .unwrap();
+}
