@@ -688,6 +688,11 @@ async fn a_configmap_edited_in_place_goes_out_in_batches_and_a_bad_edit_is_rolle
         ),
     );
     wait_deployment_ready(&w, INPLACE, "web", 4).await;
+    // The pinning change's last batch (every pod) is judged against the workload before the
+    // change: pods that became ready a moment ago give it one or two samples, whose first
+    // `rate()` windows read low (a healthy CPU once read 2.7 times such a background). Let the
+    // pods run first, as a workload does before anyone guards it.
+    tokio::time::sleep(std::time::Duration::from_secs(20)).await;
     // Analysed, with a last batch long enough for a judgement of pods that just started.
     let policy = format!(
         r#"
