@@ -446,14 +446,38 @@ async fn set_route(
     canary: i64,
     header: bool,
 ) -> Result<(), Error> {
+    // At the end (nothing to the canary, no header rule) a route that went away, or no longer
+    // sends to both Services, routes nothing to the canary: the end goes on.
+    let ending = canary == 0 && !header;
     let Some(route) = get_route(ctx, &t.http_route).await? else {
+        if ending {
+            return Ok(());
+        }
         return Err(Error::Spec(format!(
             "HTTPRoute {} does not exist any more",
             t.http_route
         )));
     };
-    let rules = desired_rules(&route, t, ctx.ns, canary, header)
-        .map_err(|(f, m)| Error::Spec(format!("{f}: {m}")))?;
+    let rules = match desired_rules(&route, t, ctx.ns, canary, header) {
+        Ok(r) => r,
+        // graygate's header rule still goes.
+        Err(_) if ending => {
+            let current = route["spec"]["rules"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let kept: Vec<Value> = current
+                .iter()
+                .filter(|r| r["name"].as_str() != Some(HEADER_RULE))
+                .cloned()
+                .collect();
+            if kept.len() == current.len() {
+                return Ok(());
+            }
+            kept
+        }
+        Err((f, m)) => return Err(Error::Spec(format!("{f}: {m}"))),
+    };
     let change = ctx.cr.name_any();
     if route["spec"]["rules"].as_array() == Some(&rules)
         && recorded(&route) == Some((change.clone(), 100 - canary, canary))
