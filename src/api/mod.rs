@@ -142,7 +142,7 @@ pub struct ChangeRequestSpec {
     pub analysis: Option<AnalysisSpec>,
     /// Route a share of the requests to the canary, batch by batch (`batches[].traffic`), through
     /// a Gateway API `HTTPRoute`. Without it the canary takes what its share of the pods draws.
-    /// Explicit changes of Deployments only.
+    /// Deployments only (a ChangePolicy's `change.traffic` gives it to its generated changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficSpec>,
 }

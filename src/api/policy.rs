@@ -4,7 +4,7 @@
 
 use super::{
     AnalysisSpec, Baseline, BatchSpec, ChangeWindow, DeletionPolicy, Duration, OnAnalysisError,
-    OnAnomaly, TargetKind,
+    OnAnomaly, TargetKind, TrafficSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
@@ -211,6 +211,34 @@ pub struct ChangeSettings {
     /// Metric and log analysis between batches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
+    /// Route a share of the requests to each change's canary through a Gateway API `HTTPRoute`,
+    /// as a ChangeRequest's `traffic` does. `$(workload)` in the route's and the Services' names
+    /// stands for the guarded workload's name (e.g. `canaryService: $(workload)-canary`). Needs
+    /// `workloads.kinds: [Deployment]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficSpec>,
+}
+
+/// What `$(workload)` stands for in a policy's `change.traffic`.
+pub const WORKLOAD_VAR: &str = "$(workload)";
+
+impl TrafficSpec {
+    /// The route and Services of `workload`'s changes: `$(workload)` replaced by its name.
+    pub fn for_workload(&self, workload: &str) -> TrafficSpec {
+        let mut t = self.clone();
+        let g = &mut t.gateway_api;
+        for name in [
+            &mut g.http_route,
+            &mut g.stable_service,
+            &mut g.canary_service,
+        ] {
+            *name = name.replace(WORKLOAD_VAR, workload);
+        }
+        if let Some(rule) = &mut g.rule {
+            *rule = rule.replace(WORKLOAD_VAR, workload);
+        }
+        t
+    }
 }
 
 /// What a newer template does to a change in flight.

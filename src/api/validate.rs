@@ -203,7 +203,7 @@ fn check_traffic(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
             return Err(FieldError::new(
                 format!("batches[{i}].traffic"),
                 if spec.policy.is_some() {
-                    "a traffic share needs spec.traffic (the route to weight), which the changes of guarded workloads do not support yet: set it on an explicit ChangeRequest"
+                    "a traffic share needs change.traffic: the HTTPRoute whose weights graygate sets"
                 } else {
                     "a traffic share needs spec.traffic: the HTTPRoute whose weights graygate sets"
                 },
@@ -212,10 +212,10 @@ fn check_traffic(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
         return Ok(());
     };
     let field = "traffic.gatewayAPI";
-    if spec.target.kind != crate::api::TargetKind::Deployment || spec.policy.is_some() {
+    if spec.target.kind != crate::api::TargetKind::Deployment {
         return Err(FieldError::new(
             "traffic",
-            "traffic shares work for the explicit changes of Deployments only (not StatefulSets, not guarded workloads, yet)",
+            "traffic shares work for Deployments only (not StatefulSets, yet)",
         ));
     }
     if !spec.config.is_empty() {

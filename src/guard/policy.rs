@@ -608,11 +608,17 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
     // The selector must be one the API server would take, and the settings every generated
     // change gets must make a valid ChangeRequest.
     let probe = spec_for(policy, TargetKind::Deployment, "probe", json!({"spec": {}}));
-    let invalid = policy.spec.workloads.validate().err().or_else(|| {
-        check_spec(&probe)
-            .err()
-            .map(|e| format!("spec.change: {e}"))
-    });
+    let invalid = policy
+        .spec
+        .workloads
+        .validate()
+        .err()
+        .or_else(|| traffic_kinds(policy))
+        .or_else(|| {
+            check_spec(&probe)
+                .err()
+                .map(|e| format!("spec.change: {e}"))
+        });
     if let Some(msg) = invalid {
         write_status(ctx, ns, &name, json!({"observedGeneration": policy.metadata.generation, "conditions": [condition(false, "InvalidSpec", &msg)]})).await?;
         return Ok(());
@@ -1070,6 +1076,17 @@ async fn supersede(
     Ok(())
 }
 
+/// A policy whose changes are traffic-weighted must guard Deployments only: what is wrong, naming
+/// the field.
+fn traffic_kinds(policy: &ChangePolicy) -> Option<String> {
+    let kinds = &policy.spec.workloads.kinds;
+    (policy.spec.change.traffic.is_some()
+        && (kinds.is_empty() || kinds.iter().any(|k| *k != TargetKind::Deployment)))
+    .then(|| {
+        "spec.workloads.kinds: a policy with change.traffic guards Deployments only: set kinds: [Deployment] (traffic shares do not work for StatefulSets yet)".to_string()
+    })
+}
+
 /// The ChangeRequest spec a policy gives a held template.
 pub fn spec_for(
     policy: &ChangePolicy,
@@ -1102,7 +1119,12 @@ pub fn spec_for(
         deletion_policy: c.deletion_policy,
         baseline: c.baseline,
         analysis: c.analysis.clone(),
-        traffic: None,
+        // A policy with traffic guards Deployments only (its validation says so).
+        traffic: c
+            .traffic
+            .as_ref()
+            .filter(|_| kind == TargetKind::Deployment)
+            .map(|t| t.for_workload(workload)),
     }
 }
 
@@ -1161,5 +1183,51 @@ mod tests {
         }
         assert_eq!(l.split(',').count(), MAX_FAILED_TEMPLATES);
         assert!(l.starts_with("h2,") && l.ends_with(",h11"), "{l}");
+    }
+
+    fn policy(workloads: &str) -> ChangePolicy {
+        let spec = serde_yaml::from_str(&format!(
+            "workloads: {workloads}\nchange:\n  traffic: {{gatewayAPI: {{httpRoute: $(workload), rule: main, stableService: $(workload), canaryService: $(workload)-canary, header: {{name: x-canary, value: $(workload)}}}}}}\n  batches: [{{replicas: 1, traffic: 5%}}, {{percent: 100}}]"
+        ))
+        .unwrap();
+        ChangePolicy::new("p", spec)
+    }
+
+    #[test]
+    fn a_policys_traffic_names_the_route_and_services_of_each_workload() {
+        let p = policy("{kinds: [Deployment], names: [web]}");
+        assert_eq!(traffic_kinds(&p), None);
+        let spec = spec_for(&p, TargetKind::Deployment, "web", json!({"spec": {}}));
+        let t = spec.traffic.clone().unwrap().gateway_api;
+        assert_eq!(
+            (
+                t.http_route.as_str(),
+                t.rule.as_deref(),
+                t.stable_service.as_str(),
+                t.canary_service.as_str()
+            ),
+            ("web", Some("main"), "web", "web-canary")
+        );
+        // A header value is the user's, not a name: left as written.
+        assert_eq!(t.header.unwrap().value, "$(workload)");
+        assert!(check_spec(&spec).is_ok(), "{:?}", check_spec(&spec));
+        // The probe the policy is validated with is a valid change too.
+        let probe = spec_for(&p, TargetKind::Deployment, "probe", json!({"spec": {}}));
+        assert!(check_spec(&probe).is_ok());
+    }
+
+    #[test]
+    fn a_policy_with_traffic_must_guard_deployments_only() {
+        for workloads in [
+            "{names: [web]}",
+            "{kinds: [Deployment, StatefulSet], names: [web]}",
+        ] {
+            let msg = traffic_kinds(&policy(workloads)).unwrap();
+            assert!(msg.starts_with("spec.workloads.kinds:"), "{msg}");
+        }
+        let mut p = policy("{names: [web]}");
+        p.spec.change.traffic = None;
+        p.spec.change.batches = serde_yaml::from_str("[{percent: 100}]").unwrap();
+        assert_eq!(traffic_kinds(&p), None);
     }
 }

@@ -343,8 +343,16 @@ pub async fn check(ctx: &Ctx<'_>) -> Result<Option<(String, String)>, Error> {
     Ok(None)
 }
 
-/// The stable pods' `pod-template-hash`: that of the target's newest ReplicaSet.
+/// The stable pods' `pod-template-hash`: that of the target's newest ReplicaSet (a guarded
+/// Deployment's: the one of its own sets that serves while it holds the new template).
 async fn stable_hash(ctx: &Ctx<'_>, target: &Deployment) -> Result<Option<String>, Error> {
+    if guarded(ctx) {
+        let canary = ctx.cr.status.as_ref().and_then(|s| s.canary_name.clone());
+        let running =
+            super::guarded::running_set(ctx.client, ctx.cache, ctx.ns, target, canary.as_deref())
+                .await?;
+        return Ok(running.and_then(|rs| rs.labels().get(HASH).cloned()));
+    }
     let uid = target.uid();
     let revision = |rs: &ReplicaSet| {
         rs.annotations()
@@ -365,13 +373,52 @@ async fn stable_hash(ctx: &Ctx<'_>, target: &Deployment) -> Result<Option<String
         .and_then(|rs| rs.labels().get(HASH).cloned()))
 }
 
+/// Whether the change is a guarded Deployment's: its canary is a ReplicaSet made the way the
+/// Deployment controller makes one, whose pods carry no label of graygate's.
+fn guarded(ctx: &Ctx<'_>) -> bool {
+    ctx.cr.spec.policy.is_some()
+}
+
+/// What tells the canary's pods from the stable ones: the change's label on an explicit
+/// change's canary Deployment, the canary ReplicaSet's `pod-template-hash` on a guarded one's.
+#[derive(Clone, Debug, PartialEq)]
+enum CanaryPods {
+    Change(String),
+    Hash(String),
+}
+
 /// The selector the canary Service gets: the stable Service's own, without graygate's pin, plus
-/// the change's label.
-fn canary_selector(stable: &BTreeMap<String, String>, change: &str) -> BTreeMap<String, String> {
+/// what marks the canary's pods.
+fn canary_selector(
+    stable: &BTreeMap<String, String>,
+    pods: &CanaryPods,
+) -> BTreeMap<String, String> {
     let mut s = stable.clone();
     s.remove(HASH);
-    s.insert(LABEL_CHANGE.into(), change.into());
+    match pods {
+        CanaryPods::Change(change) => s.insert(LABEL_CHANGE.into(), change.clone()),
+        CanaryPods::Hash(hash) => s.insert(HASH.into(), hash.clone()),
+    };
     s
+}
+
+/// The canary of this change, as (what marks its pods, its available pods): its Deployment, or a
+/// guarded change's ReplicaSet. None before it exists.
+async fn canary_of(ctx: &Ctx<'_>) -> Result<Option<(CanaryPods, i32)>, Error> {
+    let Some(name) = ctx.cr.status.as_ref().and_then(|s| s.canary_name.clone()) else {
+        return Ok(None);
+    };
+    if guarded(ctx) {
+        return Ok(ctx.read::<ReplicaSet>(&name).await?.and_then(|rs| {
+            let hash = rs.labels().get(HASH).cloned()?;
+            let available = rs.status.and_then(|s| s.available_replicas).unwrap_or(0);
+            Some((CanaryPods::Hash(hash), available))
+        }));
+    }
+    Ok(ctx.read::<Deployment>(&name).await?.map(|d| {
+        let available = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
+        (CanaryPods::Change(ctx.cr.name_any()), available)
+    }))
 }
 
 /// The traffic part of a step, as (canary weight, header rule, stable Service pinned).
@@ -549,6 +596,7 @@ async fn point_canary(
     ctx: &Ctx<'_>,
     t: &GatewayApiTraffic,
     target: &Deployment,
+    pods: &CanaryPods,
 ) -> Result<(), Error> {
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ctx.ns);
     let Some(stable) = services.get_opt(&t.stable_service).await? else {
@@ -558,10 +606,7 @@ async fn point_canary(
         )));
     };
     let stable_spec = stable.spec.clone().unwrap_or_default();
-    let selector = canary_selector(
-        &stable_spec.selector.clone().unwrap_or_default(),
-        &ctx.cr.name_any(),
-    );
+    let selector = canary_selector(&stable_spec.selector.clone().unwrap_or_default(), pods);
     match services.get_opt(&t.canary_service).await? {
         Some(svc) => {
             let current = svc
@@ -643,24 +688,25 @@ pub async fn ensure(ctx: &Ctx<'_>, step: &Step) -> Result<(), Error> {
     else {
         return Ok(());
     };
-    let canary_name = ctx.cr.status.as_ref().and_then(|s| s.canary_name.clone());
-    let canary = match &canary_name {
-        Some(n) => ctx.read::<Deployment>(n).await?,
-        None => None,
-    };
+    let canary = canary_of(ctx).await?;
     match step {
         Step::Batch { changed, traffic } => {
             let hash = stable_hash(ctx, &target).await?;
             if let Some(h) = &hash {
                 pin_stable(ctx, t, Some(h)).await?;
             }
-            point_canary(ctx, t, &target).await?;
-            let available = canary
-                .as_ref()
-                .and_then(|c| c.status.as_ref())
-                .and_then(|s| s.available_replicas)
-                .unwrap_or(0);
-            if available >= *changed && hash.is_some() {
+            // A guarded change's canary Service waits for its ReplicaSet (and hash); an
+            // explicit one's selector is known from the start.
+            let pods = match &canary {
+                Some((pods, _)) => Some(pods.clone()),
+                None if guarded(ctx) => None,
+                None => Some(CanaryPods::Change(ctx.cr.name_any())),
+            };
+            if let Some(pods) = &pods {
+                point_canary(ctx, t, &target, pods).await?;
+            }
+            let available = canary.as_ref().map_or(0, |(_, a)| *a);
+            if available >= *changed && hash.is_some() && pods.is_some() {
                 set_route(ctx, t, i64::from(traffic.unwrap_or(0)), true).await?;
             }
         }
@@ -832,9 +878,14 @@ mod tests {
             ("app".to_string(), "web".to_string()),
             (HASH.to_string(), "abc".to_string()),
         ]);
-        let s = canary_selector(&stable, "c1");
+        let s = canary_selector(&stable, &CanaryPods::Change("c1".into()));
         assert_eq!(s.get("app").map(String::as_str), Some("web"));
         assert_eq!(s.get(LABEL_CHANGE).map(String::as_str), Some("c1"));
         assert!(!s.contains_key(HASH));
+        // A guarded change's canary ReplicaSet: its pods' hash, in place of the stable one's.
+        let s = canary_selector(&stable, &CanaryPods::Hash("def".into()));
+        assert_eq!(s.get("app").map(String::as_str), Some("web"));
+        assert_eq!(s.get(HASH).map(String::as_str), Some("def"));
+        assert!(!s.contains_key(LABEL_CHANGE));
     }
 }
