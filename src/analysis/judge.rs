@@ -232,6 +232,9 @@ pub struct Params {
     pub slot_secs: f64,
     /// Change-group samples before this Unix time are skipped (pod warm-up).
     pub skip_change_before: Option<f64>,
+    /// A traffic-weighted canary: the requests a canary pod gets relative to a control pod
+    /// (`None`: the same, as a Service spreads them).
+    pub canary_share_per_pod: Option<f64>,
     /// How far and how long the `peers` detector needs a departure to be.
     pub far: f64,
     /// Far slots the `peers` detector needs.
@@ -284,6 +287,7 @@ impl Default for Params {
             use_control: true,
             slot_secs: 30.0,
             skip_change_before: None,
+            canary_share_per_pod: None,
             far: peers::DEFAULT_FAR,
             far_samples: peers::DEFAULT_FAR_SAMPLES,
             long: peers::DEFAULT_LONG,
@@ -996,10 +1000,16 @@ fn idle_canary(metrics: &[(Metric, MetricData)], p: &Params) -> Option<detect::D
         let Some(control) = g.control.as_ref().filter(|c| !c.is_empty()) else {
             continue;
         };
+        // Requests (and the CPU they take) follow a traffic-weighted canary's share; latency not.
+        let expected = match (data, m.kind) {
+            (MetricData::Plain(_), MetricKind::Latency) => 1.0,
+            _ => p.canary_share_per_pod.unwrap_or(1.0),
+        };
         activity.push(detect::idle::Activity {
             name,
             change: values_from(&g.change, p.skip_change_before),
             control: values_from(control, p.skip_change_before),
+            expected,
         });
     }
     if activity.is_empty() {

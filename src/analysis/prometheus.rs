@@ -71,6 +71,17 @@ pub struct QueryPlan {
     pub windows: Vec<GroupWindow>,
     /// The judgements the change holds, which share the tests' significance level.
     pub looks: u32,
+    /// A traffic-weighted batch: the requests a canary pod gets relative to a control pod.
+    pub canary_share_per_pod: Option<f64>,
+}
+
+/// The requests a canary pod gets relative to a control pod when the canary's `changed` pods
+/// take `share`% of the requests and the `control` pods the rest (None without a share, or
+/// without pods on either side).
+pub fn share_per_pod(share: Option<i32>, changed: usize, control: usize) -> Option<f64> {
+    let t = f64::from(share?);
+    (changed > 0 && control > 0 && t > 0.0 && t < 100.0)
+        .then(|| (t / changed as f64) / ((100.0 - t) / control as f64))
 }
 
 fn step_secs(interval_ms: i64) -> f64 {
@@ -255,6 +266,7 @@ pub async fn analyze(
     let mut params = judge::Params::from_spec(spec);
     // Every judgement of the change tests again: share the level among them all.
     params.alpha /= f64::from(plan.looks.max(1));
+    params.canary_share_per_pod = plan.canary_share_per_pod;
     // Against a fresh baseline the young-pod effect is in the reference already: the records
     // (canary ÷ long-running control) neither apply nor grow from such a judgement.
     let fresh = plan.windows.iter().any(|w| w.group == "running");
@@ -477,6 +489,16 @@ pub fn plan_for(req: &JudgeRequest<'_>) -> QueryPlan {
         interval_ms: interval.as_millis_i64(),
         windows,
         looks: req.window.looks,
+        // A traffic-weighted batch: the share its status records for the batch judged.
+        canary_share_per_pod: req.cr.spec.traffic.as_ref().and_then(|_| {
+            let st = req.cr.status.as_ref()?;
+            let batch = st.batches.iter().find(|b| b.index == st.current_batch)?;
+            share_per_pod(
+                batch.traffic,
+                req.groups.change.len(),
+                req.groups.control.len(),
+            )
+        }),
     }
 }
 
@@ -612,6 +634,25 @@ impl Analyzer for PrometheusAnalyzer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_canary_pods_share_of_the_requests_is_its_weight_over_its_pods() {
+        // 1 pod at 1% beside 4 stable pods: 1% per canary pod, 24.75% per stable pod.
+        let r = share_per_pod(Some(1), 1, 4).unwrap();
+        assert!((r - 0.01 / 0.2475).abs() < 1e-12, "{r}");
+        // 2 pods at 50% beside 2: even.
+        assert_eq!(share_per_pod(Some(50), 2, 2), Some(1.0));
+        // No share, no canary or control pods, or all on one side: nothing to scale.
+        for (share, c, k) in [
+            (None, 1, 4),
+            (Some(5), 0, 4),
+            (Some(5), 1, 0),
+            (Some(100), 4, 1),
+            (Some(0), 1, 4),
+        ] {
+            assert_eq!(share_per_pod(share, c, k), None);
+        }
+    }
 
     #[test]
     fn a_guarded_deployment_background_is_the_stable_replica_set_only() {

@@ -303,6 +303,7 @@ async fn run_inner(args: AnalyzeArgs) -> Result<u8, BadInput> {
         windows,
         // One judgement, tested once.
         looks: 1,
+        canary_share_per_pod: None,
     };
     let judged = analyze(&spec, &prom, token.as_deref(), &plan, None).await;
     finish(

@@ -25,6 +25,11 @@ pub struct Activity {
     pub change: Vec<f64>,
     /// The control pods' samples.
     pub control: Vec<f64>,
+    /// What a working canary pod does relative to a control pod: 1 when the Service spreads the
+    /// requests evenly; a traffic-weighted canary's share of the requests per pod over a stable
+    /// pod's (1 pod at 1% beside 4 stable pods: 0.01 / (0.99 / 4) ≈ 0.04). The control's level
+    /// is scaled by it before "near zero" is judged.
+    pub expected: f64,
 }
 
 /// Fail when every activity metric with canary samples shows the canary near zero while the
@@ -37,14 +42,24 @@ pub fn idle(metrics: &[Activity]) -> Detection {
         if c.is_empty() || k.is_empty() {
             continue;
         }
-        let (mc, mk) = (median(&c), median(&k));
+        let (mc, mk) = (median(&c), median(&k) * m.expected);
         if mk <= 0.0 {
             // The control pods are idle too: nothing to compare with.
             continue;
         }
         let share = mc.abs() / mk;
         if share <= IDLE_SHARE {
-            compared.push(format!("{} {} vs {}", m.name, fmt_num(mc), fmt_num(mk)));
+            compared.push(if m.expected == 1.0 {
+                format!("{} {} vs {}", m.name, fmt_num(mc), fmt_num(mk))
+            } else {
+                format!(
+                    "{} {} vs {} (the control's {} at the canary's share of the requests)",
+                    m.name,
+                    fmt_num(mc),
+                    fmt_num(mk),
+                    fmt_num(median(&k))
+                )
+            });
         } else {
             busy.push(format!("{} {}× control", m.name, fmt_num(share)));
         }
@@ -83,7 +98,45 @@ mod tests {
             name: name.into(),
             change: change.to_vec(),
             control: control.to_vec(),
+            expected: 1.0,
         }
+    }
+
+    #[test]
+    fn a_canary_at_a_small_share_of_the_requests_is_judged_against_that_share() {
+        // 1 canary pod at 1% of 400 rps beside 4 stable pods (99 rps each): 4 rps is work.
+        let rate = |expected| Activity {
+            expected,
+            ..act(
+                "error-ratio (its request rate)",
+                &[4.1, 3.9, 4.0],
+                &[99.0, 98.5, 99.4],
+            )
+        };
+        let d = idle(&[rate(1.0)]);
+        assert_eq!(
+            d.outcome,
+            Verdict::Fail,
+            "evenly spread, 4 vs 99 is nothing"
+        );
+        let d = idle(&[rate(0.01 / (0.99 / 4.0))]);
+        assert_eq!(d.outcome, Verdict::Pass, "{}", d.explanation);
+        // At that share a canary that serves nothing still fails.
+        let none = Activity {
+            expected: 0.01 / (0.99 / 4.0),
+            ..act(
+                "error-ratio (its request rate)",
+                &[0.0, 0.0, 0.01],
+                &[99.0, 98.5, 99.4],
+            )
+        };
+        let d = idle(&[none]);
+        assert_eq!(d.outcome, Verdict::Fail, "{}", d.explanation);
+        assert!(
+            d.explanation.contains("at the canary's share"),
+            "{}",
+            d.explanation
+        );
     }
 
     #[test]

@@ -80,10 +80,11 @@ pub fn detect(
     if !(change_total >= p.min_total.max(1.0) && ref_total >= p.min_total.max(1.0)) {
         return Detection::inconclusive(
             "proportion",
+            // Counts read from rates are estimates: whole numbers say enough.
             format!(
-                "{} change and {} reference events; {} each needed",
-                fmt_num(change_total),
-                fmt_num(ref_total),
+                "about {:.0} change and {:.0} reference events (requests, for an error ratio); {} each needed",
+                change_total,
+                ref_total,
                 fmt_num(p.min_total)
             ),
         );
@@ -184,9 +185,11 @@ mod tests {
 
     #[test]
     fn too_little_traffic_is_inconclusive() {
+        let d = detect(1.0, 16.68, 0.0, 1514.0, P);
+        assert_eq!(d.outcome, Verdict::Inconclusive);
         assert_eq!(
-            detect(1.0, 10.0, 0.0, 1000.0, P).outcome,
-            Verdict::Inconclusive
+            d.explanation,
+            "about 17 change and 1514 reference events (requests, for an error ratio); 50 each needed"
         );
     }
 }
