@@ -224,6 +224,12 @@ fn check_traffic(spec: &ChangeRequestSpec) -> Result<(), FieldError> {
             "a config change cannot be traffic-weighted yet: its objects' new contents reach every pod that restarts, whatever the weights",
         ));
     }
+    if spec.policy.is_some() && spec.deletion_policy == crate::api::DeletionPolicy::Keep {
+        return Err(FieldError::new(
+            "deletionPolicy",
+            "keep cannot keep a guarded Deployment's canary (its ReplicaSet goes with the ChangeRequest) while the route sends it requests: use rollback with traffic",
+        ));
+    }
     if spec.baseline == crate::api::Baseline::Fresh {
         return Err(FieldError::new(
             "baseline",

@@ -1225,6 +1225,12 @@ mod tests {
             let msg = traffic_kinds(&policy(workloads)).unwrap();
             assert!(msg.starts_with("spec.workloads.kinds:"), "{msg}");
         }
+        // A guarded canary goes with its ChangeRequest: keep would cut off the requests routed
+        // to it, so the policy is refused naming the field.
+        let mut p = policy("{kinds: [Deployment], names: [web]}");
+        p.spec.change.deletion_policy = crate::api::DeletionPolicy::Keep;
+        let probe = spec_for(&p, TargetKind::Deployment, "probe", json!({"spec": {}}));
+        assert_eq!(check_spec(&probe).unwrap_err().field, "deletionPolicy");
         let mut p = policy("{names: [web]}");
         p.spec.change.traffic = None;
         p.spec.change.batches = serde_yaml::from_str("[{percent: 100}]").unwrap();
