@@ -49,14 +49,14 @@ fn rs_template(rs: &ReplicaSet) -> Result<Value, Error> {
     Ok(t)
 }
 
-fn revision(rs: &ReplicaSet) -> i64 {
+pub(super) fn revision(rs: &ReplicaSet) -> i64 {
     rs.annotations()
         .get("deployment.kubernetes.io/revision")
         .and_then(|r| r.parse().ok())
         .unwrap_or(0)
 }
 
-fn owned_by(rs: &ReplicaSet, d: &Deployment) -> bool {
+pub(super) fn owned_by(rs: &ReplicaSet, d: &Deployment) -> bool {
     rs.owner_references()
         .iter()
         .any(|o| o.controller == Some(true) && Some(&o.uid) == d.metadata.uid.as_ref())

@@ -212,15 +212,36 @@ pub fn desired_rules(
     Ok(rules)
 }
 
-/// What graygate last set on a route: (change, stable, canary).
-fn recorded(route: &Value) -> Option<(String, i64, i64)> {
+/// What graygate last set on a route, from its [`ANN_WEIGHTS`] annotation.
+#[derive(Debug, PartialEq)]
+struct Record {
+    change: String,
+    stable: i64,
+    canary: i64,
+    /// Whether graygate's header rule was there (absent in a record without it).
+    header: Option<bool>,
+    /// When, in Unix seconds.
+    at: Option<i64>,
+}
+
+/// The route's record; None without one that names the change and both weights.
+fn recorded(route: &Value) -> Option<Record> {
     let v: Value =
         serde_json::from_str(route["metadata"]["annotations"][ANN_WEIGHTS].as_str()?).ok()?;
-    Some((
-        v["change"].as_str()?.to_string(),
-        v["stable"].as_i64()?,
-        v["canary"].as_i64()?,
-    ))
+    Some(Record {
+        change: v["change"].as_str()?.to_string(),
+        stable: v["stable"].as_i64()?,
+        canary: v["canary"].as_i64()?,
+        header: v["header"].as_bool(),
+        at: v["at"].as_i64(),
+    })
+}
+
+/// Whether graygate's header rule is among `rules`.
+fn has_header_rule(rules: &[Value]) -> bool {
+    rules
+        .iter()
+        .any(|r| r["name"].as_str() == Some(HEADER_RULE))
 }
 
 /// How long the canary's weight is 0 on the route before its pods go at a rollback: the time a
@@ -237,18 +258,17 @@ pub async fn settled(ctx: &Ctx<'_>) -> Result<bool, Error> {
     let Some(route) = get_route(ctx, &t.http_route).await? else {
         return Ok(true);
     };
-    let Some((who, _, canary)) = recorded(&route) else {
+    let Some(record) = recorded(&route) else {
         return Ok(true);
     };
-    if who != ctx.cr.name_any() {
+    if record.change != ctx.cr.name_any() {
         return Ok(true);
     }
-    let at: Option<i64> = route["metadata"]["annotations"][ANN_WEIGHTS]
-        .as_str()
-        .and_then(|a| serde_json::from_str::<Value>(a).ok())
-        .and_then(|v| v["at"].as_i64());
     let now = jiff::Timestamp::now().as_second();
-    Ok(canary == 0 && at.is_none_or(|at| now - at >= SETTLE.as_secs() as i64))
+    Ok(record.canary == 0
+        && record
+            .at
+            .is_none_or(|at| now - at >= SETTLE.as_secs() as i64))
 }
 
 /// Weights (or graygate's header rule) that differ from what this change last set on the route,
@@ -259,10 +279,11 @@ pub fn changed_by_others(
     ns: &str,
     change: &str,
 ) -> Option<String> {
-    let (who, stable, canary) = recorded(route)?;
-    if who != change {
+    let record = recorded(route)?;
+    if record.change != change {
         return None;
     }
+    let (stable, canary) = (record.stable, record.canary);
     let name = route["metadata"]["name"].as_str().unwrap_or_default();
     let index = find_rule(route, t, ns).ok()?;
     let (s, c) = weights(&route["spec"]["rules"][index], t, ns);
@@ -272,13 +293,8 @@ pub fn changed_by_others(
             t.stable_service, t.canary_service,
         ));
     }
-    let record: Value =
-        serde_json::from_str(route["metadata"]["annotations"][ANN_WEIGHTS].as_str()?).ok()?;
-    let had_header = record["header"].as_bool()?;
-    let has_header = route["spec"]["rules"]
-        .as_array()?
-        .iter()
-        .any(|r| r["name"].as_str() == Some(HEADER_RULE));
+    let had_header = record.header?;
+    let has_header = has_header_rule(route["spec"]["rules"].as_array()?);
     (had_header != has_header).then(|| {
         format!(
             "graygate's header rule {HEADER_RULE} of HTTPRoute {name} was {} by someone else; resume the change to set it again (and keep GitOps from syncing it: docs/gitops.md)",
@@ -353,23 +369,12 @@ async fn stable_hash(ctx: &Ctx<'_>, target: &Deployment) -> Result<Option<String
                 .await?;
         return Ok(running.and_then(|rs| rs.labels().get(HASH).cloned()));
     }
-    let uid = target.uid();
-    let revision = |rs: &ReplicaSet| {
-        rs.annotations()
-            .get("deployment.kubernetes.io/revision")
-            .and_then(|r| r.parse::<i64>().ok())
-            .unwrap_or(0)
-    };
     Ok(ctx
         .list::<ReplicaSet>(&Default::default())
         .await?
         .into_iter()
-        .filter(|rs| {
-            rs.owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
-        })
-        .max_by_key(revision)
+        .filter(|rs| super::guarded::owned_by(rs, target))
+        .max_by_key(super::guarded::revision)
         .and_then(|rs| rs.labels().get(HASH).cloned()))
 }
 
@@ -429,27 +434,28 @@ fn wanted(step: &Step) -> (i64, bool, bool) {
     }
 }
 
-/// The step's traffic has been reached: the route carries its weights and header rule, and
-/// the stable Service is pinned (a batch) or not (the end).
-pub async fn reached(ctx: &Ctx<'_>, step: &Step) -> Result<bool, Error> {
-    let Some(t) = spec(ctx) else {
-        return Ok(true);
-    };
+/// The step's traffic has been reached: the route (as just read, `None` when it is gone)
+/// carries its weights and header rule, and the stable Service is pinned (a batch) or not (the
+/// end).
+async fn reached(
+    ctx: &Ctx<'_>,
+    t: &GatewayApiTraffic,
+    route: Option<&Value>,
+    step: &Step,
+) -> Result<bool, Error> {
     let (canary, header, pinned) = wanted(step);
-    let Some(route) = get_route(ctx, &t.http_route).await? else {
+    let Some(route) = route else {
         // The route went away: nothing to wait for at the end; a batch cannot be reached.
         return Ok(!pinned);
     };
-    let Ok(index) = find_rule(&route, t, ctx.ns) else {
+    let Ok(index) = find_rule(route, t, ctx.ns) else {
         return Ok(!pinned);
     };
     let rules = route["spec"]["rules"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let has_header = rules
-        .iter()
-        .any(|r| r["name"].as_str() == Some(HEADER_RULE));
+    let has_header = has_header_rule(&rules);
     let weights_ok = weights(&rules[index], t, ctx.ns) == (100 - canary, canary);
     let header_ok = has_header == (header && t.header.is_some());
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ctx.ns);
@@ -474,11 +480,13 @@ pub async fn observe(
     match step {
         None => obs.traffic_invalid = check(ctx).await?,
         Some(step) => {
-            if let Some(route) = get_route(ctx, &t.http_route).await? {
-                obs.traffic_changed = changed_by_others(&route, t, ctx.ns, &ctx.cr.name_any());
+            // One read of the route serves both questions.
+            let route = get_route(ctx, &t.http_route).await?;
+            if let Some(route) = &route {
+                obs.traffic_changed = changed_by_others(route, t, ctx.ns, &ctx.cr.name_any());
             }
             if obs.step_reached {
-                obs.step_reached = reached(ctx, step).await?;
+                obs.step_reached = reached(ctx, t, route.as_ref(), step).await?;
             }
         }
     }
@@ -509,32 +517,28 @@ async fn set_route(
         Ok(r) => r,
         // graygate's header rule still goes.
         Err(_) if ending => {
-            let current = route["spec"]["rules"]
+            let mut rules = route["spec"]["rules"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            let kept: Vec<Value> = current
-                .iter()
-                .filter(|r| r["name"].as_str() != Some(HEADER_RULE))
-                .cloned()
-                .collect();
-            if kept.len() == current.len() {
+            if !has_header_rule(&rules) {
                 return Ok(());
             }
-            kept
+            rules.retain(|r| r["name"].as_str() != Some(HEADER_RULE));
+            rules
         }
         Err((f, m)) => return Err(Error::Spec(format!("{f}: {m}"))),
     };
     let change = ctx.cr.name_any();
     if route["spec"]["rules"].as_array() == Some(&rules)
-        && recorded(&route) == Some((change.clone(), 100 - canary, canary))
+        && recorded(&route).is_some_and(|r| {
+            (r.change.as_str(), r.stable, r.canary) == (change.as_str(), 100 - canary, canary)
+        })
         && changed_by_others(&route, t, ctx.ns, &change).is_none()
     {
         return Ok(());
     }
-    let has_header = rules
-        .iter()
-        .any(|r| r["name"].as_str() == Some(HEADER_RULE));
+    let has_header = has_header_rule(&rules);
     let record = json!({
         "change": change,
         "stable": 100 - canary,
