@@ -56,8 +56,26 @@ impl Drop for ControlPlane {
     }
 }
 
-/// A free loopback port (bound and released; the OS does not hand it out again at once).
+/// A free loopback port (bound and released before the caller's server binds it).
+///
+/// It is drawn at random from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768–60999 by default): a port from inside that range,
+/// once released, can be taken by any outgoing connection of any test running beside this one
+/// before the server binds it ("address already in use"); below it, only another test's pick
+/// can collide. Falls back to a port the kernel picks when nothing below is free.
 pub fn free_port() -> anyhow::Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > 20_000 {
+        for _ in 0..100 {
+            let port = rand::random_range(20_000..low);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -99,7 +117,25 @@ fn spawn(name: &'static str, bin: &Path, args: &[String], dir: &Path) -> anyhow:
 
 impl ControlPlane {
     /// Start etcd, the API server and the controller manager; returns once `/readyz` answers.
+    ///
+    /// Ports are chosen free and released before the components bind them, so a test starting
+    /// beside this one can take one first: the component then exits with "address already in
+    /// use", and the whole control plane is started again on other ports (at most 3 times).
     pub async fn start() -> anyhow::Result<ControlPlane> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once().await {
+                Ok(cp) => return Ok(cp),
+                Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                    eprintln!("the control plane did not start ({e:#}); starting it again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn start_once() -> anyhow::Result<ControlPlane> {
         let dir = tempfile::Builder::new().prefix("graygate-cp-").tempdir()?;
         let d = dir.path().to_path_buf();
         let mut cp = ControlPlane {
