@@ -227,8 +227,8 @@ pub struct Params {
     pub min_samples: usize,
     /// Compare with the control group.
     pub use_control: bool,
-    /// Width of a time slot in seconds: samples are averaged into non-overlapping windows this
-    /// wide (the analysis interval), so overlapping `rate()` points count once.
+    /// Width of a time slot in seconds (the analysis interval): each slot takes the sample at its
+    /// end, so overlapping `rate()` points count once (see [`peer_units`]).
     pub slot_secs: f64,
     /// Change-group samples before this Unix time are skipped (pod warm-up).
     pub skip_change_before: Option<f64>,
@@ -297,9 +297,17 @@ impl Default for Params {
 }
 
 /// A group's series as peer units: one unit per pod (a single unnamed series with gaps of over
-/// an hour, such as the same hours on earlier days, becomes one unit per stretch), samples
-/// averaged into slots of `slot` seconds counted from `t0` modulo a day, so that control pods
-/// line up by time and earlier days by time of day.
+/// an hour, such as the same hours on earlier days, becomes one unit per stretch), in slots of
+/// `slot` seconds counted from `t0` modulo a day, so that control pods line up by time and
+/// earlier days by time of day.
+///
+/// A slot's value is its last sample, kept only when it lies within one sample spacing of the
+/// slot's end. A range query's point is a `rate(…[interval])` (or quantile) over the `interval`
+/// before it, taken every `interval / 10`: the point at a slot's end covers that slot, and the
+/// next slot's last point the next, so each request counts in one slot. An average of the
+/// slot's points would also count the end of the slot before (one slow request raising two
+/// neighbouring slots, and two far slots fail); a slot still filling (the window's last) has
+/// no point covering it yet and waits for the next judgement.
 pub fn peer_units(g: &GroupData, t0: f64, slot: f64, skip_before: Option<f64>) -> Vec<peers::Unit> {
     let gap = (10.0 * slot).max(3600.0);
     let mut out = Vec::new();
@@ -319,16 +327,19 @@ pub fn peer_units(g: &GroupData, t0: f64, slot: f64, skip_before: Option<f64>) -
             }
         }
         for s in stretches.into_iter().filter(|s| !s.is_empty()) {
-            let mut sums: BTreeMap<i64, (f64, usize)> = BTreeMap::new();
+            // One sample alone gives no spacing: it stands for its slot.
+            let step = if s.len() < 2 { slot } else { spacing(&s) };
+            // Per slot, its last sample and how long before the slot's end it was taken.
+            let mut last: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
             for (t, v) in s {
-                let key = ((t - t0).rem_euclid(86_400.0) / slot).floor() as i64;
-                let e = sums.entry(key).or_insert((0.0, 0));
-                e.0 += v;
-                e.1 += 1;
+                let at = (t - t0).rem_euclid(86_400.0) / slot;
+                let key = at.floor() as i64;
+                last.insert(key, (v, (key + 1) as f64 * slot - at * slot));
             }
             out.push(
-                sums.into_iter()
-                    .map(|(k, (s, n))| (k, s / n as f64))
+                last.into_iter()
+                    .filter(|(_, (_, before_end))| *before_end <= step * (1.0 + 1e-9) + 1e-9)
+                    .map(|(k, (v, _))| (k, v))
                     .collect(),
             );
         }
@@ -1066,6 +1077,81 @@ mod tests {
         (0..n)
             .map(|i| base + ((i * 7) % 5) as f64 * 0.01 * base)
             .collect()
+    }
+
+    /// Pods' p99 latency as a range query gives it: every second, over the 10 s before.
+    fn p99_points(pods: &[&str], slow_from: Option<f64>, slow_to: f64) -> GroupData {
+        GroupData(
+            pods.iter()
+                .enumerate()
+                .map(|(j, pod)| {
+                    let series = (0..120)
+                        .map(|t| {
+                            let t = t as f64;
+                            // A slow request at `r` is in the points whose window (t-10, t] holds it.
+                            let slow =
+                                slow_from.is_some_and(|r| r <= t && t - 10.0 < slow_to.max(r));
+                            let base = 0.1 + 0.002 * ((t as usize + j) % 3) as f64;
+                            (t, if slow { 1.0 } else { base })
+                        })
+                        .collect();
+                    (pod.to_string(), series)
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn one_slow_request_raises_one_slot_and_a_slow_stretch_still_fails() {
+        let p = Params {
+            slot_secs: 10.0,
+            ..Params::default()
+        };
+        let latency = metric("latency-p99", true, &["peers"]);
+        let judge_change = |change: GroupData| {
+            let data = MetricData::Plain(Groups {
+                change,
+                control: Some(p99_points(&["a", "b", "c"], None, 0.0)),
+                ..Default::default()
+            });
+            judge(&[(latency.clone(), data)], &p)
+        };
+        // One request 10× slower at 43.5 s is in the points from 44 to 53 s: the slots [40, 50)
+        // and [50, 60) both hold some, but only the point at 49 s covers it.
+        let one = judge_change(p99_points(&["x"], Some(43.5), 43.5));
+        assert_eq!(one.verdict, Verdict::Pass, "{}", one.summary);
+        // Slow from 40 s to 70 s: three slots.
+        let stretch = judge_change(p99_points(&["x"], Some(40.0), 70.0));
+        assert_eq!(stretch.verdict, Verdict::Fail, "{}", stretch.summary);
+        // The same single request with slots averaged would have failed: two slots above.
+        let units = peer_units(&p99_points(&["x"], Some(43.5), 43.5), 0.0, 10.0, None);
+        let raised = units[0].values().filter(|v| **v > 0.5).count();
+        assert_eq!(raised, 1, "{units:?}");
+    }
+
+    #[test]
+    fn a_slot_counts_once_its_end_is_sampled() {
+        // Points every second up to 14 s in slots of 10 s: the slot [10, 20) has no point at
+        // its end yet.
+        let g = GroupData(
+            [(
+                "p".to_string(),
+                (0..15).map(|t| (t as f64, t as f64)).collect(),
+            )]
+            .into(),
+        );
+        let units = peer_units(&g, 0.0, 10.0, None);
+        assert_eq!(units, vec![[(0, 9.0)].into()]);
+        // Recorded data one point a slot: every slot, its value.
+        let g = GroupData(
+            [(
+                "p".to_string(),
+                (0..5).map(|t| (60.0 * t as f64, t as f64)).collect(),
+            )]
+            .into(),
+        );
+        let units = peer_units(&g, 0.0, 60.0, None);
+        assert_eq!(units, vec![(0..5).map(|k| (k, k as f64)).collect()]);
     }
 
     #[test]
