@@ -301,13 +301,12 @@ impl Default for Params {
 /// `slot` seconds counted from `t0` modulo a day, so that control pods line up by time and
 /// earlier days by time of day.
 ///
-/// A slot's value is its last sample, kept only when it lies within one sample spacing of the
-/// slot's end. A range query's point is a `rate(…[interval])` (or quantile) over the `interval`
-/// before it, taken every `interval / 10`: the point at a slot's end covers that slot, and the
-/// next slot's last point the next, so each request counts in one slot. An average of the
-/// slot's points would also count the end of the slot before (one slow request raising two
-/// neighbouring slots, and two far slots fail); a slot still filling (the window's last) has
-/// no point covering it yet and waits for the next judgement.
+/// A slot's value is its last sample. A range query's point is a `rate(…[interval])` (or
+/// quantile) over the `interval` before it, taken every `interval / 10`: the point at a slot's
+/// end covers that slot, and the next slot's last point the next, so each request counts in one
+/// slot. An average of the slot's points would also count the end of the slot before (one slow
+/// request raising two neighbouring slots, and two far slots fail). Only the window's last slot,
+/// still filling, is valued by a point whose `interval` reaches back into the slot before.
 pub fn peer_units(g: &GroupData, t0: f64, slot: f64, skip_before: Option<f64>) -> Vec<peers::Unit> {
     let gap = (10.0 * slot).max(3600.0);
     let mut out = Vec::new();
@@ -327,21 +326,13 @@ pub fn peer_units(g: &GroupData, t0: f64, slot: f64, skip_before: Option<f64>) -
             }
         }
         for s in stretches.into_iter().filter(|s| !s.is_empty()) {
-            // One sample alone gives no spacing: it stands for its slot.
-            let step = if s.len() < 2 { slot } else { spacing(&s) };
-            // Per slot, its last sample and how long before the slot's end it was taken.
-            let mut last: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
+            // Per slot, its last sample (the samples come in time order).
+            let mut last: BTreeMap<i64, f64> = BTreeMap::new();
             for (t, v) in s {
-                let at = (t - t0).rem_euclid(86_400.0) / slot;
-                let key = at.floor() as i64;
-                last.insert(key, (v, (key + 1) as f64 * slot - at * slot));
+                let key = ((t - t0).rem_euclid(86_400.0) / slot).floor() as i64;
+                last.insert(key, v);
             }
-            out.push(
-                last.into_iter()
-                    .filter(|(_, (_, before_end))| *before_end <= step * (1.0 + 1e-9) + 1e-9)
-                    .map(|(k, (v, _))| (k, v))
-                    .collect(),
-            );
+            out.push(last);
         }
     }
     out
@@ -1130,9 +1121,9 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_counts_once_its_end_is_sampled() {
-        // Points every second up to 14 s in slots of 10 s: the slot [10, 20) has no point at
-        // its end yet.
+    fn a_slot_is_valued_by_its_last_sample() {
+        // Points every second up to 14 s in slots of 10 s: the slot [10, 20), still filling,
+        // takes its latest point.
         let g = GroupData(
             [(
                 "p".to_string(),
@@ -1141,7 +1132,7 @@ mod tests {
             .into(),
         );
         let units = peer_units(&g, 0.0, 10.0, None);
-        assert_eq!(units, vec![[(0, 9.0)].into()]);
+        assert_eq!(units, vec![[(0, 9.0), (1, 14.0)].into()]);
         // Recorded data one point a slot: every slot, its value.
         let g = GroupData(
             [(
