@@ -211,55 +211,35 @@ impl ControlPlane {
         cp.wait_ready(Duration::from_secs(60)).await?;
         // The controller manager is ready when the service-account controller has made the
         // `default` ServiceAccount of the `default` namespace: without that, pods cannot be
-        // created, and a ReplicaSet that fails early backs off for minutes. Its port is chosen
-        // free and released, so another test can take it first: then it exits, and it is
-        // started again on another port.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let manager = [
-                format!("--kubeconfig={}", cp.kubeconfig.display()),
-                "--controllers=deployment,replicaset,statefulset,garbagecollector,serviceaccount,serviceaccount-token,namespace,horizontalpodautoscaling".into(),
-                format!("--service-account-private-key-file={}", key.display()),
-                format!("--root-ca-file={}", certs.join("apiserver.crt").display()),
-                "--leader-elect=false".into(),
-                // Above the defaults (20/30), as busy clusters run it, so that the scale
-                // benchmark measures graygate rather than the controller manager's client
-                // throttle.
-                "--kube-api-qps=100".into(),
-                "--kube-api-burst=200".into(),
-                // Level 2, as most clusters run it: the controllers log what they do (scaling,
-                // creating pods), a real log the log detectors are tested on (e2e/tests/real_logs.rs).
-                "--v=2".into(),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={}", free_port()?),
-            ];
-            cp.children.push((
+        // created, and a ReplicaSet that fails early backs off for minutes. (Its port, taken
+        // first by another test, is one more case of `start` starting everything again.)
+        let manager = [
+            format!("--kubeconfig={}", cp.kubeconfig.display()),
+            "--controllers=deployment,replicaset,statefulset,garbagecollector,serviceaccount,serviceaccount-token,namespace,horizontalpodautoscaling".into(),
+            format!("--service-account-private-key-file={}", key.display()),
+            format!("--root-ca-file={}", certs.join("apiserver.crt").display()),
+            "--leader-elect=false".into(),
+            // Above the defaults (20/30), as busy clusters run it, so that the scale
+            // benchmark measures graygate rather than the controller manager's client
+            // throttle.
+            "--kube-api-qps=100".into(),
+            "--kube-api-burst=200".into(),
+            // Level 2, as most clusters run it: the controllers log what they do (scaling,
+            // creating pods), a real log the log detectors are tested on (e2e/tests/real_logs.rs).
+            "--v=2".into(),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={}", free_port()?),
+        ];
+        cp.children.push((
+            "kube-controller-manager",
+            spawn(
                 "kube-controller-manager",
-                spawn(
-                    "kube-controller-manager",
-                    &binary("kube-controller-manager")?,
-                    &manager,
-                    &d,
-                )?,
-            ));
-            match cp.wait_manager_ready(Duration::from_secs(90)).await {
-                Ok(()) => break,
-                Err(e)
-                    if attempt < 3
-                        && cp
-                            .log_tail("kube-controller-manager")
-                            .contains("address already in use") =>
-                {
-                    if let Some((_, mut c)) = cp.children.pop() {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                    }
-                    eprintln!("kube-controller-manager did not start ({e:#}); starting it again");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+                &binary("kube-controller-manager")?,
+                &manager,
+                &d,
+            )?,
+        ));
+        cp.wait_manager_ready(Duration::from_secs(90)).await?;
         Ok(cp)
     }
 
