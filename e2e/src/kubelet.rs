@@ -159,8 +159,7 @@ pub async fn start(
     cert: &Path,
     key: &Path,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    let port = free_port()?;
-    let server = serve_api(apps.clone(), port, cert, key).await?;
+    let (server, port) = serve_api(apps.clone(), cert, key).await?;
     register_node(&client, port).await?;
     let (config_maps, cm_watch) = watch(Api::<ConfigMap>::all(client.clone()), ());
     let (secrets, secret_watch) = watch(Api::<Secret>::all(client.clone()), ());
@@ -434,12 +433,13 @@ async fn container_logs(
 }
 
 /// Serve the kubelet API (only `containerLogs`) over TLS on `port`.
+/// Serve the kubelet API on a port of its own. The port is bound here, before the Node names
+/// it, so a port taken between the pick and the bind only means another pick.
 async fn serve_api(
     apps: Arc<Apps>,
-    port: u16,
     cert: &Path,
     key: &Path,
-) -> anyhow::Result<JoinHandle<()>> {
+) -> anyhow::Result<(JoinHandle<()>, u16)> {
     let router = axum::Router::new()
         .route(
             "/containerLogs/{ns}/{pod}/{container}",
@@ -448,8 +448,16 @@ async fn serve_api(
         .with_state(apps);
     let tls = crate::tls::server_config(cert, key)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    Ok(tokio::spawn(async move {
+    let mut tries = 0;
+    let (listener, port) = loop {
+        let port = free_port()?;
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => break (l, port),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 5 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
@@ -462,5 +470,6 @@ async fn serve_api(
                 }
             });
         }
-    }))
+    });
+    Ok((task, port))
 }

@@ -49,8 +49,20 @@ impl Prometheus {
             port: free_port()?,
             child: None,
         };
-        p.restart()?;
-        Ok(p)
+        // The port is free when picked and bound by Prometheus a moment later; another test's
+        // server can take it in between. At the start nothing knows the port yet: pick again.
+        let mut tries = 0;
+        loop {
+            match p.restart() {
+                Ok(()) => return Ok(p),
+                Err(e) if tries < 2 && e.to_string().contains("address already in use") => {
+                    tries += 1;
+                    p.stop();
+                    p.port = free_port()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The base URL of the HTTP API.
@@ -94,6 +106,14 @@ impl Prometheus {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(code)) = c.try_wait()
+            {
+                self.child = None;
+                let log =
+                    std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default();
+                bail!("prometheus exited ({code}) before it was ready: {log}");
+            }
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 use std::io::{Read, Write};
                 let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
