@@ -86,6 +86,16 @@ async fn wait_changes(w: &World, ns: &str, n: usize) -> Vec<ChangeRequest> {
     .unwrap()
 }
 
+/// Wait for `n` generated ChangeRequests and name the newest.
+async fn newest_change(w: &World, ns: &str, n: usize) -> String {
+    wait_changes(w, ns, n)
+        .await
+        .into_iter()
+        .max_by_key(|c| c.metadata.creation_timestamp.clone().map(|t| t.0))
+        .and_then(|c| c.metadata.name)
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
     let ns = "g1";
@@ -339,18 +349,69 @@ async fn guarded_deployment_every_kubectl_change_goes_out_in_batches() {
         None,
     );
     assert!(ok, "{out}");
-    let crs = wait_changes(&w, ns, 4).await;
-    let restart = crs
-        .iter()
-        .max_by_key(|c| c.metadata.creation_timestamp.clone().map(|t| t.0))
-        .unwrap()
-        .metadata
-        .name
-        .clone()
-        .unwrap();
+    let restart = newest_change(&w, ns, 4).await;
     w.wait_phase(ns, &restart, Phase::Succeeded, LONG)
         .await
         .unwrap();
+
+    // 7. Deleting a generated change stops it: the deletion rolls it back, and the held template
+    // does not start again (its ChangeRequest gone, it failed before). Paused first, so the
+    // deletion lands on an active change whatever the machine's speed.
+    let serving = image_of(&deployment(&w, ns, "web").await.unwrap());
+    let (ok, out) = set_image_of(&w, ns, "deployment/web", "shop/web:healthy-v4");
+    assert!(ok, "{out}");
+    let stopped = newest_change(&w, ns, 5).await;
+    wait_first_batch_ready(&w, ns, &stopped).await;
+    let (ok, out) = kubectl(
+        &w,
+        &[
+            "annotate",
+            "changerequest",
+            &stopped,
+            "-n",
+            ns,
+            "graygate.io/pause=true",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    w.wait_phase(ns, &stopped, Phase::Paused, LONG)
+        .await
+        .unwrap();
+    let (ok, out) = kubectl(
+        &w,
+        &[
+            "delete",
+            "changerequest",
+            &stopped,
+            "-n",
+            ns,
+            "--wait=false",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    wait_changes(&w, ns, 4).await;
+    no_new_change(
+        &w,
+        ns,
+        4,
+        "a change stopped by deleting it does not start again",
+    )
+    .await;
+    let d = deployment(&w, ns, "web").await.unwrap();
+    assert_eq!(d.spec.as_ref().unwrap().paused, Some(true), "still held");
+    assert_eq!(
+        image_of(&d),
+        "shop/web:healthy-v4",
+        "the spec keeps what was applied"
+    );
+    assert!(
+        annotation_of(&d, ANN_FAILED).ends_with(&format!("({stopped})")),
+        "marked failed: {:?}",
+        d.metadata.annotations
+    );
+    wait_old_serving(&w, ns, &serving, 4).await;
     recorder.abort();
     assert_within_rbac(&w);
 }

@@ -32,6 +32,11 @@ pub const ANN_RUNNING: &str = "graygate.io/running-template";
 pub const ANN_FAILED_TEMPLATES: &str = "graygate.io/failed-templates";
 /// How many failed template hashes [`ANN_FAILED_TEMPLATES`] keeps.
 pub const MAX_FAILED_TEMPLATES: usize = 10;
+/// Whether the failed-templates list (the value of [`ANN_FAILED_TEMPLATES`]) names `hash`.
+pub fn failed_before(list: Option<&str>, hash: &str) -> bool {
+    list.is_some_and(|l| l.split(',').any(|h| h.trim() == hash))
+}
+
 /// The failed-templates list with `hash` last, at most [`MAX_FAILED_TEMPLATES`].
 pub fn with_failed(list: Option<&String>, hash: &str) -> String {
     let mut hashes: Vec<&str> = list

@@ -835,7 +835,33 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                 .await?;
             }
             let existing = of_workload.iter().find(|c| c.name_any() == cr_name);
+            let failed_before = failed_before(
+                w.annotations.get(ANN_FAILED_TEMPLATES).map(String::as_str),
+                &hash,
+            );
             match existing {
+                None if failed_before => {
+                    // The template failed before and its ChangeRequest is gone: deleted to stop
+                    // it (the deletion rolled it back) or cleaned up afterwards. It rolls
+                    // nothing, as when a failed template is applied again; starting it anew
+                    // would undo the stop.
+                    let failed = format!("{hash} ({cr_name})");
+                    if w.annotations.get(ANN_FAILED) != Some(&failed) {
+                        patch_workload(
+                            ctx,
+                            ns,
+                            w.kind,
+                            &w.name,
+                            json!({"metadata": {"annotations": {ANN_FAILED: failed}}}),
+                        )
+                        .await?;
+                    }
+                    entry.state = "Failed".into();
+                    entry.change = None;
+                    entry.message = Some(format!(
+                        "template {hash} failed before and its ChangeRequest {cr_name} is gone: it rolls nothing; the old pods keep serving and the workload stays held until a new template is applied"
+                    ));
+                }
                 None => {
                     let spec = spec_for(policy, w.kind, &w.name, w.template.clone());
                     // A change of pinned config says which objects and keys it changes.
@@ -1183,6 +1209,9 @@ mod tests {
         }
         assert_eq!(l.split(',').count(), MAX_FAILED_TEMPLATES);
         assert!(l.starts_with("h2,") && l.ends_with(",h11"), "{l}");
+        assert!(failed_before(Some(&l), "h11") && failed_before(Some(" h2 ,h3"), "h2"));
+        assert!(!failed_before(Some(&l), "h1"), "pushed out of the last ten");
+        assert!(!failed_before(Some("ab"), "a") && !failed_before(None, "a"));
     }
 
     fn policy(workloads: &str) -> ChangePolicy {

@@ -169,8 +169,8 @@ pub fn review(request: &Value, trusted: &[String]) -> Verdict {
         }
         _ => return Verdict::default(),
     }
-    let failed_before = annotation(old, ANN_FAILED_TEMPLATES)
-        .is_some_and(|l| l.split(',').any(|h| h.trim() == h_new));
+    let failed_before =
+        crate::api::failed_before(annotation(old, ANN_FAILED_TEMPLATES).as_deref(), &h_new);
     let revert = was_held.is_some() && annotation(old, ANN_RUNNING).as_deref() == Some(&h_new);
     v.holds_change = changed && !revert;
     if !v.patch.is_empty() {
