@@ -432,9 +432,9 @@ async fn container_logs(
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], text).into_response()
 }
 
-/// Serve the kubelet API (only `containerLogs`) over TLS on `port`.
-/// Serve the kubelet API on a port of its own. The port is bound here, before the Node names
-/// it, so a port taken between the pick and the bind only means another pick.
+/// Serve the kubelet API (only `containerLogs`) over TLS on a port of its own, returned. The
+/// port is bound here, before the Node names it, so a port taken between the pick and the bind
+/// only means another pick.
 async fn serve_api(
     apps: Arc<Apps>,
     cert: &Path,
