@@ -681,7 +681,7 @@ fn run_detector(
                 d.explanation = format!(
                     "{sentence}: outside {lo:.2}–{hi:.2}×, where they put a healthy canary (prediction interval, {}% each side{moderated}); against the {label} alone: {}",
                     fmt_num(p.history_alpha * 100.0),
-                    d.explanation,
+                    plain.explanation,
                 );
                 return (d, format!("change vs {label} and history"));
             }
@@ -696,7 +696,12 @@ fn run_detector(
                     plain.explanation
                 );
             } else {
-                d.explanation = format!("{sentence}; against the {label} alone: {}", d.explanation);
+                // "Alone" is the judgement without the history: the widened band's count of
+                // departing slots would say 0 where the control alone saw several.
+                d.explanation = format!(
+                    "{sentence}; against the {label} alone: {}",
+                    plain.explanation
+                );
             }
             (d, format!("change vs {label} and history"))
         }
@@ -1392,6 +1397,13 @@ mod tests {
             f.explanation
         );
         assert_eq!(f.score, Some(1.3));
+        let alone = judged(1.3, None).findings[0].explanation.clone();
+        assert!(
+            f.explanation
+                .ends_with(&format!("; against the control alone: {alone}")),
+            "{}",
+            f.explanation
+        );
         // A canary like its predecessors passes, and says so.
         let out = judged(1.0, Some(&history));
         assert_eq!(out.verdict, Verdict::Pass, "{}", out.summary);
@@ -1454,6 +1466,64 @@ mod tests {
             ..few.clone()
         };
         assert_eq!(judged(1.15, Some(&wild)).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn against_the_control_alone_is_the_judgement_without_history() {
+        use super::super::history::{History, Record};
+        let pods = |values: &[(&str, f64)]| {
+            GroupData(
+                values
+                    .iter()
+                    .map(|(pod, v)| {
+                        (
+                            pod.to_string(),
+                            (0..5).map(|t| (f64::from(t), *v)).collect(),
+                        )
+                    })
+                    .collect(),
+            )
+        };
+        // Five slots 1.12× the control: beyond the 10% minimum effect at every one, but neither
+        // far (1.5× the band) nor long (10 in a row), so it passes with or without history.
+        let data = MetricData::Plain(Groups {
+            change: pods(&[("canary", 1.12)]),
+            control: Some(pods(&[("a", 1.0), ("b", 1.01), ("c", 0.99)])),
+            ..Default::default()
+        });
+        let latency = metric("latency-p99", true, &["peers"]);
+        let p = Params {
+            slot_secs: 1.0,
+            ..Params::default()
+        };
+        let alone = judge(&[(latency.clone(), data.clone())], &p);
+        assert_eq!(alone.verdict, Verdict::Pass, "{}", alone.summary);
+        let plain = alone.findings[0].explanation.clone();
+        assert!(plain.starts_with("5 of 5 slots beyond ±"), "{plain}");
+        // Released changes whose young canaries ran 2.4–2.6× the control.
+        let history = History {
+            workload: "Deployment/web".into(),
+            records: [2.42, 2.55, 2.61]
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Record {
+                    change: format!("v{i}"),
+                    slot_secs: 1.0,
+                    ratios: [("latency-p99".to_string(), (0..5).map(|a| (a, *r)).collect())].into(),
+                })
+                .collect(),
+            ..History::default()
+        };
+        let out = judge_with_history(&[(latency, data)], &p, Some(&history));
+        assert_eq!(out.verdict, Verdict::Pass, "{}", out.summary);
+        let f = &out.findings[0];
+        assert_eq!(f.suppressed_by, None, "the control alone passes it too");
+        assert!(
+            f.explanation
+                .ends_with(&format!("; against the control alone: {plain}")),
+            "{}",
+            f.explanation
+        );
     }
 
     #[test]
