@@ -1335,22 +1335,49 @@ mod tests {
         );
     }
 
+    /// Pods each steady at one value for `n` one-second samples.
+    fn steady(values: &[(&str, f64)], n: i32) -> GroupData {
+        GroupData(
+            values
+                .iter()
+                .map(|(pod, v)| {
+                    (
+                        pod.to_string(),
+                        (0..n).map(|t| (f64::from(t), *v)).collect(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Released changes of `workload`, each steady at one ratio of `metric` to the control for
+    /// `n` one-second slots.
+    fn released(
+        workload: &str,
+        metric: &str,
+        ratios: &[f64],
+        n: i64,
+    ) -> super::super::history::History {
+        use super::super::history::{History, Record};
+        History {
+            workload: workload.into(),
+            records: ratios
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Record {
+                    change: format!("v{i}"),
+                    slot_secs: 1.0,
+                    ratios: [(metric.to_string(), (0..n).map(|a| (a, *r)).collect())].into(),
+                })
+                .collect(),
+            ..History::default()
+        }
+    }
+
     #[test]
     fn a_change_outside_what_its_released_changes_predict_fails_within_the_minimum_effect() {
         use super::super::history::{History, Record};
-        let pods = |values: &[(&str, f64)]| {
-            GroupData(
-                values
-                    .iter()
-                    .map(|(pod, v)| {
-                        (
-                            pod.to_string(),
-                            (0..10).map(|t| (f64::from(t), *v)).collect(),
-                        )
-                    })
-                    .collect(),
-            )
-        };
+        let pods = |values: &[(&str, f64)]| steady(values, 10);
         let case = |canary: f64| {
             MetricData::Plain(Groups {
                 change: pods(&[("canary", canary)]),
@@ -1366,19 +1393,7 @@ mod tests {
             ..Params::default()
         };
         // Released changes of the workload, each steady at one ratio to the control.
-        let released = |ratios: &[f64]| History {
-            workload: "Deployment/currency".into(),
-            records: ratios
-                .iter()
-                .enumerate()
-                .map(|(i, r)| Record {
-                    change: format!("v{i}"),
-                    slot_secs: 1.0,
-                    ratios: [("cpu".to_string(), (0..10).map(|a| (a, *r)).collect())].into(),
-                })
-                .collect(),
-            ..History::default()
-        };
+        let released = |ratios: &[f64]| released("Deployment/currency", "cpu", ratios, 10);
         let history = released(&[0.995, 0.95, 0.968, 1.023, 0.978, 0.969]);
         let judged = |canary: f64, h: Option<&History>| {
             judge_with_history(&[(cpu.clone(), case(canary))], &p, h)
@@ -1470,20 +1485,7 @@ mod tests {
 
     #[test]
     fn against_the_control_alone_is_the_judgement_without_history() {
-        use super::super::history::{History, Record};
-        let pods = |values: &[(&str, f64)]| {
-            GroupData(
-                values
-                    .iter()
-                    .map(|(pod, v)| {
-                        (
-                            pod.to_string(),
-                            (0..5).map(|t| (f64::from(t), *v)).collect(),
-                        )
-                    })
-                    .collect(),
-            )
-        };
+        let pods = |values: &[(&str, f64)]| steady(values, 5);
         // Five slots 1.12× the control: beyond the 10% minimum effect at every one, but neither
         // far (1.5× the band) nor long (10 in a row), so it passes with or without history.
         let data = MetricData::Plain(Groups {
@@ -1501,19 +1503,7 @@ mod tests {
         let plain = alone.findings[0].explanation.clone();
         assert!(plain.starts_with("5 of 5 slots beyond ±"), "{plain}");
         // Released changes whose young canaries ran 2.4–2.6× the control.
-        let history = History {
-            workload: "Deployment/web".into(),
-            records: [2.42, 2.55, 2.61]
-                .iter()
-                .enumerate()
-                .map(|(i, r)| Record {
-                    change: format!("v{i}"),
-                    slot_secs: 1.0,
-                    ratios: [("latency-p99".to_string(), (0..5).map(|a| (a, *r)).collect())].into(),
-                })
-                .collect(),
-            ..History::default()
-        };
+        let history = released("Deployment/web", "latency-p99", &[2.42, 2.55, 2.61], 5);
         let out = judge_with_history(&[(latency, data)], &p, Some(&history));
         assert_eq!(out.verdict, Verdict::Pass, "{}", out.summary);
         let f = &out.findings[0];
