@@ -129,11 +129,22 @@ async fn latency_is_caught_in_the_first_batch_and_rolled_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noisy_but_healthy_change_passes() {
     let w = settled_world("a3").await;
-    w.apply(&analysed_change(
+    // Judged every 10 s, not 5 s: a `rate(…[5s])` point holds about 4 s of the one canary's
+    // requests (often fewer when a scrape is late), so one request over 100 ms is over 1% of them
+    // and moves its p99 from 0.097 s to 0.13–0.19 s, a far slot. This profile writes such a
+    // request ten times as often as `healthy`, and two far slots failed it in CI. A 10 s point
+    // holds about 200 requests, where it takes three.
+    w.apply(&change_yaml(
         "a3",
         "noisy",
-        "shop/web:noisy-but-healthy",
-        "30s",
+        r#"
+target: {kind: Deployment, name: web}
+images: {app: "shop/web:noisy-but-healthy"}
+analysis: {interval: 10s, failureLimit: 2}
+batches:
+- {replicas: 1, bake: 60s}
+- {percent: 100, bake: 30s}
+"#,
     ))
     .await
     .unwrap();

@@ -693,7 +693,9 @@ async fn a_configmap_edited_in_place_goes_out_in_batches_and_a_bad_edit_is_rolle
     // `rate()` windows read low (a healthy CPU once read 2.7 times such a background). Let the
     // pods run first, as a workload does before anyone guards it.
     tokio::time::sleep(std::time::Duration::from_secs(20)).await;
-    // Analysed, with a last batch long enough for a judgement of pods that just started.
+    // Analysed, with a last batch long enough for a judgement of pods that just started. Every
+    // 10 s: the last edit is `noisy-but-healthy`, whose one canary's p99 over a 5 s point (80–100
+    // requests) moves past the 100 ms bucket on a single slow request (see `analysis.rs`).
     let policy = format!(
         r#"
 apiVersion: graygate.io/v1alpha1
@@ -702,10 +704,10 @@ metadata: {{name: web-policy, namespace: {INPLACE}}}
 spec:
   workloads: {{names: [web]}}
   change:
-    analysis: {{interval: 5s, failureLimit: 2}}
+    analysis: {{interval: 10s, failureLimit: 2}}
     batches:
     - {{replicas: 1, bake: 30s}}
-    - {{percent: 100, bake: 20s}}
+    - {{percent: 100, bake: 30s}}
 "#
     );
     apply(&w, &policy);
