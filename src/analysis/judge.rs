@@ -688,21 +688,15 @@ fn run_detector(
             let within = d.outcome != Verdict::Fail;
             let sentence = mh.sentence(&h.workload, &m.name, this, within);
             if plain.outcome == Verdict::Fail && within {
-                // What decided it comes first: status keeps a bounded explanation, and a long
-                // account of the departure must not push the reason it passed out of it.
                 d.suppressed_by = Some("history");
-                d.explanation = format!(
-                    "{sentence}; against the {label} alone: {}",
-                    plain.explanation
-                );
-            } else {
-                // "Alone" is the judgement without the history: the widened band's count of
-                // departing slots would say 0 where the control alone saw several.
-                d.explanation = format!(
-                    "{sentence}; against the {label} alone: {}",
-                    plain.explanation
-                );
             }
+            // What decided it comes first: status keeps a bounded explanation, and a long account
+            // of the departure must not push the reason it passed out of it. "Alone" is the
+            // judgement without the history (the widened band would count fewer departing slots).
+            d.explanation = format!(
+                "{sentence}; against the {label} alone: {}",
+                plain.explanation
+            );
             (d, format!("change vs {label} and history"))
         }
         "three-sigma" => match &values.background {
