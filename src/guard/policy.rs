@@ -467,6 +467,33 @@ async fn read_workloads(
     Ok((out, stale))
 }
 
+/// Set annotations of a workload to `values`, with one patch, only when one of them differs.
+async fn annotate(
+    ctx: &Context,
+    ns: &str,
+    w: &Workload,
+    values: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    if values
+        .iter()
+        .all(|(k, v)| w.annotations.get(*k).map(String::as_str) == Some(*v))
+    {
+        return Ok(());
+    }
+    let annotations: serde_json::Map<String, Value> = values
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    patch_workload(
+        ctx,
+        ns,
+        w.kind,
+        &w.name,
+        json!({"metadata": {"annotations": annotations}}),
+    )
+    .await
+}
+
 async fn patch_workload(
     ctx: &Context,
     ns: &str,
@@ -765,17 +792,8 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                 .running
                 .as_ref()
                 .and_then(crate::guard::webhook::normalized_hash);
-            if let Some(r) = &running
-                && w.annotations.get(ANN_RUNNING) != Some(r)
-            {
-                patch_workload(
-                    ctx,
-                    ns,
-                    w.kind,
-                    &w.name,
-                    json!({"metadata": {"annotations": {ANN_RUNNING: r}}}),
-                )
-                .await?;
+            if let Some(r) = &running {
+                annotate(ctx, ns, w, &[(ANN_RUNNING, r)]).await?;
             }
             // While its own change hands the canary over, the held template is already what
             // runs: that is a release in progress, not a revert.
@@ -811,16 +829,7 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
             let cr_name = change_name(&w.name, &hash);
             entry.change = Some(cr_name.clone());
             // The workload names the change that rolls its held template out.
-            if w.annotations.get(ANN_CHANGE) != Some(&cr_name) {
-                patch_workload(
-                    ctx,
-                    ns,
-                    w.kind,
-                    &w.name,
-                    json!({"metadata": {"annotations": {ANN_CHANGE: cr_name}}}),
-                )
-                .await?;
-            }
+            annotate(ctx, ns, w, &[(ANN_CHANGE, &cr_name)]).await?;
             // The older changes are told first that this template supersedes them: a newer
             // change created before that would find one of them still active and report itself
             // Blocked, a Warning for what is routine.
@@ -846,16 +855,7 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                     // nothing, as when a failed template is applied again; starting it anew
                     // would undo the stop.
                     let failed = format!("{hash} ({cr_name})");
-                    if w.annotations.get(ANN_FAILED) != Some(&failed) {
-                        patch_workload(
-                            ctx,
-                            ns,
-                            w.kind,
-                            &w.name,
-                            json!({"metadata": {"annotations": {ANN_FAILED: failed}}}),
-                        )
-                        .await?;
-                    }
+                    annotate(ctx, ns, w, &[(ANN_FAILED, &failed)]).await?;
                     entry.state = "Failed".into();
                     entry.change = None;
                     entry.message = Some(format!(
@@ -934,11 +934,13 @@ async fn reconcile(ctx: &Context, ns: &str, policy: &ChangePolicy) -> anyhow::Re
                         // when it comes back after a revert), and the webhook remembers it.
                         let failed = format!("{hash} ({cr_name})");
                         let list = with_failed(w.annotations.get(ANN_FAILED_TEMPLATES), &hash);
-                        if w.annotations.get(ANN_FAILED) != Some(&failed)
-                            || w.annotations.get(ANN_FAILED_TEMPLATES) != Some(&list)
-                        {
-                            patch_workload(ctx, ns, w.kind, &w.name, json!({"metadata": {"annotations": {ANN_FAILED: failed, ANN_FAILED_TEMPLATES: list}}})).await?;
-                        }
+                        annotate(
+                            ctx,
+                            ns,
+                            w,
+                            &[(ANN_FAILED, &failed), (ANN_FAILED_TEMPLATES, &list)],
+                        )
+                        .await?;
                     }
                     entry.state = match phase {
                         Phase::RolledBack | Phase::Failed => "Failed",
